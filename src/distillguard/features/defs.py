@@ -1,0 +1,144 @@
+"""Per-account behavioural features, each defined once as SQL text.
+
+The same definitions run on DuckDB (embedded default) and, transpiled, on Spark. Every feature
+is an aggregate over ``_req`` (requests joined with their signals and a few window columns),
+grouped by account. Direction is documented per feature; scoring reads them by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distillguard.config import Config
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    sql: str          # aggregate expression over _req
+    doc: str
+    fmt: str = "{:.2f}"
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("n_requests", "count(*)", "requests made", "{:,.0f}"),
+    Feature("active_days", "count(DISTINCT CAST(ts AS DATE))", "days with any request", "{:.0f}"),
+    Feature("req_per_active_hour", "count(*) / count(DISTINCT date_trunc('hour', ts))",
+            "requests per hour in which the account was active", "{:.1f}"),
+    Feature("gap_cv", "coalesce(stddev_pop(gap_s) / nullif(avg(gap_s), 0), 0)",
+            "coefficient of variation of inter-arrival gaps (humans burst: high)"),
+    Feature("median_gap_s", "coalesce(median(gap_s), 0)", "median seconds between requests",
+            "{:.0f}s"),
+    Feature("out_in_ratio", "coalesce(median(output_tokens / greatest(input_tokens, 1)), 0)",
+            "median output/input token ratio (harvesting long answers: high)"),
+    Feature("mean_output_tokens", "coalesce(avg(output_tokens), 0)", "mean output tokens",
+            "{:.0f}"),
+    Feature("novelty", "count(DISTINCT prompt_hash) / count(*)",
+            "distinct prompts / requests (eval harnesses repeat a fixed set: low)"),
+    Feature("single_turn_share", "avg(CASE WHEN n_user_turns <= 1 AND context_chars = 0 "
+            "THEN 1.0 ELSE 0.0 END)", "share of requests with no conversation context"),
+    Feature("tools_share", "avg(CASE WHEN n_tools > 0 THEN 1.0 ELSE 0.0 END)",
+            "share of requests defining tools"),
+    Feature("cot_rate", "avg(CASE WHEN cot_elicit THEN 1.0 ELSE 0.0 END)",
+            "share of requests eliciting chain-of-thought", "{:.0%}"),
+    Feature("rubric_rate", "avg(CASE WHEN rubric_grading THEN 1.0 ELSE 0.0 END)",
+            "share of requests asking for rubric grading", "{:.0%}"),
+    Feature("censor_rate", "avg(CASE WHEN censorship_safe THEN 1.0 ELSE 0.0 END)",
+            "share of requests asking for censorship-safe rewrites", "{:.0%}"),
+    Feature("focus_rate", "avg(CASE WHEN capability IN ('coding', 'math', 'agentic', "
+            "'reasoning') THEN 1.0 ELSE 0.0 END)",
+            "share of requests in the capabilities campaigns target", "{:.0%}"),
+    Feature("high_effort_share", "avg(CASE WHEN lower(reasoning_effort) IN ('high', 'xhigh', "
+            "'max') THEN 1.0 ELSE 0.0 END)", "share of requests at high reasoning effort",
+            "{:.0%}"),
+    Feature("pivot_share", "coalesce(sum(CASE WHEN in_pivot_window AND on_new_model THEN 1 "
+            "ELSE 0 END) / nullif(sum(CASE WHEN in_pivot_window THEN 1 ELSE 0 END), 0), 0)",
+            "share of traffic in a new model's first day that went to that model", "{:.0%}"),
+    Feature("account_age_days", "coalesce(date_diff('day', max(account_created), min(ts)), 365)",
+            "account age at first request (unknown: 365)", "{:.0f}d"),
+    Feature("nonstandard_signup", "max(CASE WHEN lower(signup_channel) IN ('education', "
+            "'startup', 'research', 'trial', 'free_credits') THEN 1.0 ELSE 0.0 END)::DOUBLE",
+            "signed up through a subsidised channel"),
+    Feature("n_ips", "count(DISTINCT ip)", "distinct client IPs", "{:.0f}"),
+    Feature("n_api_keys", "count(DISTINCT api_key_id)", "distinct API keys", "{:.0f}"),
+)
+
+#: Features computed from a per-(account, bucket) pre-aggregation, not a plain aggregate.
+DERIVED: tuple[Feature, ...] = (
+    Feature("hour_entropy", "", "entropy of the hour-of-day histogram / log(24) "
+            "(24/7 machine traffic: near 1; human diurnal: lower)"),
+    Feature("template_top_share", "", "share of requests in the account's most used prompt "
+            "template", "{:.0%}"),
+    Feature("capability_top_share", "", "share of requests in the account's main capability",
+            "{:.0%}"),
+)
+
+ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED}
+
+
+def enriched_sql(cfg: Config) -> str:
+    """``_req``: requests + signals + inter-arrival gap + new-model window flags."""
+    fc = cfg["features"]
+    win = int(fc["pivot_window_hours"])
+    min_age = int(fc["new_model_min_age_hours"])
+    return f"""
+WITH start AS (SELECT min(ts) AS t0 FROM requests),
+models AS (
+  SELECT model, min(ts) AS first_seen,
+         min(ts) >= (SELECT t0 FROM start) + INTERVAL {min_age} HOUR AS is_new
+  FROM requests GROUP BY model
+),
+windows AS (SELECT first_seen AS w0, first_seen + INTERVAL {win} HOUR AS w1, model
+            FROM models WHERE is_new)
+SELECT r.request_id, r.account_id, r.ts, r.model, r.n_user_turns, r.context_chars, r.n_tools,
+       r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
+       r.signup_channel, r.ip, r.api_key_id,
+       hash(r.prompt) AS prompt_hash,
+       s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
+       s.template_size,
+       epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
+       EXISTS (SELECT 1 FROM windows w WHERE r.ts >= w.w0 AND r.ts < w.w1) AS in_pivot_window,
+       EXISTS (SELECT 1 FROM windows w WHERE r.ts >= w.w0 AND r.ts < w.w1
+               AND r.model = w.model) AS on_new_model
+FROM requests r JOIN signals s USING (request_id)
+"""
+
+
+def features_sql(cfg: Config, key: str = "account_id") -> str:
+    """SELECT producing one row per ``key`` with every feature column."""
+    min_tpl = int(cfg["features"]["min_template_size"])
+    aggs = ",\n  ".join(f"{f.sql} AS {f.name}" for f in FEATURES)
+    return f"""
+WITH base AS (
+  SELECT {key},
+  {aggs}
+  FROM _req GROUP BY {key}
+),
+hours AS (
+  SELECT {key}, hour(ts) AS h, count(*) AS c FROM _req GROUP BY {key}, hour(ts)
+),
+hour_ent AS (
+  SELECT {key}, -sum((c / tot) * ln(c / tot)) / ln(24) AS hour_entropy
+  FROM (SELECT {key}, c, sum(c) OVER (PARTITION BY {key}) AS tot FROM hours)
+  GROUP BY {key}
+),
+tpl AS (
+  SELECT {key}, max(c) AS c FROM (
+    SELECT {key}, template_id, count(*) AS c FROM _req
+    WHERE template_size >= {min_tpl} GROUP BY {key}, template_id)
+  GROUP BY {key}
+),
+cap AS (
+  SELECT {key}, max(c) AS c FROM (
+    SELECT {key}, capability, count(*) AS c FROM _req GROUP BY {key}, capability)
+  GROUP BY {key}
+)
+SELECT base.*,
+       coalesce(hour_ent.hour_entropy, 0) AS hour_entropy,
+       coalesce(tpl.c, 0) / base.n_requests AS template_top_share,
+       coalesce(cap.c, 0) / base.n_requests AS capability_top_share
+FROM base
+LEFT JOIN hour_ent USING ({key})
+LEFT JOIN tpl USING ({key})
+LEFT JOIN cap USING ({key})
+"""

@@ -1,0 +1,199 @@
+"""Ingest log files into the store: parse, adapt, validate, quarantine, dedupe, insert.
+
+Every batch goes in inside one transaction and is deduplicated on ``request_id`` against
+what is stored, so re-ingesting a file adds nothing and a crash leaves only whole batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from distillguard.errors import BadRowError, IngestError
+from distillguard.ingest.normalize import RowError, normalize
+from distillguard.ingest.reader import LineError, iter_records
+from distillguard.schema import STORE_COLUMNS, STORE_SCHEMA
+from distillguard.store import scalar
+
+
+@dataclass
+class FileReport:
+    path: str
+    format: str
+    rows_ok: int = 0
+    rows_bad: int = 0
+    rows_dup: int = 0
+
+
+@dataclass
+class IngestReport:
+    files: list[FileReport] = field(default_factory=list)
+    quarantine_path: str | None = None
+
+    @property
+    def rows_ok(self) -> int:
+        return sum(f.rows_ok for f in self.files)
+
+    @property
+    def rows_bad(self) -> int:
+        return sum(f.rows_bad for f in self.files)
+
+    @property
+    def rows_dup(self) -> int:
+        return sum(f.rows_dup for f in self.files)
+
+
+class _Quarantine:
+    """Bad rows go to a JSONL file (source, line, reason, raw) and to the store's table."""
+
+    def __init__(self, path: Path | None, con: duckdb.DuckDBPyConnection) -> None:
+        self.path, self.con, self._fh = path, con, None
+        self.rows: list[tuple[str, int, str, str]] = []
+
+    def add(self, source: str, line: int, reason: str, raw: Any) -> None:
+        if isinstance(raw, bytes):
+            raw = raw[:2000].decode("utf-8", errors="replace")
+        elif not isinstance(raw, str):
+            raw = orjson.dumps(raw, default=str).decode("utf-8", errors="replace")
+        raw = raw[:2000]
+        self.rows.append((source, line, reason, raw))
+        if self.path is not None:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.path.open("ab")
+            self._fh.write(orjson.dumps(
+                {"source": source, "line": line, "reason": reason, "raw": raw}) + b"\n")
+
+    def flush(self) -> None:
+        if self.rows:
+            self.con.executemany(
+                "INSERT INTO quarantine (source, line, reason, raw) VALUES (?, ?, ?, ?)",
+                self.rows)
+            self.rows = []
+        if self._fh is not None:
+            self._fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _sniff_format(path: Path, limits: dict[str, int]) -> str:
+    from distillguard.ingest import adapters
+
+    sample = []
+    for _, obj in iter_records(path, limits["max_line_bytes"]):
+        if isinstance(obj, dict):
+            sample.append(obj)
+        if len(sample) >= 20:
+            break
+    if not sample:
+        return "canonical"
+    return adapters.detect_format(sample)
+
+
+def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert rows not already stored (by request_id); returns (inserted, duplicates)."""
+    cols = {c: [r[c] for r in rows] for c in STORE_COLUMNS}
+    table = pa.Table.from_pydict(cols, schema=STORE_SCHEMA)
+    con.register("_batch", table)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        before = scalar(con, "SELECT count(*) FROM requests")
+        con.execute("""
+            INSERT INTO requests
+            SELECT * EXCLUDE (_rn) FROM (
+                SELECT *, row_number() OVER (PARTITION BY request_id) AS _rn FROM _batch
+            ) b
+            WHERE _rn = 1 AND NOT EXISTS (
+                SELECT 1 FROM requests r WHERE r.request_id = b.request_id)
+        """)
+        after = scalar(con, "SELECT count(*) FROM requests")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_batch")
+    inserted = after - before
+    return inserted, len(rows) - inserted
+
+
+def ingest_files(
+    paths: Iterable[str | Path],
+    con: duckdb.DuckDBPyConnection,
+    *,
+    limits: dict[str, int],
+    quarantine_path: Path | None = None,
+    fmt: str | None = None,
+    strict: bool = False,
+    batch_rows: int = 50_000,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest each file; bad rows are quarantined (or raise ``BadRowError`` when ``strict``)."""
+    from distillguard.ingest import adapters
+
+    report = IngestReport(quarantine_path=str(quarantine_path) if quarantine_path else None)
+    quarantine = _Quarantine(quarantine_path, con)
+    try:
+        for p in paths:
+            path = Path(p)
+            if not path.exists():
+                raise IngestError(f"{path}: no such file")
+            file_fmt = fmt or _sniff_format(path, limits)
+            if file_fmt not in adapters.FORMATS:
+                raise IngestError(f"unknown --format {file_fmt!r}; one of {adapters.FORMATS}")
+            fr = FileReport(str(path), file_fmt)
+            report.files.append(fr)
+            rows: list[dict[str, Any]] = []
+
+            def bad(line: int, reason: str, raw: Any, _path: Path = path,
+                    _fr: FileReport = fr) -> None:
+                if strict:
+                    raise BadRowError(str(_path), line, reason)
+                _fr.rows_bad += 1
+                quarantine.add(str(_path), line, reason, raw)
+
+            def flush(_fr: FileReport = fr, rows: list[dict[str, Any]] = rows) -> None:
+                if rows:
+                    ok, dup = _insert_batch(con, rows)
+                    _fr.rows_ok += ok
+                    _fr.rows_dup += dup
+                    if on_progress:
+                        on_progress(len(rows))
+                    rows.clear()
+                quarantine.flush()
+
+            for lineno, obj in iter_records(path, limits["max_line_bytes"]):
+                if isinstance(obj, LineError):
+                    bad(lineno, obj.reason, obj.raw)
+                    continue
+                try:
+                    records = adapters.expand(file_fmt, obj) if file_fmt != "canonical" else [obj]
+                except ValueError as exc:
+                    bad(lineno, f"not a {file_fmt} record: {exc}", obj)
+                    continue
+                for rec in records:
+                    try:
+                        rows.append(normalize(rec, f"{path.name}:{lineno}", limits))
+                    except RowError as exc:
+                        bad(lineno, str(exc), rec)
+                if len(rows) >= batch_rows:
+                    flush()
+            flush()
+            stat = path.stat()
+            con.execute(
+                "INSERT INTO ingested_files (path, size, mtime, format, rows_ok, rows_bad, "
+                "rows_dup) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [str(path), stat.st_size, stat.st_mtime, file_fmt, fr.rows_ok, fr.rows_bad,
+                 fr.rows_dup])
+    finally:
+        quarantine.close()
+    return report

@@ -1,0 +1,9 @@
+"""Analyst report: one self-contained HTML page (no scripts, no external resources).
+
+>>> from distillguard.report import write_report
+>>> write_report(Path("results/report.html"), con, campaigns, summary)  # doctest: +SKIP
+"""
+
+from ._html import rank_campaigns, write_report
+
+__all__ = ["rank_campaigns", "write_report"]

@@ -1,0 +1,108 @@
+"""Describe flagged campaigns for analysts and partners (results/campaigns.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from distillguard.linking.keys import account_keys_sql
+
+
+def _trunc(s: str | None, n: int) -> str:
+    if s is None:
+        return ""
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFrame,
+                       scores: pl.DataFrame, max_examples: int = 3) -> list[dict[str, Any]]:
+    if flagged.is_empty():
+        return []
+    members = scores.filter(pl.col("campaign_id").is_not_null()).select(
+        "account_id", "campaign_id")
+    con.register("_members", members.to_arrow())
+    try:
+        base = con.sql("""
+            SELECT m.campaign_id, count(*) AS requests, min(r.ts) AS first_seen,
+                   max(r.ts) AS last_seen
+            FROM requests r JOIN _members m USING (account_id) GROUP BY 1""").pl()
+        caps = con.sql("""
+            SELECT m.campaign_id, s.capability, count(*) AS n
+            FROM signals s JOIN _members m USING (account_id) GROUP BY 1, 2""").pl()
+        keys = con.sql(f"""
+            SELECT m.campaign_id, k.kind, k.key, count(DISTINCT k.account_id) AS accounts,
+                   sum(k.n) AS requests
+            FROM ({account_keys_sql(cfg)}) k JOIN _members m USING (account_id)
+            GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2""").pl()
+        skel = con.sql("""
+            SELECT m.campaign_id, s.template_id, any_value(s.skeleton) AS skeleton,
+                   count(*) AS requests
+            FROM signals s JOIN _members m USING (account_id)
+            GROUP BY 1, 2""").pl()
+        examples = con.sql(f"""
+            SELECT campaign_id, prompt FROM (
+              SELECT m.campaign_id, r.prompt,
+                     row_number() OVER (PARTITION BY m.campaign_id ORDER BY hash(r.request_id))
+                       AS rn
+              FROM requests r JOIN _members m USING (account_id))
+            WHERE rn <= {int(max_examples)}""").pl()
+        sync = con.sql("""
+            SELECT ma.campaign_id, count(*) AS pairs
+            FROM edges e JOIN _members ma ON e.a = ma.account_id
+                         JOIN _members mb ON e.b = mb.account_id
+            WHERE ma.campaign_id = mb.campaign_id AND e.kinds LIKE '%sync%'
+            GROUP BY 1""").pl()
+    finally:
+        con.unregister("_members")
+    reasons_by = (scores.filter(pl.col("campaign_id").is_not_null())
+                  .select("campaign_id", pl.col("reasons").str.split("; ")).explode("reasons")
+                  .filter(~pl.col("reasons").str.starts_with("member of campaign"))
+                  .with_columns(pl.col("reasons").str.replace_all(r"[\d.,]+%?", "#"))
+                  .group_by("campaign_id", "reasons").len().sort("len", descending=True))
+    out = []
+    for row in flagged.sort("campaign_score", descending=True).iter_rows(named=True):
+        cid = row["campaign_id"]
+        accts = members.filter(pl.col("campaign_id") == cid)["account_id"].sort().to_list()
+        b = base.filter(pl.col("campaign_id") == cid)
+        c = caps.filter(pl.col("campaign_id") == cid)
+        tot = max(int(c["n"].sum()), 1)
+        kk = keys.filter(pl.col("campaign_id") == cid).sort("accounts", descending=True)
+
+        def top(kind: str, n: int = 10, _kk: pl.DataFrame = kk) -> list[dict[str, Any]]:
+            return [{"value": _trunc(r["key"], 200), "accounts": r["accounts"],
+                     "requests": r["requests"]}
+                    for r in _kk.filter(pl.col("kind") == kind).head(n).iter_rows(named=True)]
+
+        tpl = (skel.filter(pl.col("campaign_id") == cid).sort("requests", descending=True)
+               .head(5))
+        s = sync.filter(pl.col("campaign_id") == cid)
+        rs = reasons_by.filter(pl.col("campaign_id") == cid).head(5)["reasons"].to_list()
+        out.append({
+            "campaign_id": cid,
+            "score": round(float(row["campaign_score"]), 6),
+            "n_accounts": len(accts),
+            "accounts": accts,
+            "requests": int(b["requests"][0]) if b.height else 0,
+            "first_seen": b["first_seen"][0].isoformat() + "Z" if b.height else None,
+            "last_seen": b["last_seen"][0].isoformat() + "Z" if b.height else None,
+            "capabilities": {r["capability"]: round(r["n"] / tot, 4)
+                             for r in c.sort("n", descending=True).iter_rows(named=True)},
+            "indicators": {
+                "ip_prefixes": top("ip_prefix"),
+                "user_agents": top("user_agent", 5),
+                "payment_fingerprints": top("payment"),
+                "orgs": top("org", 5),
+                "templates": [{"template_id": r["template_id"],
+                               "skeleton": _trunc(r["skeleton"], 240),
+                               "requests": r["requests"]} for r in tpl.iter_rows(named=True)],
+                "synchronized_timing": {
+                    "linked_pairs": int(s["pairs"][0]) if s.height else 0,
+                    "coordination_share": round(float(row["coord_share"]), 4)},
+            },
+            "example_prompts": [_trunc(p, 300) for p in
+                                examples.filter(pl.col("campaign_id") == cid)["prompt"]],
+            "reasons": rs,
+        })
+    return out

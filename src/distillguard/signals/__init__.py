@@ -1,0 +1,56 @@
+"""Signals: per-request evidence computed from the ``requests`` table into ``signals``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from distillguard.config import Config
+from distillguard.signals.rules import FLAG_NAMES, load_rules
+from distillguard.signals.sql import signals_sql
+from distillguard.signals.templates import band_keys, signatures, template_ids
+from distillguard.store import scalar
+
+__all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
+
+
+def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
+                    on_progress: Callable[[int], None] | None = None,
+                    batch_rows: int = 100_000) -> int:
+    """Build the ``signals`` table; returns the number of requests processed."""
+    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
+    n = scalar(con, "SELECT count(*) FROM _signals_base")
+    perms = int(cfg["signals"]["minhash_perms"])
+    bands = int(cfg["signals"]["lsh_bands"])
+    ids, keys = [], []
+    reader = con.sql("SELECT request_id, skeleton FROM _signals_base").to_arrow_reader(batch_rows)
+    for batch in reader:
+        sk = batch.column("skeleton").to_pylist()
+        keys.append(band_keys(signatures(sk, perms), bands))
+        ids.append(batch.column("request_id"))
+        if on_progress:
+            on_progress(len(sk))
+    if keys:
+        all_keys = np.concatenate(keys)
+        tkey, tsize = template_ids(all_keys)
+        tpl = pa.table({
+            "request_id": pa.concat_arrays(ids),
+            "template_key": pa.array(tkey.view(np.int64)),
+            "template_size": pa.array(tsize),
+        })
+    else:
+        tpl = pa.table({"request_id": pa.array([], pa.string()),
+                        "template_key": pa.array([], pa.int64()),
+                        "template_size": pa.array([], pa.int64())})
+    con.register("_tpl", tpl)
+    con.execute("""
+        CREATE OR REPLACE TABLE signals AS
+        SELECT s.*, 't' || lower(hex(t.template_key)) AS template_id, t.template_size
+        FROM _signals_base s JOIN _tpl t USING (request_id)
+    """)
+    con.unregister("_tpl")
+    con.execute("DROP TABLE _signals_base")
+    return n

@@ -1,0 +1,64 @@
+"""Prompt-template clusters from MinHash signatures, grouped by LSH band buckets.
+
+Pairwise similarity joins blow up quadratically on templated traffic (a million prompts from
+one template are a trillion pairs). Instead each request's signature is cut into bands; a band
+value shared by many requests is a bucket of near-duplicates, and each request takes the
+largest bucket it falls in as its template id. Cost is linear in requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from rensa import RMinHash
+
+_SEED = 20261130
+# Odd 64-bit multipliers to fold a band's rows into one key (overflow wraps, by design).
+_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                  0x27D4EB2F165667C5, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9,
+                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+
+
+def shingles(skeleton: str) -> list[str]:
+    """Word 2-shingles (words alone when the skeleton is a single word)."""
+    w = skeleton.split()
+    if len(w) < 2:
+        return w or [""]
+    return [f"{a} {b}" for a, b in zip(w, w[1:], strict=False)]
+
+
+def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
+    """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa."""
+    token_sets = [shingles(s or "") for s in skeletons]
+    if not token_sets:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    m = RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, _SEED)
+    return np.asarray(m.to_rows(), dtype=np.uint32)
+
+
+def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
+    """(n, bands) uint64 bucket keys: each band's rows folded into one 64-bit value."""
+    n, perms = sig.shape
+    rows = perms // bands
+    if rows * bands != perms or rows > len(_MULT):
+        raise ValueError(f"{perms} permutations do not split into {bands} bands of <= 8 rows")
+    s = sig[:, : rows * bands].reshape(n, bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        keys = (s * _MULT[:rows]).sum(axis=2, dtype=np.uint64)
+        keys ^= np.arange(bands, dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D)
+    return keys
+
+
+def template_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per request: the key of the largest band bucket it is in, and that bucket's size."""
+    n, bands = keys.shape
+    best_key = np.zeros(n, dtype=np.uint64)
+    best_size = np.zeros(n, dtype=np.int64)
+    for b in range(bands):
+        uniq, inv, counts = np.unique(keys[:, b], return_inverse=True, return_counts=True)
+        size = counts[inv]
+        better = size > best_size
+        best_size = np.where(better, size, best_size)
+        best_key = np.where(better, keys[:, b], best_key)
+    return best_key, best_size

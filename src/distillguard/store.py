@@ -1,0 +1,61 @@
+"""The embedded store: one DuckDB file holding every stage's tables.
+
+Only this module opens connections, so DuckDB errors surface as ``StoreError`` with a cause a
+user can act on instead of a raw traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from distillguard.errors import StoreError
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, account_id VARCHAR NOT NULL,
+    model VARCHAR NOT NULL, prompt VARCHAR, system VARCHAR, n_messages INTEGER,
+    n_user_turns INTEGER, context_chars BIGINT, n_tools INTEGER, org_id VARCHAR,
+    api_key_id VARCHAR, ip VARCHAR, user_agent VARCHAR, payment_fingerprint VARCHAR,
+    signup_channel VARCHAR, account_created TIMESTAMP, country VARCHAR,
+    reasoning_effort VARCHAR, input_tokens BIGINT, output_tokens BIGINT, response VARCHAR,
+    status VARCHAR, extra VARCHAR, source VARCHAR
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR, line BIGINT, reason VARCHAR, raw VARCHAR, added_at TIMESTAMP DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ingested_files (
+    path VARCHAR, size BIGINT, mtime DOUBLE, format VARCHAR, rows_ok BIGINT,
+    rows_bad BIGINT, rows_dup BIGINT, added_at TIMESTAMP DEFAULT now()
+);
+"""
+
+
+def connect(path: str | Path | None = None, *, threads: int | None = None,
+            memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the store; ``None`` or ``":memory:"`` gives an in-memory one."""
+    target = ":memory:" if path in (None, ":memory:") else str(path)
+    try:
+        con = duckdb.connect(target)
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            con.execute("SET memory_limit = ?", [memory_limit])
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(_DDL)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open store {target}: {exc}") from exc
+    return con
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()[0])
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """First column of the first row; fetches everything so the connection is free again."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
