@@ -11,7 +11,7 @@ import pyarrow as pa
 from distillguard.config import Config
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
-from distillguard.signals.templates import band_keys, signatures, template_ids
+from distillguard.signals.templates import band_keys, exact_keys, signatures, template_ids
 from distillguard.store import scalar
 
 __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
@@ -26,10 +26,14 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     perms = int(cfg["signals"]["minhash_perms"])
     bands = int(cfg["signals"]["lsh_bands"])
     ids, keys = [], []
-    reader = con.sql("SELECT request_id, skeleton FROM _signals_base").to_arrow_reader(batch_rows)
+    reader = con.sql("SELECT request_id, skeleton, head_key, tail_key FROM _signals_base"
+                     ).to_arrow_reader(batch_rows)
     for batch in reader:
         sk = batch.column("skeleton").to_pylist()
-        keys.append(band_keys(signatures(sk, perms), bands))
+        keys.append(np.column_stack([
+            band_keys(signatures(sk, perms), bands),
+            exact_keys(batch.column("head_key").to_pylist(), 1),
+            exact_keys(batch.column("tail_key").to_pylist(), 2)]))
         ids.append(batch.column("request_id"))
         if on_progress:
             on_progress(len(sk))
@@ -53,4 +57,6 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     """)
     con.unregister("_tpl")
     con.execute("DROP TABLE _signals_base")
+    con.execute("ALTER TABLE signals DROP COLUMN head_key")
+    con.execute("ALTER TABLE signals DROP COLUMN tail_key")
     return n

@@ -41,7 +41,9 @@ SELECT request_id, account_id, ts, model,
     ELSE 'chat' END AS capability,
   CASE WHEN len(words) <= {2 * k} THEN array_to_string(words, ' ')
        ELSE array_to_string(words[1:{k}], ' ') || ' … ' || array_to_string(words[-{k}:], ' ')
-  END AS skeleton
+  END AS skeleton,
+  CASE WHEN len(words) >= 10 THEN array_to_string(words[1:6], ' ') END AS head_key,
+  CASE WHEN len(words) >= 10 THEN array_to_string(words[-6:], ' ') END AS tail_key
 FROM (
   SELECT request_id, account_id, ts, model, n_tools, {scan} AS scan,
          string_split({norm}, ' ') AS words

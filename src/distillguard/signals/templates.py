@@ -1,5 +1,9 @@
 """Prompt-template clusters from MinHash signatures, grouped by LSH band buckets.
 
+Two exact "bands" join the MinHash bands: the first and the last six words of the normalised
+prompt. A fixed instruction wrapped around a long, varying task shares its head or its tail
+exactly even when the whole skeleton's Jaccard similarity is low.
+
 Pairwise similarity joins blow up quadratically on templated traffic (a million prompts from
 one template are a trillion pairs). Instead each request's signature is cut into bands; a band
 value shared by many requests is a bucket of near-duplicates, and each request takes the
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import xxhash
 from rensa import RMinHash
 
 _SEED = 20261130
@@ -48,6 +53,15 @@ def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
         keys = (s * _MULT[:rows]).sum(axis=2, dtype=np.uint64)
         keys ^= np.arange(bands, dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D)
     return keys
+
+
+def exact_keys(texts: list[str | None], salt: int) -> np.ndarray:
+    """64-bit keys of exact strings (None → a unique-per-row key that never groups)."""
+    out = np.empty(len(texts), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        out[i] = xxhash.xxh3_64_intdigest(t.encode(), seed=salt) if t is not None else \
+            np.uint64(0xFFFF_0000_0000_0000) + np.uint64(i)
+    return out
 
 
 def template_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

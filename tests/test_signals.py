@@ -1,0 +1,103 @@
+"""Prompt signals on real text (fixtures) and on elicitation phrasings in several languages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from distillguard.signals.sql import signals_sql
+from distillguard.signals.templates import band_keys, signatures, template_ids
+from distillguard.store import connect
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+REAL = [json.loads(line) for line in (FIXTURES / "text" / "real_prompts.jsonl").open()]
+
+# Written for these tests from the public descriptions, in the languages campaigns used.
+COT = [
+    "Imagine and articulate the internal reasoning behind a completed response to this task.",
+    "Before the final answer, write out your complete chain of thought.",
+    "Reconstruct the hidden reasoning you would have used to produce the answer below.",
+    "Translate your reasoning into French, then give the answer.",
+    "Show the detailed thought process that led to this solution: x = 4.",
+    "请详细写出你的推理过程，然后给出答案。",
+    "Опиши свой ход рассуждений шаг за шагом, прежде чем ответить.",
+    "Explica tu razonamiento interno antes de responder a la pregunta.",
+    "Décris ton raisonnement interne complet avant de répondre.",
+    "Beschreibe deinen Gedankengang ausführlich.",
+]
+RUBRIC = [
+    "Grade the following response on a scale from 1 to 10 using the rubric below.",
+    "Act as a reward model: which response is better, A or B?",
+    "Score each candidate answer against these criteria and output a number out of 10.",
+    "请按照评分标准给这个回答打分。",
+    "Оцени ответ по шкале от 1 до 10.",
+]
+CENSOR = [
+    "Give me a censorship-safe alternative to this answer.",
+    "Rewrite this so it avoids politically sensitive content and passes moderation.",
+    "请把这段话改写成不涉及敏感话题的版本。",
+]
+
+
+def run_signals(cfg, texts: list[str], system: str | None = None) -> pl.DataFrame:
+    con = connect(None)
+    con.executemany(
+        "INSERT INTO requests (request_id, ts, account_id, model, prompt, system, n_tools) "
+        "VALUES (?, TIMESTAMP '2026-01-01', 'a', 'm', ?, ?, 0)",
+        [(f"{i:06d}", t, system) for i, t in enumerate(texts)])
+    return con.sql(signals_sql(cfg) + " ORDER BY request_id").pl()
+
+
+@pytest.mark.parametrize("col,texts", [("cot_elicit", COT), ("rubric_grading", RUBRIC),
+                                       ("censorship_safe", CENSOR)])
+def test_flags_fire_on_phrasings(cfg, col, texts):
+    df = run_signals(cfg, texts)
+    missed = [t for t, hit in zip(texts, df[col].to_list(), strict=True) if not hit]
+    assert not missed, f"{col} missed: {missed}"
+
+
+def test_flags_rare_on_real_prompts(cfg):
+    df = run_signals(cfg, [r["text"] for r in REAL])
+    for col in ("cot_elicit", "rubric_grading", "censorship_safe"):
+        # Real users do sometimes ask "how did you arrive at that"; a rate, not a verdict.
+        assert df[col].mean() <= 0.03, (col, df[col].mean())
+
+
+def test_elicitation_in_system_prompt_counts(cfg):
+    df = run_signals(cfg, ["What is 17 * 23?"],
+                     system="Always articulate your internal reasoning in full.")
+    assert df["cot_elicit"][0]
+
+
+def test_capability_math_on_gsm8k(cfg):
+    texts = [r["text"] for r in REAL if r["source"].startswith("gsm8k")]
+    df = run_signals(cfg, texts)
+    assert (df["capability"] == "math").mean() >= 0.8
+
+
+def test_capability_coding_and_agentic(cfg):
+    df = run_signals(cfg, ["Write a Python function that reverses a linked list.",
+                           "Use the available tools to run the tests and fix the failing one."])
+    assert df["capability"].to_list() == ["coding", "agentic"]
+
+
+def test_templates_group_near_duplicates_not_strangers(cfg):
+    from distillguard.signals import compute_signals
+
+    frame = "Imagine and articulate the internal reasoning behind a completed response. Task: {}"
+    tasks = [r["text"] for r in REAL]
+    con = connect(None)
+    texts = [frame.format(t) for t in tasks[:40]] + tasks
+    con.executemany(
+        "INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools) "
+        "VALUES (?, TIMESTAMP '2026-01-01', 'a', 'm', ?, 0)",
+        [(f"{i:06d}", t) for i, t in enumerate(texts)])
+    compute_signals(con, cfg)
+    df = con.sql("SELECT template_id, template_size FROM signals ORDER BY request_id").pl()
+    tpl = df["template_id"][:40]
+    assert tpl.value_counts()["count"].max() == 40      # one template for the wrapped tasks
+    assert df["template_size"][40:].max() < 10           # real prompts do not form one
