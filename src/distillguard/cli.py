@@ -116,6 +116,16 @@ def detect(
     console.print(f"report: {out / 'report.html'}")
 
 
+def _mount_subapps() -> None:
+    """Sub-apps live with their modules; a missing optional extra only hides its verbs."""
+    from distillguard.intel import cli as intel_cli
+
+    app.add_typer(intel_cli.app, name="intel", help="Share indicators: STIX 2.1 / TAXII 2.1.")
+
+
+_mount_subapps()
+
+
 def main() -> None:
     try:
         app()
