@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -25,36 +26,45 @@ class RowError(ValueError):
 
 def parse_ts(value: Any, field: str = "ts") -> datetime:
     """RFC 3339 string or epoch seconds / milliseconds / microseconds → naive UTC datetime."""
+    if isinstance(value, str):
+        return _parse_ts_str(value, field)
     if isinstance(value, bool) or value is None:
         raise RowError(f"{field} is missing")
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            num = float(s)
-        except ValueError:
-            try:
-                dt = datetime.fromisoformat(s.replace("z", "Z"))
-            except ValueError:
-                raise RowError(f"{field} {value[:40]!r} is not RFC 3339 or epoch") from None
-            if dt.tzinfo is not None:
-                dt = dt.astimezone(UTC).replace(tzinfo=None)
-            return _check_range(dt, field, value)
-        value = num
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise RowError(f"{field} {value!r} is not a finite number")
-        v = float(value)
-        # Magnitude tells the unit: seconds until 2286, ms until ~1973*1000, then µs.
-        if abs(v) >= 1e14:
-            v /= 1e6
-        elif abs(v) >= 1e11:
-            v /= 1e3
-        try:
-            dt = datetime.fromtimestamp(v, UTC).replace(tzinfo=None)
-        except (OverflowError, OSError, ValueError):
-            raise RowError(f"{field} {value!r} is out of range") from None
-        return _check_range(dt, field, value)
+        return _parse_epoch(value, field)
     raise RowError(f"{field} has type {type(value).__name__}, expected string or number")
+
+
+@lru_cache(maxsize=65536)
+def _parse_ts_str(value: str, field: str) -> datetime:
+    # Cached: account_created repeats on every request of an account.
+    s = value.strip()
+    try:
+        dt = datetime.fromisoformat(s.replace("z", "Z"))
+    except ValueError:
+        try:
+            return _parse_epoch(float(s), field)
+        except ValueError:
+            raise RowError(f"{field} {value[:40]!r} is not RFC 3339 or epoch") from None
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return _check_range(dt, field, value)
+
+
+def _parse_epoch(value: float, field: str) -> datetime:
+    if not math.isfinite(value):
+        raise RowError(f"{field} {value!r} is not a finite number")
+    v = float(value)
+    # Magnitude tells the unit: seconds until 5138, then milliseconds, then microseconds.
+    if abs(v) >= 1e14:
+        v /= 1e6
+    elif abs(v) >= 1e11:
+        v /= 1e3
+    try:
+        dt = datetime.fromtimestamp(v, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        raise RowError(f"{field} {value!r} is out of range") from None
+    return _check_range(dt, field, value)
 
 
 def _check_range(dt: datetime, field: str, raw: Any) -> datetime:

@@ -6,12 +6,19 @@ from collections.abc import Callable
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from distillguard.config import Config
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
-from distillguard.signals.templates import band_keys, exact_keys, signatures, template_ids
+from distillguard.signals.templates import (
+    band_keys,
+    exact_keys,
+    signatures,
+    skeleton_frame,
+    template_ids,
+)
 from distillguard.store import scalar
 
 __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
@@ -25,18 +32,20 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     n = scalar(con, "SELECT count(*) FROM _signals_base")
     perms = int(cfg["signals"]["minhash_perms"])
     bands = int(cfg["signals"]["lsh_bands"])
-    ids, keys = [], []
-    reader = con.sql("SELECT request_id, skeleton, head_key, tail_key FROM _signals_base"
+    k = int(cfg["signals"]["skeleton_words"])
+    ids, keys, skels = [], [], []
+    reader = con.sql("SELECT request_id, prompt_ends FROM _signals_base"
                      ).to_arrow_reader(batch_rows)
     for batch in reader:
-        sk = batch.column("skeleton").to_pylist()
+        sk = skeleton_frame(pl.from_arrow(batch.column("prompt_ends")), k)
         keys.append(np.column_stack([
-            band_keys(signatures(sk, perms), bands),
-            exact_keys(batch.column("head_key").to_pylist(), 1),
-            exact_keys(batch.column("tail_key").to_pylist(), 2)]))
+            band_keys(signatures(sk["skeleton"].to_list(), perms), bands),
+            exact_keys(sk["head_key"].to_list(), 1),
+            exact_keys(sk["tail_key"].to_list(), 2)]))
         ids.append(batch.column("request_id"))
+        skels.append(sk["skeleton"].to_arrow())
         if on_progress:
-            on_progress(len(sk))
+            on_progress(batch.num_rows)
     if keys:
         all_keys = np.concatenate(keys)
         tkey, tsize = template_ids(all_keys)
@@ -44,19 +53,20 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
             "request_id": pa.concat_arrays(ids),
             "template_key": pa.array(tkey.view(np.int64)),
             "template_size": pa.array(tsize),
+            "skeleton": pa.concat_arrays([a.cast(pa.string()) for a in skels]),
         })
     else:
         tpl = pa.table({"request_id": pa.array([], pa.string()),
                         "template_key": pa.array([], pa.int64()),
-                        "template_size": pa.array([], pa.int64())})
+                        "template_size": pa.array([], pa.int64()),
+                        "skeleton": pa.array([], pa.string())})
     con.register("_tpl", tpl)
     con.execute("""
         CREATE OR REPLACE TABLE signals AS
-        SELECT s.*, 't' || lower(hex(t.template_key)) AS template_id, t.template_size
+        SELECT s.* EXCLUDE (prompt_ends), t.skeleton,
+               't' || lower(hex(t.template_key)) AS template_id, t.template_size
         FROM _signals_base s JOIN _tpl t USING (request_id)
     """)
     con.unregister("_tpl")
     con.execute("DROP TABLE _signals_base")
-    con.execute("ALTER TABLE signals DROP COLUMN head_key")
-    con.execute("ALTER TABLE signals DROP COLUMN tail_key")
     return n

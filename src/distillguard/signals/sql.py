@@ -25,28 +25,17 @@ def signals_sql(cfg: Config) -> str:
         f"WHEN {'n_tools > 0 OR ' if r.name == 'agentic' else ''}"
         f"regexp_matches(scan, {sql_literal(r.pattern)}) THEN {sql_literal(r.name)}"
         for r in caps)
-    k = int(cfg["signals"]["skeleton_words"])
-    head, tail = int(cfg["signals"]["scan_head_chars"]), int(cfg["signals"]["scan_tail_chars"])
-    norm = (
-        "trim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(lower("
-        f"CASE WHEN length(prompt) <= {head + tail} THEN coalesce(prompt, '') "
-        f"ELSE left(prompt, {head}) || ' ' || right(prompt, {tail}) END), "
-        r"'https?://\S+', ' <url> ', 'g'), '[\w.+-]+@[\w-]+\.[\w.]+', ' <email> ', 'g'), "
-        r"'\d+', '0', 'g'), '\s+', ' ', 'g'))")
+    cut = int(cfg["signals"]["skeleton_chars"])
     return f"""
 SELECT request_id, account_id, ts, model,
   {flag_cols},
   CASE
     {whens}
     ELSE 'chat' END AS capability,
-  CASE WHEN len(words) <= {2 * k} THEN array_to_string(words, ' ')
-       ELSE array_to_string(words[1:{k}], ' ') || ' … ' || array_to_string(words[-{k}:], ' ')
-  END AS skeleton,
-  CASE WHEN len(words) >= 10 THEN array_to_string(words[1:6], ' ') END AS head_key,
-  CASE WHEN len(words) >= 10 THEN array_to_string(words[-6:], ' ') END AS tail_key
+  CASE WHEN length(prompt) <= {2 * cut} THEN coalesce(prompt, '')
+       ELSE left(prompt, {cut}) || ' … ' || right(prompt, {cut}) END AS prompt_ends
 FROM (
-  SELECT request_id, account_id, ts, model, n_tools, {scan} AS scan,
-         string_split({norm}, ' ') AS words
+  SELECT request_id, account_id, ts, model, n_tools, prompt, {scan} AS scan
   FROM requests
 )
 """

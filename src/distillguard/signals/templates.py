@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import polars as pl
 import xxhash
 from rensa import RMinHash
 
@@ -23,6 +24,32 @@ _SEED = 20261130
 _MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                   0x27D4EB2F165667C5, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9,
                   0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+
+
+_URL = r"https?://\S+"
+_EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
+
+
+def skeleton_frame(prompt_ends: pl.Series, k: int) -> pl.DataFrame:
+    """Skeleton, head key and tail key of each prompt (vectorised in Polars' Rust engine).
+
+    The skeleton is the prompt lower-cased, with URLs, e-mail addresses and numbers replaced by
+    placeholders, cut to its first and last ``k`` words: what stays fixed when a template is
+    filled with different tasks. Head and tail keys are the first and last six words of
+    prompts of ten words or more.
+    """
+    words = (prompt_ends.fill_null("").str.to_lowercase()
+             .str.replace_all(_URL, " <url> ").str.replace_all(_EMAIL, " <email> ")
+             .str.replace_all(r"\d+", "0").str.extract_all(r"\S+"))
+    df = pl.DataFrame({"w": words})
+    n = pl.col("w").list.len()
+    return df.select(
+        pl.when(n <= 2 * k).then(pl.col("w").list.join(" "))
+        .otherwise(pl.col("w").list.head(k).list.join(" ") + " … "
+                   + pl.col("w").list.tail(k).list.join(" ")).alias("skeleton"),
+        pl.when(n >= 10).then(pl.col("w").list.head(6).list.join(" ")).alias("head_key"),
+        pl.when(n >= 10).then(pl.col("w").list.tail(6).list.join(" ")).alias("tail_key"),
+    )
 
 
 def shingles(skeleton: str) -> list[str]:
@@ -35,7 +62,8 @@ def shingles(skeleton: str) -> list[str]:
 
 def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
     """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa."""
-    token_sets = [shingles(s or "") for s in skeletons]
+    # Word sets, not shingles: cheaper, and a template's fixed words dominate either way.
+    token_sets = [(s or "").split() or [""] for s in skeletons]
     if not token_sets:
         return np.zeros((0, num_perm), dtype=np.uint32)
     m = RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, _SEED)
