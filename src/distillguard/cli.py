@@ -121,6 +121,12 @@ def _mount_subapps() -> None:
     from distillguard.intel import cli as intel_cli
 
     app.add_typer(intel_cli.app, name="intel", help="Share indicators: STIX 2.1 / TAXII 2.1.")
+    from distillguard.gateway import cli as gateway_cli
+    from distillguard.respond import cli as respond_cli
+
+    app.add_typer(gateway_cli.app, name="gateway")
+    app.add_typer(respond_cli.app, name="respond",
+                  help="Replay, policy test, audit log and access directives.")
 
 
 _mount_subapps()

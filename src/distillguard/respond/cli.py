@@ -1,0 +1,146 @@
+"""Thin Typer verbs over ``distillguard.respond`` (the lead mounts ``app`` as ``respond``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from distillguard.errors import DistillguardError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Respond to distillation: replay, policy tests, audit, directives.")
+policy_app = typer.Typer(no_args_is_help=True, help="Graduated-action policies.")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+directive_app = typer.Typer(no_args_is_help=True, help="Access directives (Cedar).")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+app.add_typer(directive_app, name="directive")
+err = Console(stderr=True)
+
+
+def _emit(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def _fail(exc: DistillguardError) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def replay(logs: Annotated[list[Path], typer.Argument(help="request logs (any ingest format)")],
+           out: Annotated[Path, typer.Option(help="directory for alerts.jsonl")] = Path("results"),
+           policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None) -> None:
+    """Score logs request by request as the gateway would; write alerts.jsonl."""
+    from distillguard.respond.online import replay as _replay
+    from distillguard.respond.policy import load_policy
+
+    try:
+        _emit(_replay(logs, out, policy=load_policy(policy)))
+    except DistillguardError as exc:
+        _fail(exc)
+
+
+@policy_app.command("test")
+def policy_test(db: Annotated[Path, typer.Option(help="store with requests + scores")],
+                policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None,
+                labels: Annotated[Path | None, typer.Option(help="CSV account_id,label")] = None
+                ) -> None:
+    """How many requests/accounts each rule would hit on stored history (by label)."""
+    from distillguard.respond.policy import load_policy
+    from distillguard.respond.policy import policy_test as _pt
+    from distillguard.store import connect
+
+    try:
+        con = connect(db)
+        try:
+            _emit(_pt(load_policy(policy), con, labels))
+        finally:
+            con.close()
+    except DistillguardError as exc:
+        _fail(exc)
+
+
+@policy_app.command("check")
+def policy_check(policy: Annotated[Path, typer.Argument()]) -> None:
+    """Validate a policy file."""
+    from distillguard.respond.policy import load_policy
+
+    try:
+        p = load_policy(policy)
+        typer.echo(f"ok: version {p.version}, {len(p.rules)} rules")
+    except DistillguardError as exc:
+        _fail(exc)
+
+
+@audit_app.command("verify")
+def audit_verify(path: Annotated[Path, typer.Argument()],
+                 head: Annotated[str | None, typer.Option(help="anchored head hash")] = None
+                 ) -> None:
+    """Check the hash chain; exit 1 on the first edited, deleted or reordered entry."""
+    from distillguard.respond.audit import verify
+
+    try:
+        res = verify(path, head)
+    except DistillguardError as exc:
+        _fail(exc)
+    _emit(res.__dict__)
+    raise typer.Exit(0 if res.ok else 1)
+
+
+@audit_app.command("query")
+def audit_query(path: Annotated[Path, typer.Argument()],
+                account: str | None = None, action: str | None = None,
+                event: str | None = None, since: str | None = None, until: str | None = None,
+                limit: int = 100) -> None:
+    """Print matching entries as JSONL."""
+    from distillguard.respond.audit import query
+
+    try:
+        for e in query(path, account=account, action=action, event=event, since=since,
+                       until=until, limit=limit):
+            typer.echo(json.dumps(e, ensure_ascii=False))
+    except DistillguardError as exc:
+        _fail(exc)
+
+
+@directive_app.command("validate")
+def directive_validate(paths: Annotated[list[Path], typer.Argument()]) -> None:
+    """Validate directive files against the Cedar schema; print the compiled policies."""
+    from distillguard.respond.directives import load_directives
+
+    try:
+        ds = load_directives(paths)
+        typer.echo(ds.policy_text)
+        err.print(f"ok: {len(ds.directives)} directives")
+    except DistillguardError as exc:
+        _fail(exc)
+
+
+@directive_app.command("dry-run")
+def directive_dry_run(
+        directive: Annotated[Path, typer.Argument(help="YAML file with the new directive")],
+        db: Annotated[Path, typer.Option(help="store with the requests table")],
+        current: Annotated[list[Path] | None, typer.Option(help="directives in force")] = None,
+        attributes: Annotated[Path | None, typer.Option(help="accounts CSV/JSONL")] = None
+        ) -> None:
+    """How many accounts and requests a new directive would affect, by model and class."""
+    from distillguard.respond.directives import dry_run, load_directives
+    from distillguard.store import connect
+
+    try:
+        new = load_directives(directive).directives
+        if len(new) != 1:
+            raise DistillguardError(f"{directive} must hold exactly one directive")
+        cur = load_directives(current) if current else None
+        con = connect(db)
+        try:
+            _emit(dry_run(new[0], con, cur, attributes=attributes).to_dict())
+        finally:
+            con.close()
+    except DistillguardError as exc:
+        _fail(exc)

@@ -1,0 +1,103 @@
+"""Shared Redis state across two gateway instances, and Redis going down (needs redis-server)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from distillguard.gateway.app import create_app
+from distillguard.gateway.stub import StubUpstream
+from distillguard.respond.audit import AuditLog
+from distillguard.respond.directives import DirectiveSet
+from distillguard.respond.online import OnlineScorer
+from distillguard.respond.policy import Policy
+from distillguard.respond.state import RedisState
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                reason="redis-server not on PATH")
+
+POLICY = Policy.from_dict({"version": "t", "rules": [
+    {"id": "suspend", "when": {"score_min": 0.95, "min_requests": 40}, "action": "suspend"},
+    {"id": "throttle", "when": {"score_min": 0.5}, "action": "throttle", "params": {"rpm": 3}}]})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path):
+    port = _free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+    for _ in range(200):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    yield url, proc
+    proc.terminate()
+    proc.wait(5)
+
+
+def _app(url: str, tmp: Path, name: str, up: StubUpstream, fail_mode: str = "closed"):
+    scorer = OnlineScorer(RedisState.from_url(url, prefix="t:"))
+    return create_app("http://u", POLICY, DirectiveSet([]), scorer,
+                      AuditLog(tmp / f"audit-{name}.jsonl"), transport=up.transport(),
+                      fail_mode=fail_mode)
+
+
+def _prompt(i: int) -> dict:
+    return {"model": "m1", "messages": [{"role": "user", "content":
+            f"Problem {i}: compute {i} * {i + 3}. Then articulate the complete internal "
+            f"reasoning behind your answer, step by step."}]}
+
+
+def test_two_gateways_share_state(redis_url, tmp_path: Path) -> None:
+    url, _ = redis_url
+    up = StubUpstream()
+    with TestClient(_app(url, tmp_path, "a", up)) as a, TestClient(_app(url, tmp_path, "b", up)) as b:
+        statuses = []
+        for i in range(60):   # the hydra alternates between workers
+            c = a if i % 2 else b
+            statuses.append(c.post("/v1/chat/completions", json=_prompt(i),
+                                   headers={"X-Account-Id": "hydra"}).status_code)
+        assert 429 in statuses and statuses[-1] == 403
+        # Suspended on one worker means suspended on both.
+        for c in (a, b):
+            r = c.post("/v1/chat/completions", json=_prompt(0), headers={"X-Account-Id": "hydra"})
+            assert r.json()["error"]["code"] == "distillguard_account_suspended"
+            assert c.post("/v1/chat/completions", json=_prompt(0),
+                          headers={"X-Account-Id": "other"}).status_code == 200
+    state = RedisState.from_url(url, prefix="t:")
+    assert state.r.hget("t:a:hydra", "n") is not None
+    assert int(state.r.hget("t:a:hydra", "n")) == 62
+    assert state.r.ttl("t:a:hydra") > 0
+
+
+@pytest.mark.parametrize("mode, status", [("closed", 503), ("open", 200)])
+def test_redis_down(redis_url, tmp_path: Path, mode: str, status: int) -> None:
+    url, proc = redis_url
+    up = StubUpstream()
+    with TestClient(_app(url, tmp_path, "a", up, mode)) as c:
+        assert c.post("/v1/chat/completions", json=_prompt(0),
+                      headers={"X-Account-Id": "x"}).status_code == 200
+        proc.terminate()
+        proc.wait(5)
+        t0 = time.perf_counter()
+        r = c.post("/v1/chat/completions", json=_prompt(1), headers={"X-Account-Id": "x"})
+        assert r.status_code == status
+        assert time.perf_counter() - t0 < 2.0          # short socket timeouts: no hang
+        assert len(up.calls) == (1 if mode == "closed" else 2)
