@@ -19,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from distillguard import api
 from distillguard.errors import DistillguardError
@@ -85,9 +86,11 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
         t.add_row("outputs", str(res.out_dir))
     console.print(t)
     for c in res.campaigns[:10]:
-        console.print(f"  [bold]{c['campaign_id']}[/bold] score {c['score']:.3f}: "
-                      f"{c['n_accounts']} accounts, {c['requests']:,} requests; "
-                      f"{'; '.join(c['reasons'][:2])}", markup=False, highlight=False)
+        line = Text("  ")
+        line.append(c["campaign_id"], style="bold")
+        line.append(f" score {c['score']:.3f}: {c['n_accounts']} accounts, "
+                    f"{c['requests']:,} requests; {'; '.join(c['reasons'][:2])}")
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -114,6 +117,148 @@ def detect(
         console.print(f"{res.ingest.rows_bad} bad rows quarantined to "
                       f"{res.ingest.quarantine_path}")
     console.print(f"report: {out / 'report.html'}")
+
+
+def _parse_set(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for it in items:
+        if "=" not in it:
+            raise typer.BadParameter(f"--set takes KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = int(v)
+        except ValueError:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Output directory")] = Path("traffic"),
+    scenario: Annotated[str, typer.Option(help="tiny | demo | default")] = "default",
+    seed: Annotated[int, typer.Option()] = 7,
+    legit_corpus: Annotated[list[Path] | None, typer.Option(
+        "--legit-corpus", help="Legitimate prompt files/dirs (default: bundled)")] = None,
+    distill_corpus: Annotated[list[Path] | None, typer.Option(
+        "--distill-corpus", help="Distillation prompt files/dirs (default: bundled)")] = None,
+    timing: Annotated[list[Path] | None, typer.Option(help="Azure LLM trace CSVs")] = None,
+    split: Annotated[str, typer.Option(help="all | tune | report")] = "all",
+    knob: Annotated[list[str] | None, typer.Option(
+        "--set", help="KNOB=VALUE, e.g. camouflage=0.4 (repeatable)")] = None,
+) -> None:
+    """Write simulated request logs plus labels.csv (deterministic for a seed)."""
+    from distillguard.sim import simulate as _simulate
+
+    try:
+        res = _simulate(out, scenario=scenario, seed=seed, legit_corpus=legit_corpus or None,
+                        distill_corpus=distill_corpus or None, timing=timing or None,
+                        split=split, **_parse_set(knob or []))
+    except DistillguardError as exc:
+        _fail(exc)
+    console.print(f"{res.n_requests:,} requests from {res.n_accounts:,} accounts → "
+                  f"{out}/logs/ ({len(res.logs)} files), labels: {res.labels}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo-out"),
+    seed: Annotated[int, typer.Option()] = 7,
+    quiet: Annotated[bool, typer.Option(help="No progress bars")] = False,
+) -> None:
+    """Simulate a mixed population (bundled corpus), detect, and show what was caught."""
+    try:
+        with RichProgress(not quiet) as prog:
+            d = api.demo(out, seed=seed, progress=prog)
+    except DistillguardError as exc:
+        _fail(exc)
+    _print_summary(d.detect, d.seconds)
+    t = Table(title="against the planted ground truth", show_header=False)
+    t.add_row("planted distillation accounts caught", f"{d.caught} of {d.planted}")
+    t.add_row("false positives", f"{d.false_positives} of {d.benign} legitimate accounts")
+    t.add_row("planted campaigns recovered as one", f"{d.campaigns_recovered} of "
+              f"{d.campaigns_planted}")
+    t.add_row("total time", f"{d.seconds:.1f} s")
+    console.print(t)
+    console.print(f"report: {out / 'results' / 'report.html'}")
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("bench-out"),
+    scenario: Annotated[str, typer.Option(help="tiny | demo | default")] = "default",
+    seed: Annotated[int, typer.Option()] = 7,
+    legit_corpus: Annotated[list[Path] | None, typer.Option("--legit-corpus")] = None,
+    distill_corpus: Annotated[list[Path] | None, typer.Option("--distill-corpus")] = None,
+    timing: Annotated[list[Path] | None, typer.Option()] = None,
+    shared_data: Annotated[Path | None, typer.Option(
+        help="Use the real corpora in this folder (e.g. ../shared/data)")] = None,
+    knob: Annotated[list[str] | None, typer.Option("--set", help="KNOB=VALUE")] = None,
+    sweep: Annotated[str | None, typer.Option(
+        help="KNOB=V1,V2,... e.g. camouflage=0,0.2,0.4,0.6")] = None,
+    baselines: Annotated[str, typer.Option(
+        help="Comma-separated: volume,prada,knn,mmd (empty for none)")] = "volume,prada,knn,mmd",
+) -> None:
+    """Benchmark distillguard and published baselines on simulated traffic."""
+    from distillguard.bench import run as br
+
+    if shared_data is not None:
+        legit_corpus = legit_corpus or [shared_data / "legit"]
+        distill_corpus = distill_corpus or [shared_data / "distill"]
+        timing = timing or [shared_data / "traces"]
+    names = [b for b in baselines.split(",") if b]
+    kw = dict(scenario=scenario, seed=seed, legit=legit_corpus or None,
+              distill=distill_corpus or None, timing=timing or None, baselines=names,
+              knobs=_parse_set(knob or []))
+    try:
+        with RichProgress() as prog:
+            if sweep:
+                name, _, vals = sweep.partition("=")
+                table = br.sweep(out, name, [float(v) for v in vals.split(",")],
+                                 progress=prog, **kw)
+            else:
+                result = br.bench(out, progress=prog, **kw)
+    except DistillguardError as exc:
+        _fail(exc)
+    if sweep:
+        t = Table(title=f"sweep {sweep}: recall at 0.1% FPR")
+        dets = list(next(iter(table.values())))
+        t.add_column(name)
+        for d in dets:
+            t.add_column(d)
+        for v, row in table.items():
+            t.add_row(v, *[f"{row[d]['recall@0.1%fpr'] or 0:.3f}" for d in dets])
+        console.print(t)
+        console.print(f"plot: {out / f'sweep-{name}.png'}")
+        return
+    rows = br.summary_rows(result)
+    t = Table(title=f"distillguard bench: {result['n_requests']:,} requests, "
+                    f"{result['n_accounts']:,} accounts (scenario {scenario}, seed {seed})")
+    for col in rows[0]:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
+    console.print(t)
+    m = result["detectors"]["distillguard"]
+    t2 = Table(title="distillguard per campaign")
+    for col in ("campaign", "kind", "accounts", "flagged share", "purity", "recovered"):
+        t2.add_column(col)
+    for c in m["campaigns"]:
+        t2.add_row(str(c.get("campaign_id")), str(c.get("kind", "")), str(c.get("n_accounts")),
+                   f"{c.get('flagged_share') or 0:.3f}", f"{c.get('purity') or 0:.3f}",
+                   str(c.get("recovered_as_one")))
+    console.print(t2)
+    t3 = Table(title="false-positive rate per legitimate kind (distillguard)")
+    t3.add_column("kind")
+    t3.add_column("accounts")
+    t3.add_column("fpr")
+    for k in m["fpr_by_kind"]:
+        t3.add_row(str(k["kind"]), str(k.get("n", k.get("n_accounts", ""))),
+                   f"{k['fpr']:.4f}" if k["fpr"] is not None else "-")
+    console.print(t3)
+    console.print(f"results: {out / 'bench.json'}")
 
 
 def _mount_subapps() -> None:

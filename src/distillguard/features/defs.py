@@ -29,9 +29,9 @@ FEATURES: tuple[Feature, ...] = (
             "coefficient of variation of inter-arrival gaps (humans burst: high)"),
     Feature("median_gap_s", "coalesce(median(gap_s), 0)", "median seconds between requests",
             "{:.0f}s"),
-    Feature("out_in_ratio", "coalesce(median(output_tokens / greatest(input_tokens, 1)), 0)",
+    Feature("out_in_ratio", "median(output_tokens / greatest(input_tokens, 1))",
             "median output/input token ratio (harvesting long answers: high)"),
-    Feature("mean_output_tokens", "coalesce(avg(output_tokens), 0)", "mean output tokens",
+    Feature("mean_output_tokens", "avg(output_tokens)", "mean output tokens (NULL: not logged)",
             "{:.0f}"),
     Feature("novelty", "count(DISTINCT prompt_hash) / count(*)",
             "distinct prompts / requests (eval harnesses repeat a fixed set: low)"),
@@ -54,6 +54,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("pivot_share", "coalesce(sum(CASE WHEN in_pivot_window AND on_new_model THEN 1 "
             "ELSE 0 END) / nullif(sum(CASE WHEN in_pivot_window THEN 1 ELSE 0 END), 0), 0)",
             "share of traffic in a new model's first day that went to that model", "{:.0%}"),
+    Feature("pivot_window_requests", "sum(CASE WHEN in_pivot_window THEN 1 ELSE 0 END)",
+            "requests made in a new model's first day", "{:,.0f}"),
     Feature("account_age_days", "coalesce(date_diff('day', max(account_created), min(ts)), 365)",
             "account age at first request (unknown: 365)", "{:.0f}d"),
     Feature("nonstandard_signup", "max(CASE WHEN lower(signup_channel) IN ('education', "
@@ -93,7 +95,7 @@ windows AS (SELECT first_seen AS w0, first_seen + INTERVAL {win} HOUR AS w1, mod
 SELECT r.request_id, r.account_id, r.ts, r.model, r.n_user_turns, r.context_chars, r.n_tools,
        r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
        r.signup_channel, r.ip, r.api_key_id,
-       hash(r.prompt) AS prompt_hash,
+       coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,

@@ -111,6 +111,20 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
         reasons.append("; ".join(rs[:k]))
     out = df.select("account_id", "score", "flagged", "campaign_id", "raw", "final_raw").with_columns(
         pl.Series("reasons", reasons, dtype=pl.Utf8)).sort("score", descending=True)
+    # Campaign reasons: the evidence of its members on average, with average feature values.
+    ev_cols = [c for c in df.columns if c.startswith("ev_")]
+    camp_reasons = {}
+    members = df.filter(pl.col("campaign_id").is_not_null())
+    if members.height:
+        mean_ev = members.group_by("campaign_id").agg(pl.col(ev_cols).mean())
+        num = [c for c, t in feats.schema.items() if t.is_numeric()]
+        mean_ft = (feats.select("account_id", *num).join(members.select("account_id",
+                   "campaign_id"), on="account_id").group_by("campaign_id").agg(pl.col(num).mean()))
+        ft_rows = {r["campaign_id"]: r for r in mean_ft.iter_rows(named=True)}
+        for r in mean_ev.iter_rows(named=True):
+            camp_reasons[r["campaign_id"]] = reasons_for(ft_rows[r["campaign_id"]], r, cfg, k)
+    flagged_c = flagged_c.with_columns(pl.col("campaign_id").replace_strict(
+        camp_reasons, default=[], return_dtype=pl.List(pl.Utf8)).alias("reasons"))
     con.register("_scores", out.to_arrow())
     con.execute("CREATE OR REPLACE TABLE scores AS SELECT * FROM _scores")
     con.unregister("_scores")

@@ -56,11 +56,6 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
             GROUP BY 1""").pl()
     finally:
         con.unregister("_members")
-    reasons_by = (scores.filter(pl.col("campaign_id").is_not_null())
-                  .select("campaign_id", pl.col("reasons").str.split("; ")).explode("reasons")
-                  .filter(~pl.col("reasons").str.starts_with("member of campaign"))
-                  .with_columns(pl.col("reasons").str.replace_all(r"[\d.,]+%?", "#"))
-                  .group_by("campaign_id", "reasons").len().sort("len", descending=True))
     out = []
     for row in flagged.sort("campaign_score", descending=True).iter_rows(named=True):
         cid = row["campaign_id"]
@@ -78,7 +73,15 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
         tpl = (skel.filter(pl.col("campaign_id") == cid).sort("requests", descending=True)
                .head(5))
         s = sync.filter(pl.col("campaign_id") == cid)
-        rs = reasons_by.filter(pl.col("campaign_id") == cid).head(5)["reasons"].to_list()
+        rs = list(row["reasons"])
+        kinds = [k for k, v in (("payment", kk.filter(pl.col("kind") == "payment").height),
+                                ("template", kk.filter(pl.col("kind") == "template").height),
+                                ("IP prefix", kk.filter(pl.col("kind") == "ip_prefix").height))
+                 if v]
+        if kinds:
+            rs.append(f"{len(accts)} accounts linked by shared {', '.join(kinds)}")
+        if s.height and int(s["pairs"][0]):
+            rs.append(f"synchronized activity between {int(s['pairs'][0])} account pairs")
         out.append({
             "campaign_id": cid,
             "score": round(float(row["campaign_score"]), 6),
