@@ -1,0 +1,1 @@
+"""Benchmark: simulated traffic, metrics, published baselines."""
