@@ -203,3 +203,29 @@ def demo(out_dir: str | Path = "demo-out", *, seed: int = 7, scenario: str = "de
                       campaigns_planted=m["n_campaigns"],
                       campaigns_recovered=m["n_campaigns_recovered"],
                       seconds=time.perf_counter() - t0)
+
+
+def calibrate(paths: Iterable[str | Path], benign_accounts: Iterable[str] | None = None, *,
+              config: Config | str | Path | None = None, db: str | Path | None = None,
+              target_fpr: float | None = None) -> dict[str, Any]:
+    """Fit the score calibration on traffic of known-benign accounts.
+
+    ``benign_accounts`` lists the accounts known to be legitimate (e.g. long-standing,
+    verified customers); all accounts in ``paths`` are used when it is None, which is right
+    only for traffic known to be clean. Returns the ``scoring.calibration`` mapping to put in
+    a config file.
+    """
+    cfg = config if isinstance(config, Config) else load_config(config)
+    con = connect(db)
+    try:
+        ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
+        scores, _ = analyse(con, cfg)
+    finally:
+        con.close()
+    if benign_accounts is not None:
+        keep = pl.DataFrame({"account_id": list(benign_accounts)}, schema={"account_id": pl.Utf8})
+        scores = scores.join(keep, on="account_id")
+    fpr = float(target_fpr if target_fpr is not None else cfg["scoring"]["target_fpr"])
+    cal = Calibrator(fpr).fit(scores["final_raw"].to_numpy())
+    return {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": fpr,
+            "fitted_on": f"{scores.height} benign accounts, config {cfg.version}"}

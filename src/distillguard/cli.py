@@ -261,6 +261,37 @@ def bench(
     console.print(f"results: {out / 'bench.json'}")
 
 
+@app.command()
+def calibrate(
+    logs: Annotated[list[Path], typer.Argument(help="Logs of (mostly) known-benign traffic")],
+    benign: Annotated[Path | None, typer.Option(
+        help="File with one known-benign account id per line (or a labels.csv)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("calibration.yaml"),
+    target_fpr: Annotated[float | None, typer.Option(help="False-positive budget")] = None,
+    config: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Fit the score threshold on benign traffic; writes a config file to pass as --config."""
+    import yaml
+
+    ids = None
+    if benign is not None:
+        lines = benign.read_text("utf-8").splitlines()
+        if lines and lines[0].startswith("account_id,"):
+            import polars as pl
+
+            lab = pl.read_csv(benign, infer_schema_length=0)
+            ids = lab.filter(pl.col("label") != "distill")["account_id"].to_list()
+        else:
+            ids = [x.strip() for x in lines if x.strip()]
+    try:
+        params = api.calibrate(logs, ids, config=config, target_fpr=target_fpr)
+    except DistillguardError as exc:
+        _fail(exc)
+    out.write_text(yaml.safe_dump({"scoring": {"calibration": params}}, sort_keys=False))
+    console.print(f"raw threshold {params['raw_threshold']:.3f} at FPR {params['target_fpr']} "
+                  f"on {params['n_benign']} benign accounts → {out} (use --config {out})")
+
+
 def _mount_subapps() -> None:
     """Sub-apps live with their modules; a missing optional extra only hides its verbs."""
     from distillguard.intel import cli as intel_cli

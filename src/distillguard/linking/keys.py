@@ -49,11 +49,18 @@ SELECT account_id, kind, key, n FROM tpl WHERE n >= {m} AND n >= 0.1 * tot
 
 
 def sync_tokens_sql(cfg: Config) -> str:
-    """SynchroTrap-style action tokens: (capability, time bucket) per account."""
+    """SynchroTrap-style action tokens: (what, time bucket) per account.
+
+    "What" is the prompt template when the request belongs to one, else its capability: two
+    unrelated round-the-clock jobs share time buckets but not templates, while load-balanced
+    campaign accounts share both.
+    """
     minutes = int(cfg["linking"]["sync_bucket_minutes"])
+    min_tpl = int(cfg["features"]["min_template_size"])
     return f"""
 SELECT account_id,
-       capability || '|' || CAST(floor(epoch(ts) / {minutes * 60}) AS BIGINT) AS token
+       (CASE WHEN template_size >= {min_tpl} THEN template_id ELSE capability END)
+         || '|' || CAST(floor(epoch(ts) / {minutes * 60}) AS BIGINT) AS token
 FROM signals
 GROUP BY ALL
 """

@@ -41,8 +41,10 @@ def community_table(ev: pl.DataFrame, comm: pl.DataFrame, edges: pl.DataFrame,
         e = (edges.join(comm.rename({"account_id": "a", "community": "ca"}), on="a")
              .join(comm.rename({"account_id": "b", "community": "cb"}), on="b")
              .filter((pl.col("ca") == pl.col("cb")) & (pl.col("ca") >= 0)))
-        deg = (pl.concat([e.select(pl.col("a").alias("account_id"), "weight"),
-                          e.select(pl.col("b").alias("account_id"), "weight")])
+        # Lifting needs more than a shared SDK user agent: count edges carrying any other kind.
+        strong = e.filter(pl.col("kinds") != "user_agent")
+        deg = (pl.concat([strong.select(pl.col("a").alias("account_id"), "weight"),
+                          strong.select(pl.col("b").alias("account_id"), "weight")])
                .group_by("account_id").agg(pl.col("weight").sum().alias("deg_in")))
         pattern = "|".join(_COORD_KINDS)
         # Share of members touched by a coordination edge (payment, template or sync).
@@ -60,8 +62,10 @@ def community_table(ev: pl.DataFrame, comm: pl.DataFrame, edges: pl.DataFrame,
                  pl.col("account_id").sort().alias("members"))
             .join(coord, on="community", how="left")
             .with_columns(pl.col("coord_share").fill_null(0.0))
-            .with_columns((pl.col("median_raw") + float(sc["campaign_coordination_weight"])
-                           * pl.col("coord_share")).alias("campaign_raw")))
+            .with_columns(pl.when(pl.col("median_raw") > 0).then(
+                pl.col("median_raw") * (1 + float(sc["campaign_coordination_weight"])
+                                        * pl.col("coord_share")))
+                .otherwise(pl.col("median_raw")).alias("campaign_raw")))
     return camp, deg
 
 
@@ -86,8 +90,11 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
           .with_columns(pl.col("deg_in").fill_null(0.0))
           .join(flagged_c.select("community", "campaign_id", "campaign_raw", "campaign_score"),
                 on="community", how="left"))
+    # A campaign lifts members that are linked to it strongly and do not look clearly human
+    # on their own: a customer sharing a NAT with a hydra keeps its own score.
     lifted = (pl.col("campaign_id").is_not_null()
-              & (pl.col("deg_in") >= float(sc["lift_min_degree"])))
+              & (pl.col("deg_in") >= float(sc["lift_min_degree"]))
+              & (pl.col("raw") >= float(sc["lift_min_raw"])))
     df = df.with_columns(
         pl.when(lifted).then(pl.max_horizontal("raw", "campaign_raw")).otherwise(pl.col("raw"))
         .alias("final_raw"),
