@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 
 from distillguard.signals.sql import signals_sql
-from distillguard.signals.templates import band_keys, signatures, template_ids
 from distillguard.store import connect
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -236,17 +236,19 @@ def bench(
     rows = br.summary_rows(result)
     t = Table(title=f"distillguard bench: {result['n_requests']:,} requests, "
                     f"{result['n_accounts']:,} accounts (scenario {scenario}, seed {seed})")
-    for col in rows[0]:
-        t.add_column(col)
+    t.add_column("metric")
     for r in rows:
-        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
+        t.add_column(r["detector"], justify="right")
+    for key in list(rows[0])[1:]:
+        t.add_row(key, *[f"{r[key]:.3f}" if isinstance(r[key], float) else str(r[key])
+                         for r in rows])
     console.print(t)
     m = result["detectors"]["distillguard"]
     t2 = Table(title="distillguard per campaign")
-    for col in ("campaign", "kind", "accounts", "flagged share", "purity", "recovered"):
+    for col in ("campaign", "accounts", "flagged share", "purity", "recovered"):
         t2.add_column(col)
     for c in m["campaigns"]:
-        t2.add_row(str(c.get("campaign_id")), str(c.get("kind", "")), str(c.get("n_accounts")),
+        t2.add_row(str(c.get("campaign_id")), str(c.get("n_accounts")),
                    f"{c.get('flagged_share') or 0:.3f}", f"{c.get('purity') or 0:.3f}",
                    str(c.get("recovered_as_one")))
     console.print(t2)
