@@ -205,6 +205,7 @@ def bench(
                                "peak_rss_mb": round(r.peak_rss / 2**20)} for r in runs},
     }
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "bench.md").write_text(markdown(result))
     scores.join(rep.labels, on="account_id", how="left").write_csv(out / "accounts_scored.csv")
     return result
 
@@ -230,6 +231,35 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "peak_mb": m["peak_rss_mb"],
         })
     return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The benchmark table as Markdown (for the README and closing notes)."""
+    rows = summary_rows(result)
+    keys = list(rows[0])[1:]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.3f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v))
+
+    out = [f"{result['n_requests']:,} requests, {result['n_accounts']:,} accounts "
+           f"(scenario {result['scenario']}, seed {result['seed']}, config "
+           f"{result['config_version']}):", "",
+           "| metric | " + " | ".join(r["detector"] for r in rows) + " |",
+           "|---|" + "---:|" * len(rows)]
+    out += [f"| {k} | " + " | ".join(fmt(r[k]) for r in rows) + " |" for k in keys]
+    m = result["detectors"]["distillguard"]
+    out += ["", "distillguard per planted campaign:", "",
+            "| campaign | accounts | flagged share | purity | recovered as one |",
+            "|---|---:|---:|---:|---|"]
+    out += [f"| {c['campaign_id']} | {c['n_accounts']} | {fmt(c['flagged_share'])} | "
+            f"{fmt(c['purity'])} | {c['recovered_as_one']} |" for c in m["campaigns"]]
+    out += ["", "False-positive rate per legitimate kind (distillguard):", "",
+            "| kind | accounts | flagged | fpr |", "|---|---:|---:|---:|"]
+    out += [f"| {k['kind']} | {k['n']} | {k['n_flagged']} | {fmt(k['fpr'])} |"
+            for k in m["fpr_by_kind"]]
+    return "\n".join(out) + "\n"
 
 
 def sweep(out_dir: str | Path, knob: str, values: Sequence[float], **kw: Any) -> dict[str, Any]:
