@@ -1,0 +1,110 @@
+"""End to end on simulated traffic: planted campaigns are linked and flagged, hard negatives
+are not, outputs are complete, and the CLI behaves."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from distillguard import api
+from distillguard.cli import app
+from distillguard.errors import NotFittedError
+from distillguard.scoring import Calibrator
+from distillguard.sim import simulate
+
+HARD_NEGATIVES = ("eval_harness", "enterprise_batch", "coding_agent", "university",
+                  "multi_key_org", "key_rotator")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    sim = simulate(d / "traffic", scenario="tiny", seed=3)
+    res = api.detect(sim.logs, d / "results", db=d / "store.duckdb")
+    labels = pl.read_csv(sim.labels, infer_schema_length=0).rename({"campaign_id": "true_cid"})
+    return sim, res, res.accounts.join(labels, on="account_id"), d
+
+
+def test_hydra_is_one_flagged_campaign(run):
+    _, _, acc, _ = run
+    hydra = acc.filter(pl.col("kind") == "reasoning_hydra")
+    assert hydra.height >= 10
+    assert hydra["flagged"].all()
+    assert hydra["campaign_id"].n_unique() == 1 and hydra["campaign_id"][0] is not None
+
+
+def test_every_campaign_account_flagged_with_reasons(run):
+    _, _, acc, _ = run
+    distill = acc.filter(pl.col("label") == "distill")
+    assert distill["flagged"].mean() >= 0.9
+    assert all(r for r in distill.filter(pl.col("flagged"))["reasons"])
+
+
+def test_hard_negatives_stay_unflagged(run):
+    _, _, acc, _ = run
+    hn = acc.filter(pl.col("kind").is_in(HARD_NEGATIVES))
+    assert set(hn["kind"]) == set(HARD_NEGATIVES)
+    assert not hn["flagged"].any(), hn.filter(pl.col("flagged")).select("kind", "reasons")
+    ordinary = acc.filter(pl.col("kind") == "ordinary")
+    assert ordinary["flagged"].sum() <= 1
+
+
+def test_outputs(run):
+    sim, res, acc, d = run
+    out = d / "results"
+    with (out / "accounts.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["account_id", "score", "flagged", "campaign_id", "reasons"]
+    assert len(rows) == sim.n_accounts
+    assert all(0.0 <= float(r["score"]) <= 1.0 and r["flagged"] in ("true", "false")
+               for r in rows)
+    campaigns = json.loads((out / "campaigns.json").read_text())
+    assert campaigns, "no campaign found"
+    need = {"campaign_id", "accounts", "score", "requests", "first_seen", "last_seen",
+            "capabilities", "indicators", "example_prompts", "reasons"}
+    for c in campaigns:
+        assert need <= set(c)
+        assert {"ip_prefixes", "user_agents", "payment_fingerprints", "templates",
+                "synchronized_timing"} <= set(c["indicators"])
+        assert all(len(p) <= 300 for p in c["example_prompts"])
+    flagged_cids = {r["campaign_id"] for r in rows if r["campaign_id"]}
+    assert flagged_cids == {c["campaign_id"] for c in campaigns}
+    html = (out / "report.html").read_text()
+    assert "<script" not in html.lower()
+    assert campaigns[0]["campaign_id"] in html
+
+
+def test_rerun_on_same_store_is_idempotent(run):
+    sim, res, _, d = run
+    again = api.detect(sim.logs, None, db=d / "store.duckdb")
+    assert again.ingest.rows_ok == 0 and again.ingest.rows_dup == res.ingest.rows_ok
+    a = res.accounts.sort("account_id")
+    b = again.accounts.sort("account_id")
+    assert np.allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-12)
+
+
+def test_cli_detect_and_errors(run, tmp_path):
+    sim, _, _, _ = run
+    runner = CliRunner()
+    r = runner.invoke(app, ["detect", *map(str, sim.logs), "--out", str(tmp_path / "o"),
+                            "--db", str(tmp_path / "s.duckdb"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "accounts.csv").exists()
+    r = runner.invoke(app, ["detect", str(tmp_path / "missing.jsonl"), "--out",
+                            str(tmp_path / "o2"), "--db", str(tmp_path / "s2.duckdb")])
+    assert r.exit_code == 2
+    assert "no such file" in r.output
+
+
+def test_calibrator_meets_budget_and_requires_fit():
+    rng = np.random.default_rng(0)
+    benign = rng.normal(0, 1, 5000)
+    cal = Calibrator(target_fpr=0.01).fit(benign)
+    assert (cal.transform(benign) >= 0.5).mean() <= 0.01
+    with pytest.raises(NotFittedError):
+        Calibrator().transform(benign)
