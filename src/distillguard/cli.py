@@ -95,7 +95,7 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
 
 @app.command()
 def detect(
-    logs: Annotated[list[Path], typer.Argument(help="Log files: JSONL(.gz), JSON, Parquet, CSV")],
+    logs: Annotated[list[Path], typer.Argument(help="Log files or directories: JSONL(.gz), JSON, Parquet, CSV")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory")] = Path("results"),
     db: Annotated[Path, typer.Option(help="DuckDB store file")] = Path("distillguard.duckdb"),
     config: Annotated[Path | None, typer.Option(help="Config YAML merged over defaults")] = None,
@@ -305,6 +305,10 @@ def _mount_subapps() -> None:
     app.add_typer(gateway_cli.app, name="gateway")
     app.add_typer(respond_cli.app, name="respond",
                   help="Replay, policy test, audit log and access directives.")
+    # The two verbs operators use most also stand at top level.
+    app.command("replay", help="Score logs request by request; write alerts.jsonl.")(
+        respond_cli.replay)
+    app.add_typer(respond_cli.policy_app, name="policy", help="Graduated-action policies.")
 
 
 _mount_subapps()

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from distillguard.errors import BadRowError, IngestError
 from distillguard.ingest.normalize import RowError, normalize
-from distillguard.ingest.reader import LineError, iter_records
+from distillguard.ingest.reader import LineError, expand_paths, iter_records
 from distillguard.schema import STORE_COLUMNS, STORE_SCHEMA
 from distillguard.store import scalar
 
@@ -143,8 +143,7 @@ def ingest_files(
     report = IngestReport(quarantine_path=str(quarantine_path) if quarantine_path else None)
     quarantine = _Quarantine(quarantine_path, con)
     try:
-        for p in paths:
-            path = Path(p)
+        for path in expand_paths([Path(p) for p in paths]):
             if not path.exists():
                 raise IngestError(f"{path}: no such file")
             file_fmt = fmt or _sniff_format(path, limits)

@@ -51,6 +51,22 @@ def _open_bytes(path: Path):
     return path.open("rb")
 
 
+_LOG_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv")
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for the log files directly inside it, sorted."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and any(
+                f.name.lower().endswith(s) or f.name.lower().endswith(s + ".gz")
+                for s in _LOG_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
 def iter_records(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
     kind = file_kind(path)
     try:

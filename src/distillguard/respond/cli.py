@@ -46,18 +46,30 @@ def replay(logs: Annotated[list[Path], typer.Argument(help="request logs (any in
 
 
 @policy_app.command("test")
-def policy_test(db: Annotated[Path, typer.Option(help="store with requests + scores")],
-                policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None,
-                labels: Annotated[Path | None, typer.Option(help="CSV account_id,label")] = None
-                ) -> None:
-    """How many requests/accounts each rule would hit on stored history (by label)."""
+def policy_test(
+    policy: Annotated[Path | None, typer.Argument(help="policy YAML (default: bundled)")] = None,
+    logs: Annotated[list[Path] | None, typer.Option(
+        "--logs", help="replay these logs (ingested and scored in memory)")] = None,
+    db: Annotated[Path | None, typer.Option(help="or: a store with requests + scores")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV account_id,label")] = None,
+) -> None:
+    """How many requests/accounts each rule would hit on history (split by label)."""
+    from distillguard.api import analyse
+    from distillguard.config import load_config
+    from distillguard.ingest import ingest_files
     from distillguard.respond.policy import load_policy
     from distillguard.respond.policy import policy_test as _pt
     from distillguard.store import connect
 
+    if not logs and db is None:
+        raise typer.BadParameter("give --logs LOGS or --db STORE")
     try:
-        con = connect(db)
+        con = connect(db if not logs else None)
         try:
+            if logs:
+                cfg = load_config()
+                ingest_files(logs, con, limits=cfg["ingest"])
+                analyse(con, cfg)
             _emit(_pt(load_policy(policy), con, labels))
         finally:
             con.close()
