@@ -64,7 +64,7 @@ def _timed(timings: dict[str, float], name: str, progress: Progress) -> Iterator
 
 
 def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress | None = None,
-            calibrator: Calibrator | None = None,
+            calibrator: Calibrator | None = None, intel_key: bytes | None = None,
             timings: dict[str, float] | None = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Run signals → features → links → scores on what the store holds."""
     progress = progress or Progress()
@@ -73,7 +73,7 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
     with _timed(timings, "signals", progress):
         compute_signals(con, cfg, on_progress=progress.stage("signals", n))
     with _timed(timings, "features", progress):
-        compute_features(con, cfg)
+        compute_features(con, cfg, intel_key)
     with _timed(timings, "linking", progress):
         compute_links(con, cfg)
     with _timed(timings, "scoring", progress):
@@ -110,6 +110,7 @@ def detect(
     progress: Progress | None = None,
     calibrator: Calibrator | None = None,
     summary_extra: dict[str, Any] | None = None,
+    intel_key: bytes | None = None,
 ) -> DetectResult:
     """Ingest ``paths`` into the store at ``db`` and run the whole detection pipeline.
 
@@ -130,7 +131,7 @@ def detect(
                 quarantine_path=(out / "quarantine.jsonl") if out else None,
                 on_progress=progress.stage("ingest", None))
         scores, campaigns = analyse(con, cfg, progress=progress, calibrator=calibrator,
-                                    timings=timings)
+                                    timings=timings, intel_key=intel_key)
         if out is not None:
             with _timed(timings, "outputs", progress):
                 summary = {

@@ -102,14 +102,21 @@ def detect(
     fmt: Annotated[str | None, typer.Option("--format", help="canonical|openai|litellm|otel "
                                             "(default: detected per file)")] = None,
     strict: Annotated[bool, typer.Option(help="First bad row is fatal")] = False,
+    intel_key_file: Annotated[Path | None, typer.Option(
+        help="Sharing group's HMAC key: match imported partner indicators")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars")] = False,
 ) -> None:
     """Ingest LOGS and find distillation accounts and campaigns; write results to OUT."""
     t0 = time.perf_counter()
     try:
+        key = None
+        if intel_key_file is not None:
+            from distillguard.intel import load_key
+
+            key = load_key(intel_key_file)
         with RichProgress(not quiet) as prog:
             res = api.detect(logs, out, db=db, config=config, fmt=fmt, strict=strict,
-                             progress=prog)
+                             progress=prog, intel_key=key)
     except DistillguardError as exc:
         _fail(exc)
     _print_summary(res, time.perf_counter() - t0)

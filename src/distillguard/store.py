@@ -43,6 +43,7 @@ def connect(path: str | Path | None = None, *, threads: int | None = None,
         if memory_limit:
             con.execute("SET memory_limit = ?", [memory_limit])
         con.execute("SET preserve_insertion_order = false")
+        con.execute("SET enable_progress_bar = false")  # we draw our own
         con.execute(_DDL)
     except duckdb.Error as exc:
         raise StoreError(f"cannot open store {target}: {exc}") from exc
@@ -50,9 +51,8 @@ def connect(path: str | Path | None = None, *, threads: int | None = None,
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()[0])
+    return bool(scalar(
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):

@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import duckdb
+import polars as pl
 
 from distillguard.config import Config
 from distillguard.features.defs import ALL_FEATURES, FEATURES, enriched_sql, features_sql
-from distillguard.store import scalar
+from distillguard.store import scalar, table_exists
 
 __all__ = ["ALL_FEATURES", "FEATURES", "compute_features", "enriched_sql", "features_sql"]
 
 
-def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
-    """Build ``_req`` and ``features``; returns the number of accounts."""
+def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config,
+                     intel_key: bytes | None = None) -> int:
+    """Build ``_req`` and ``features``; returns the number of accounts.
+
+    With ``intel_key`` (the sharing group's HMAC key) and imported partner indicators, two
+    more features say how many of a partner's indicators an account matches.
+    """
     con.execute(f"CREATE OR REPLACE TABLE _req AS {enriched_sql(cfg)}")
-    con.execute(f"CREATE OR REPLACE TABLE features AS {features_sql(cfg)}")
+    con.execute(f"CREATE OR REPLACE TABLE features_base AS {features_sql(cfg)}")
+    hits = _partner_hits(con, intel_key)
+    con.register("_partner", hits.to_arrow())
+    con.execute("""
+        CREATE OR REPLACE TABLE features AS
+        SELECT f.*, coalesce(p.partner_hits, 0)::DOUBLE AS partner_hits,
+               coalesce(p.max_confidence, 0)::DOUBLE AS partner_confidence,
+               p.reasons AS partner_reasons
+        FROM features_base f LEFT JOIN _partner p USING (account_id)""")
+    con.unregister("_partner")
+    con.execute("DROP TABLE features_base")
     return scalar(con, "SELECT count(*) FROM features")
+
+
+def _partner_hits(con: duckdb.DuckDBPyConnection, key: bytes | None) -> pl.DataFrame:
+    empty = pl.DataFrame(schema={"account_id": pl.Utf8, "partner_hits": pl.Int64,
+                                 "max_confidence": pl.Int64, "reasons": pl.Utf8})
+    if key is None or not table_exists(con, "partner_indicators"):
+        return empty
+    from distillguard.intel import match_partner_indicators
+
+    m = match_partner_indicators(con, key)
+    return m.filter(pl.col("partner_hits") > 0).select(
+        "account_id", pl.col("partner_hits").cast(pl.Int64),
+        pl.col("max_confidence").cast(pl.Int64), pl.col("reasons").cast(pl.Utf8))

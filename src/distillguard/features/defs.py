@@ -75,7 +75,13 @@ DERIVED: tuple[Feature, ...] = (
             "{:.0%}"),
 )
 
-ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED}
+#: Joined in from partner intelligence (intel.match_partner_indicators); 0 without it.
+PARTNER: tuple[Feature, ...] = (
+    Feature("partner_hits", "", "distinct partner indicators matched", "{:.0f}"),
+    Feature("partner_confidence", "", "highest partner confidence among them", "{:.0f}"),
+)
+
+ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED + PARTNER}
 
 
 def enriched_sql(cfg: Config) -> str:

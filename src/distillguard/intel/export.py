@@ -187,6 +187,11 @@ def _strs(values: Iterable[Any]) -> list[str]:
     return sorted({str(v).strip() for v in values if v is not None and str(v).strip()})
 
 
+def _values(items: Iterable[Any]) -> list[str]:
+    """Indicator entries are plain strings or ``{"value": ..., "accounts": ...}`` objects."""
+    return _strs(i.get("value") if isinstance(i, dict) else i for i in items)
+
+
 def gather_facts(campaign: dict[str, Any], con: Any | None = None) -> CampaignFacts:
     """Collect what is known about a campaign from its JSON entry and, if given, the store.
 
@@ -204,19 +209,20 @@ def gather_facts(campaign: dict[str, Any], con: Any | None = None) -> CampaignFa
     except KeyError as exc:
         raise IntelError(f"campaign {campaign.get('campaign_id')!r} lacks {exc}") from exc
     infra: list[Infra] = []
-    for prefix in ind.get("ip_prefixes") or []:
+    for prefix in _values(ind.get("ip_prefixes") or []):
         try:
             net = ipaddress.ip_network(str(prefix).strip(), strict=False)
         except ValueError:
             log.warning("skipping invalid IP prefix %r", prefix)
             continue
         infra.append(Infra("ip_prefix", str(net)))
-    for ua in _strs(ind.get("user_agents") or []):
+    for ua in _values(ind.get("user_agents") or []):
         infra.append(Infra("user_agent", ua))
     for asn in ind.get("asns") or []:
         if str(asn).removeprefix("AS").isdigit():
             infra.append(Infra("asn", str(asn).removeprefix("AS")))
-    ua_emails = [m for ua in ind.get("user_agents") or [] for m in EMAIL_RE.findall(str(ua))]
+    ua_emails = [m for ua in _values(ind.get("user_agents") or [])
+                 for m in EMAIL_RE.findall(ua)]
     templates = [
         (str(t.get("skeleton") or ""), int(t.get("requests") or 0))
         for t in ind.get("templates") or []
@@ -238,10 +244,10 @@ def gather_facts(campaign: dict[str, Any], con: Any | None = None) -> CampaignFa
         campaign_id=str(campaign.get("campaign_id")),
         score=float(campaign.get("score") or 0.0),
         accounts=accounts,
-        emails=_strs([*(ind.get("emails") or []), *ua_emails]),
-        payment_fingerprints=_strs(ind.get("payment_fingerprints") or []),
-        api_keys=_strs(ind.get("api_keys") or []),
-        orgs=_strs(ind.get("orgs") or []),
+        emails=_strs([*_values(ind.get("emails") or []), *ua_emails]),
+        payment_fingerprints=_values(ind.get("payment_fingerprints") or []),
+        api_keys=_values(ind.get("api_keys") or []),
+        orgs=_values(ind.get("orgs") or []),
         requests=int(campaign.get("requests") or 0),
         first_seen=first,
         last_seen=last,

@@ -473,9 +473,9 @@ def dry_run(directive: Directive, con: Any, current: DirectiveSet | None = None,
                                        ("allowed_after", pa.bool_())]))
     con.register("_dr_aff", aff)
     try:
-        tot = con.execute("SELECT count(*), count(DISTINCT account_id) FROM _dr").fetchone()
+        tot = con.execute("SELECT count(*), count(DISTINCT account_id) FROM _dr").fetchall()[0]
         hit = con.execute(f"SELECT count(*), count(DISTINCT account_id) FROM _dr "
-                          f"JOIN _dr_aff USING ({', '.join(keys)})").fetchone()
+                          f"JOIN _dr_aff USING ({', '.join(keys)})").fetchall()[0]
         by_model = con.execute(f"""
             SELECT model, count(*) AS requests, count(DISTINCT account_id) AS accounts
             FROM _dr JOIN _dr_aff USING ({', '.join(keys)})

@@ -100,6 +100,13 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
         .alias("final_raw"),
         pl.when(lifted).then(pl.col("campaign_id")).otherwise(None).alias("campaign_id"),
     )
+    # A campaign is what it lifted: drop flagged communities left with too few linked members.
+    kept = (df.filter(pl.col("campaign_id").is_not_null()).group_by("campaign_id").len()
+            .filter(pl.col("len") >= int(cfg["linking"]["min_campaign_accounts"])))
+    keep_ids = set(kept["campaign_id"].to_list())
+    df = df.with_columns(pl.when(pl.col("campaign_id").is_in(list(keep_ids)))
+                         .then(pl.col("campaign_id")).otherwise(None).alias("campaign_id"))
+    flagged_c = flagged_c.filter(pl.col("campaign_id").is_in(list(keep_ids)))
     score = cal.transform(df["final_raw"].to_numpy())
     df = df.with_columns(pl.Series("score", score),
                          (pl.Series("score", score) >= float(sc["threshold"])).alias("flagged"))
@@ -110,7 +117,10 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
     k = int(sc["max_reasons"])
     reasons = []
     for row in df.iter_rows(named=True):
-        rs = reasons_for(feat_rows[row["account_id"]], row, cfg, k)
+        fr = feat_rows[row["account_id"]]
+        rs = reasons_for(fr, row, cfg, k)
+        if row.get("ev_partner", 0) > 0 and fr.get("partner_reasons"):
+            rs.insert(0, fr["partner_reasons"][:200])
         if row["campaign_id"] is not None and row["campaign_raw"] is not None and \
                 row["campaign_raw"] > row["raw"]:
             rs.insert(0, f"member of campaign {row['campaign_id']} "

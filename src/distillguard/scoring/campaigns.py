@@ -36,11 +36,14 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
                    sum(k.n) AS requests
             FROM ({account_keys_sql(cfg)}) k JOIN _members m USING (account_id)
             GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2""").pl()
+        # Templates the campaign owns: most of the template's traffic comes from its members.
+        # A popular prompt some members also sent (camouflage) is not the campaign's template.
         skel = con.sql("""
             SELECT m.campaign_id, s.template_id, any_value(s.skeleton) AS skeleton,
-                   count(*) AS requests
+                   count(*) AS requests, count(DISTINCT s.account_id) AS accounts
             FROM signals s JOIN _members m USING (account_id)
-            GROUP BY 1, 2""").pl()
+            GROUP BY 1, 2
+            HAVING count(*) >= 5 AND count(*) >= 0.8 * any_value(s.template_size)""").pl()
         examples = con.sql(f"""
             SELECT campaign_id, prompt FROM (
               SELECT m.campaign_id, r.prompt,
@@ -66,8 +69,8 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
         kk = keys.filter(pl.col("campaign_id") == cid).sort("accounts", descending=True)
 
         def top(kind: str, n: int = 10, _kk: pl.DataFrame = kk) -> list[dict[str, Any]]:
-            return [{"value": _trunc(r["key"], 200), "accounts": r["accounts"],
-                     "requests": r["requests"]}
+            return [{"value": _trunc(r["key"], 200), "accounts": int(r["accounts"]),
+                     "requests": int(r["requests"])}
                     for r in _kk.filter(pl.col("kind") == kind).head(n).iter_rows(named=True)]
 
         tpl = (skel.filter(pl.col("campaign_id") == cid).sort("requests", descending=True)
@@ -99,7 +102,8 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
                 "orgs": top("org", 5),
                 "templates": [{"template_id": r["template_id"],
                                "skeleton": _trunc(r["skeleton"], 240),
-                               "requests": r["requests"]} for r in tpl.iter_rows(named=True)],
+                               "requests": int(r["requests"]), "accounts": int(r["accounts"])}
+                              for r in tpl.iter_rows(named=True)],
                 "synchronized_timing": {
                     "linked_pairs": int(s["pairs"][0]) if s.height else 0,
                     "coordination_share": round(float(row["coord_share"]), 4)},
