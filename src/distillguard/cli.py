@@ -207,6 +207,9 @@ def bench(
         help="KNOB=V1,V2,... e.g. camouflage=0,0.2,0.4,0.6")] = None,
     baselines: Annotated[str, typer.Option(
         help="Comma-separated: volume,prada,knn,mmd (empty for none)")] = "volume,prada,knn,mmd",
+    two_providers: Annotated[bool, typer.Option(
+        "--two-providers", help="Split traffic over two providers; detection alone vs with "
+        "STIX indicator sharing")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -219,6 +222,29 @@ def bench(
     kw = dict(scenario=scenario, seed=seed, legit=legit_corpus or None,
               distill=distill_corpus or None, timing=timing or None, baselines=names,
               knobs=_parse_set(knob or []))
+    if two_providers:
+        from distillguard.bench.sharing import two_providers as _two
+
+        try:
+            res = _two(out, scenario=scenario, seed=seed, legit=legit_corpus or None,
+                       distill=distill_corpus or None, timing=timing or None,
+                       knobs=_parse_set(knob or []))
+        except DistillguardError as exc:
+            _fail(exc)
+        t = Table(title="two providers: detection alone vs with indicator sharing")
+        for col in ("provider", "mode", "recall@0.1%fpr", "recall@1%fpr", "flag recall",
+                    "flag fpr", "pr_auc"):
+            t.add_column(col)
+        for p, v in res["providers"].items():
+            for mode in ("alone", "shared"):
+                m = v[mode]
+                t.add_row(p, mode, *[f"{m[k]:.3f}" if m[k] is not None else "-" for k in (
+                    "recall@0.1%fpr", "recall@1%fpr", "flag_recall", "flag_fpr", "pr_auc")])
+        console.print(t)
+        for p, b in res["bundles"].items():
+            console.print(f"bundle from {p}: {b['bytes']:,} bytes, {b['campaigns']} campaigns, "
+                          f"raw identifiers found in it: {b['raw_identifiers_found']}")
+        return
     try:
         with RichProgress() as prog:
             if sweep:
