@@ -207,6 +207,8 @@ def bench(
         help="KNOB=V1,V2,... e.g. camouflage=0,0.2,0.4,0.6")] = None,
     baselines: Annotated[str, typer.Option(
         help="Comma-separated: volume,prada,knn,mmd (empty for none)")] = "volume,prada,knn,mmd",
+    ttd: Annotated[bool, typer.Option(
+        "--time-to-detect", help="Also replay the traffic through the online scorer")] = False,
     two_providers: Annotated[bool, typer.Option(
         "--two-providers", help="Split traffic over two providers; detection alone vs with "
         "STIX indicator sharing")] = False,
@@ -221,7 +223,7 @@ def bench(
     names = [b for b in baselines.split(",") if b]
     kw = dict(scenario=scenario, seed=seed, legit=legit_corpus or None,
               distill=distill_corpus or None, timing=timing or None, baselines=names,
-              knobs=_parse_set(knob or []))
+              knobs=_parse_set(knob or []), time_to_detect=ttd)
     if two_providers:
         from distillguard.bench.sharing import two_providers as _two
 
@@ -293,7 +295,9 @@ def bench(
         t3.add_row(str(k["kind"]), str(k.get("n", k.get("n_accounts", ""))),
                    f"{k['fpr']:.4f}" if k["fpr"] is not None else "-")
     console.print(t3)
-    console.print(f"results: {out / 'bench.json'}")
+    if result.get("time_to_detect"):
+        console.print((out / "bench.md").read_text().split("Time to detect", 1)[1][:4000])
+    console.print(f"results: {out / 'bench.json'} and {out / 'bench.md'}")
 
 
 @app.command()

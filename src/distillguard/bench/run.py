@@ -153,6 +153,7 @@ def bench(
     config: Config | None = None,
     traffic: tuple[Traffic, Traffic] | None = None,
     progress: Progress | None = None,
+    time_to_detect: bool = False,
 ) -> dict[str, Any]:
     """Run the whole benchmark; returns (and writes to ``out_dir/bench.json``) the results."""
     cfg = config or load_config()
@@ -190,6 +191,18 @@ def bench(
         say("baselines", sum(r.seconds for r in runs[1:]))
     for r in runs:
         r.metrics = evaluate(rep.labels, r.accounts)
+    ttd = None
+    if time_to_detect:
+        from distillguard.bench.baselines import VolumeBaseline
+        from distillguard.bench.ttd import time_to_detect as _ttd
+
+        t0 = time.perf_counter()
+        benign = tune.labels.filter(pl.col("label") != "distill").select("account_id")
+        vol = VolumeBaseline(contamination=float(cfg["scoring"]["target_fpr"])).fit(
+            requests_frame(tune_con).join(benign, on="account_id"))
+        ttd = _ttd(rep.logs, rep.labels, out / "replay", volume_threshold=vol.threshold_,
+                   config=cfg)
+        say("time-to-detect", time.perf_counter() - t0)
     result = {
         "scenario": scenario if traffic is None else "given",
         "seed": seed,
@@ -200,6 +213,7 @@ def bench(
         "n_requests": n_requests,
         "n_accounts": rep.labels.height,
         "n_campaigns_found": len(campaigns),
+        "time_to_detect": ttd,
         "detectors": {r.name: {**r.metrics, "seconds": round(r.seconds, 2),
                                "requests_per_second": round(n_requests / max(r.seconds, 1e-9)),
                                "peak_rss_mb": round(r.peak_rss / 2**20)} for r in runs},
@@ -259,6 +273,20 @@ def markdown(result: dict[str, Any]) -> str:
             "| kind | accounts | flagged | fpr |", "|---|---:|---:|---:|"]
     out += [f"| {k['kind']} | {k['n']} | {k['n_flagged']} | {fmt(k['fpr'])} |"
             for k in m["fpr_by_kind"]]
+    ttd = result.get("time_to_detect")
+    if ttd:
+        out += ["", "Time to detect (online scorer replaying the week in time order; volume "
+                "baseline = running request count passing its benign-calibrated threshold):", "",
+                "| campaign | requests | distillguard: share served before first alert | "
+                "hours | volume: share served before | hours |", "|---|---:|---:|---:|---:|---:|"]
+        vol = {c["campaign_id"]: c for c in ttd.get("volume", [])}
+        for c in ttd["online"]:
+            v = vol.get(c["campaign_id"], {})
+            out.append(f"| {c['campaign_id']} | {c['requests']:,} | "
+                       f"{fmt(c['share_served_before'])} | {fmt(c['hours_to_detect'])} | "
+                       f"{fmt(v.get('share_served_before'))} | {fmt(v.get('hours_to_detect'))} |")
+        out += ["", f"Legitimate accounts that crossed the threshold at some point of the "
+                    f"online replay: {ttd['online_benign_alerted']} of {ttd['n_benign']}."]
     return "\n".join(out) + "\n"
 
 

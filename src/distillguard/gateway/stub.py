@@ -1,7 +1,8 @@
 """A stub OpenAI-compatible upstream, for tests, demos and the latency benchmark.
 
-It answers like a reasoning model: a ``reasoning_content`` field and a ``<think>`` block in
-``content`` (split across SSE chunks when streaming), so output actions can be checked.
+It answers like a reasoning model: a ``reasoning_content`` field, a ``<think>`` block in
+``content`` (split across SSE chunks when streaming) and usage counting the reasoning tokens
+(600 completion tokens), so output actions and long-answer evidence can be checked.
 Use :class:`StubUpstream` as an ``httpx.MockTransport`` handler, or :func:`stub_app` as a real
 ASGI server (uvicorn) when true HTTP is wanted.
 """
@@ -30,7 +31,7 @@ def sse_chunks(model: str = "m1", text: str = "Hello world") -> list[dict[str, A
             {**base, "choices": [{"index": 0, "delta": {"content": "nk>hidden</th"}}]},
             {**base, "choices": [{"index": 0, "delta": {"content": "ink>" + text}}]},
             {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 10, "completion_tokens": 20}}]
+             "usage": {"prompt_tokens": 40, "completion_tokens": 600}}]
 
 
 def sse_body(model: str = "m1") -> bytes:
@@ -43,7 +44,7 @@ def completion(model: str = "m1") -> dict[str, Any]:
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
                 "role": "assistant", "reasoning_content": REASONING,
                 "content": "<think>hidden</think>Answer."}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 20}}
+            "usage": {"prompt_tokens": 40, "completion_tokens": 600}}
 
 
 class StubUpstream:

@@ -199,6 +199,8 @@ class OnlineScorer:
             incr["focus"] = 1
         if (req.reasoning_effort or "").lower() in _HIGH_EFFORT:
             incr["high_effort"] = 1
+        if req.n_tools > 0:
+            incr["tools"] = 1
         if in_window:
             incr["pin"] = 1
             if on_new:
@@ -221,6 +223,7 @@ class OnlineScorer:
         self.state.add_float(account_id, "lr_sum", math.log((output_tokens + 1e-9)
                                                             / max(input_tokens, 1)))
         self.state.add_float(account_id, "lr_n", 1.0)
+        self.state.add_float(account_id, "out_sum", float(output_tokens))
 
     def features(self, st: Mapping[str, float]) -> dict[str, float]:
         """Online equivalents of the batch features the evidence items read."""
@@ -247,6 +250,14 @@ class OnlineScorer:
             "nonstandard_signup": float(st.get("subsidised", 0.0)),
             "out_in_ratio": math.exp(st.get("lr_sum", 0.0) / lr_n) if lr_n else 0.0,
             "high_effort_share": st.get("high_effort", 0) / n,
+            "tools_share": st.get("tools", 0) / n,
+            "pivot_window_requests": float(st.get("pin", 0)),
+            # Unknown until token counts arrive: the batch feature is NULL then, and its
+            # evidence contributes nothing; a large value makes the ramp contribute nothing.
+            "mean_output_tokens": (float(st.get("out_sum", 0.0)) / lr_n) if lr_n else 1e9,
+            # Partner indicators are matched in batch; online they contribute nothing.
+            "partner_hits": 0.0,
+            "partner_confidence": 0.0,
         }
 
     def _score(self, account_id: str, st: Mapping[str, float], flags: tuple[str, ...],
@@ -278,7 +289,8 @@ class OnlineScorer:
 _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "single_turn_share",
                     "novelty", "hour_entropy", "focus_rate", "template_top_share", "pivot_share",
                     "account_age_days", "nonstandard_signup", "out_in_ratio",
-                    "high_effort_share")
+                    "high_effort_share", "tools_share", "pivot_window_requests",
+                    "mean_output_tokens", "partner_hits", "partner_confidence")
 
 
 def _h(s: str) -> str:

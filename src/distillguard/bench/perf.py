@@ -1,0 +1,487 @@
+"""Scale benchmark: generate campaign-sized canonical logs fast, run detection, time each stage.
+
+>>> from distillguard.bench.perf import perf
+>>> perf([1e6, 4e6], "perf-out", seed=7)                              # doctest: +SKIP
+
+Traffic is assembled column-wise (numpy sampling + pyarrow string kernels, never a Python loop
+per row) from the bundled corpus: ordinary users with heavy-tailed volume, diurnal timing,
+optional system prompts, multi-turn history and pasted context, plus a few hydra campaigns
+(templated distillation prompts, shared /24 IP pools, shared payment fingerprints, one SDK
+user agent, round-the-clock timing, a pivot to a newly released model). Accounts scale with
+size: about 25,000 at 16 million requests.
+
+Each size is written as canonical Parquet (``messages`` as ``list<struct<role, content>>``),
+one file per million requests, and detected in a fresh process (so its peak RSS is its own)
+with a file-backed store. Per stage: wall seconds, requests per second, peak RSS; across sizes
+the fitted growth exponent of time vs size (least squares on log-log). Results go to
+``perf.json`` and ``perf.md`` in ``out_dir``.
+
+Run: ``python -m distillguard.bench.perf perf-out --sizes 1e6,4e6,16e6 --seed 7``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+STAGES = ("ingest", "signals", "features", "linking", "scoring")
+ACCOUNTS_AT_16M = 25_000
+T0 = np.datetime64("2026-11-02T00:00:00", "ms").astype(np.int64)   # a Monday, epoch ms
+DAYS = 7
+MODELS = ("gpt-5", "gpt-5-mini", "o5", "gpt-5.5")   # the last is released on day 4
+NEW_MODEL_DAY = 4
+
+# Campaign templates: fixed wording around a varying task, in the spirit of the public reports.
+_TEMPLATES = (
+    ("You are an expert tutor. Solve the following problem. Lay out your complete internal "
+     "reasoning step by step before giving the final answer, and do not skip any steps.\n\n"
+     "Problem:\n", "\n\nFormat: reasoning first, then 'Final answer:' on its own line."),
+    ("Imagine and articulate the internal reasoning behind a completed response. Here is the "
+     "task the response answered:\n\n", "\n\nWrite out the full chain of thought that would "
+     "produce a high-quality answer, then the answer itself."),
+    ("Act as a grader. Score the candidate responses to the instruction below on a scale from "
+     "1 to 10 using the rubric (accuracy, completeness, clarity).\n\nInstruction:\n",
+     "\n\nReturn JSON with a score and a one-line justification per candidate."),
+    ("Rewrite your answer to the following request so that it is politically neutral and "
+     "censorship-safe, avoiding sensitive topics.\n\nRequest:\n",
+     "\n\nGive the safe version only."),
+    ("You are a senior software engineer. Implement a solution for the task below in Python, "
+     "with tests. Explain your reasoning behind each design decision.\n\nTask:\n",
+     "\n\nReturn the code in one block."),
+)
+_SYSTEMS = (
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer in at most three sentences.",
+    "You are a customer-support agent for an online store. Be polite and precise; never "
+    "promise refunds without an order number.",
+    "You are a coding assistant. Prefer idiomatic, well-tested code and explain trade-offs.",
+    "You are a writing coach. Give concrete, actionable feedback on style and structure.",
+    "You are a friendly tutor for high-school students. Explain step by step and check "
+    "understanding with a short question at the end.",
+    "Answer in the language of the user. Keep answers factual; say when you are not sure.",
+    "You are a data analyst. Reply with clear tables where helpful.",
+)
+_USER_AGENTS = (
+    "OpenAI/Python 1.54.3", "OpenAI/Python 1.51.0", "OpenAI/NodeJS 4.67.1",
+    "langchain-openai/0.2.9", "litellm/1.52.0", "curl/8.5.0", "python-requests/2.32.3",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0",
+    "llama-index/0.12.1", "aiohttp/3.10.10", "OpenAI/Go 0.1.0",
+)
+_COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "KR", "CA", "AU", "NL", "SG")
+_SIGNUPS = ("standard",) * 8 + ("education", "startup", "research", "trial")
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+class _Text:
+    """String pools from the bundled corpus, as Arrow arrays for vectorised sampling."""
+
+    def __init__(self) -> None:
+        from distillguard.sim import bundled_corpus
+
+        legit, distill = bundled_corpus("legit"), bundled_corpus("distill")
+        turns = [t for it in legit.items for t in it.turns if t.strip()]
+        replies = [r for it in legit.items for r in it.replies if r.strip()]
+        tasks = [t for it in distill.items for t in it.turns if t.strip()]
+        answers = [it.answer for it in distill.items if it.answer]
+        self.turns = pa.array(turns, pa.string())
+        self.replies = pa.array(replies or turns, pa.string())
+        self.tasks = pa.array(tasks, pa.string())
+        docs = replies + answers
+        self.docs = pa.array(docs or turns, pa.string())
+        words = sorted({w for t in turns + tasks for w in t.split() if 2 < len(w) < 14})
+        self.words = pa.array(words, pa.string())
+
+
+def _sample(rng: np.random.Generator, arr: pa.Array, n: int) -> pa.Array:
+    return arr.take(pa.array(rng.integers(0, len(arr), n)))
+
+
+def _word_runs(rng: np.random.Generator, words: pa.Array, lengths: np.ndarray) -> pa.Array:
+    """One string of ``lengths[i]`` random words per row (vectorised: list + binary_join)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    vals = words.take(pa.array(rng.integers(0, len(words), int(offsets[-1]))))
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), vals), " ")
+
+
+def _cat(*parts: pa.Array | str) -> pa.Array:
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _accounts(n_acc: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Per-account attributes; campaigns share IP pools, payment and user agent."""
+    n_camp = max(4, round(n_acc * 0.04))
+    kinds = np.zeros(n_acc, dtype=np.int64)            # 0 benign, 1..5 campaign number
+    camp_idx = rng.choice(n_acc, n_camp, replace=False)
+    n_campaigns = 5
+    kinds[camp_idx] = 1 + np.arange(n_camp) % n_campaigns
+    # Volume: heavy-tailed for people; campaigns pull ~20% of traffic in total.
+    w = rng.lognormal(0.0, 1.4, n_acc)
+    w[kinds == 0] *= 0.80 / w[kinds == 0].sum()
+    w[kinds > 0] *= 0.20 / w[kinds > 0].sum()
+    org = np.where(rng.random(n_acc) < 0.3, rng.integers(0, max(1, n_acc // 3), n_acc), -1)
+    ip24 = rng.integers(0, 2**24, n_acc)                 # a home /24 per account
+    # Campaign accounts draw from their campaign's pool of a few /24s (proxy pools).
+    pools = rng.integers(0, 2**24, (n_campaigns, 12))
+    ck = kinds[kinds > 0] - 1
+    ip24[kinds > 0] = pools[ck, rng.integers(0, 12, len(ck))]
+    pay = np.arange(n_acc)
+    pay[kinds > 0] = n_acc + ck * 7 + rng.integers(0, 7, len(ck))   # 7 cards per campaign
+    ua = rng.integers(0, len(_USER_AGENTS), n_acc)
+    ua[kinds > 0] = ck % 3
+    created_days = np.where(kinds > 0, rng.uniform(1, 10, n_acc), rng.uniform(30, 900, n_acc))
+    signup = rng.integers(0, len(_SIGNUPS), n_acc)
+    signup[kinds > 0] = 8 + ck % 4
+    ids = pc.binary_join_element_wise(
+        "acct_", pc.utf8_lpad(pa.array(np.arange(n_acc)).cast(pa.string()), 6, "0"), "")
+    ip_prefix = pc.binary_join_element_wise(
+        *(pa.array((ip24 >> s) & 255).cast(pa.string()) for s in (16, 8, 0)), ".")
+    created = (T0 - (created_days * 86_400_000).astype(np.int64)).astype("datetime64[ms]")
+    return {
+        "n": n_acc, "kinds": kinds, "cw": np.cumsum(w / w.sum()), "ids": ids,
+        "org": pc.if_else(pa.array(org >= 0), pc.binary_join_element_wise(
+            "org_", pa.array(org).cast(pa.string()), ""), pa.scalar(None, pa.string())),
+        "ip_prefix": ip_prefix,
+        "payment": pc.binary_join_element_wise("pm_", pc.utf8_lpad(
+            pa.array(pay).cast(pa.string()), 7, "0"), ""),
+        "ua": pa.array(_USER_AGENTS).take(pa.array(ua)),
+        "created": pc.binary_join_element_wise(pc.strftime(
+            pa.array(created, pa.timestamp("ms")), format="%Y-%m-%dT%H:%M:%S"), "Z", ""),
+        "signup": pa.array(_SIGNUPS).take(pa.array(signup)),
+        "country": pa.array(_COUNTRIES).take(pa.array(rng.integers(0, len(_COUNTRIES), n_acc))),
+        "keys": rng.integers(1, 4, n_acc),
+    }
+
+
+def _timestamps(rng: np.random.Generator, campaign: np.ndarray) -> np.ndarray:
+    """Epoch ms: people follow a diurnal curve, campaigns run around the clock."""
+    n = len(campaign)
+    day = rng.integers(0, DAYS, n)
+    hour_p = np.exp(-0.5 * ((np.arange(24) - 14) / 4.0) ** 2) + 0.05
+    hour = rng.choice(24, n, p=hour_p / hour_p.sum())
+    hour = np.where(campaign, rng.integers(0, 24, n), hour)
+    ms = rng.integers(0, 3_600_000, n)
+    return T0 + day * 86_400_000 + hour * 3_600_000 + ms
+
+
+def _chunk(n: int, start: int, acc: dict[str, Any], text: _Text,
+           rng: np.random.Generator) -> pa.Table:
+    a = np.minimum(np.searchsorted(acc["cw"], rng.random(n)), acc["n"] - 1)
+    kind = acc["kinds"][a]
+    camp = kind > 0
+    ts = _timestamps(rng, camp)
+    day = (ts - T0) // 86_400_000
+
+    # Prompts: people ask corpus questions, half with pasted context or extra words; campaigns
+    # wrap distillation tasks in their campaign's template.
+    # Each kind of prompt is built only for its rows, then put in row order with one take.
+    r = np.where(camp, 9.0, rng.random(n))
+    groups = [np.flatnonzero(r < 0.35), np.flatnonzero((r >= 0.35) & (r < 0.75)),
+              np.flatnonzero((r >= 0.75) & (r < 2)), np.flatnonzero(camp)]
+    g0, g1, g2, g3 = (len(g) for g in groups)
+    ti = np.clip(kind[groups[3]] - 1, 0, len(_TEMPLATES) - 1)
+    parts = [
+        _cat(_sample(rng, text.docs, g0), "\n\n", _sample(rng, text.docs, g0), "\n\n",
+             _sample(rng, text.turns, g0)),
+        _cat(_sample(rng, text.turns, g1), " ",
+             _word_runs(rng, text.words, rng.integers(3, 25, g1))),
+        _sample(rng, text.turns, g2),
+        _cat(pa.array([t[0] for t in _TEMPLATES]).take(pa.array(ti)),
+             _sample(rng, text.tasks, g3), " ",
+             _word_runs(rng, text.words, rng.integers(0, 6, g3)),
+             pa.array([t[1] for t in _TEMPLATES]).take(pa.array(ti))),
+    ]
+    where = np.empty(n, dtype=np.int64)
+    where[np.concatenate(groups)] = np.arange(n)
+    prompt = pa.concat_arrays([x.cast(pa.large_string()) for x in parts]).take(
+        pa.array(where))
+
+    # messages: [system?] [user, assistant]? user  as list<struct<role, content>>
+    has_sys = (rng.random(n) < 0.4) & ~camp
+    has_hist = (rng.random(n) < 0.25) & ~camp
+    cnt = 1 + has_sys + 2 * has_hist
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(cnt, out=offsets[1:])
+    tot = int(offsets[-1])
+    systems = pa.array(_SYSTEMS)
+    hist_u = _sample(rng, text.turns, n)
+    hist_a = _sample(rng, text.replies, n)
+    pool = pa.concat_arrays([prompt, hist_u.cast(pa.large_string()),
+                             hist_a.cast(pa.large_string()), systems.cast(pa.large_string())])
+    src = np.empty(tot, dtype=np.int64)
+    role = np.empty(tot, dtype=np.int8)      # 0 system, 1 user, 2 assistant
+    rows = np.arange(n)
+    pos = offsets[:-1].copy()
+    s_rows = rows[has_sys]
+    src[pos[has_sys]] = 3 * n + rng.integers(0, len(systems), len(s_rows))
+    role[pos[has_sys]] = 0
+    pos += has_sys
+    src[pos[has_hist]] = n + rows[has_hist]
+    role[pos[has_hist]] = 1
+    src[pos[has_hist] + 1] = 2 * n + rows[has_hist]
+    role[pos[has_hist] + 1] = 2
+    pos += 2 * has_hist
+    src[pos] = rows
+    role[pos] = 1
+    content = pool.take(pa.array(src)).cast(pa.string())
+    roles = pa.array(np.array(["system", "user", "assistant"]), pa.string()).take(
+        pa.array(role))
+    messages = pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)),
+        pa.StructArray.from_arrays([roles, content], names=["role", "content"]))
+
+    ai = pa.array(a)
+    model = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    new_ok = day >= NEW_MODEL_DAY
+    model = np.where(new_ok & (rng.random(n) < np.where(camp, 0.9, 0.1)), 3, model)
+    ip = pc.binary_join_element_wise(acc["ip_prefix"].take(ai), pa.array(
+        rng.integers(1, 255, n)).cast(pa.string()), ".")
+    key_no = rng.integers(0, 1 << 30, n) % acc["keys"][a]
+    in_tok = (pc.binary_length(prompt).to_numpy(zero_copy_only=False) // 4 + 20).astype(np.int64)
+    out_tok = np.where(camp, rng.integers(600, 4000, n), rng.integers(20, 900, n))
+    status = np.where(rng.random(n) < 0.01, "429", "200")
+    out_tok = np.where(status == "200", out_tok, 0)
+    effort = np.where(camp, "high", np.array(["low", "medium", "high"])[rng.integers(0, 3, n)])
+    return pa.table({
+        "request_id": pc.binary_join_element_wise("req_", pa.array(
+            np.arange(start, start + n)).cast(pa.string()), ""),
+        "ts": pc.binary_join_element_wise(pc.strftime(
+            pa.array(ts.astype("datetime64[ms]"), pa.timestamp("ms")),
+            format="%Y-%m-%dT%H:%M:%S"), "Z", ""),
+        "account_id": acc["ids"].take(ai),
+        "model": pa.array(MODELS).take(pa.array(model)),
+        "messages": messages,
+        "org_id": acc["org"].take(ai),
+        "api_key_id": pc.binary_join_element_wise(acc["ids"].take(ai), pa.array(
+            key_no).cast(pa.string()), ":k"),
+        "ip": ip,
+        "user_agent": acc["ua"].take(ai),
+        "payment_fingerprint": acc["payment"].take(ai),
+        "signup_channel": acc["signup"].take(ai),
+        "account_created": acc["created"].take(ai),
+        "country": acc["country"].take(ai),
+        "reasoning_effort": pa.array(effort),
+        "input_tokens": pa.array(in_tok),
+        "output_tokens": pa.array(out_tok.astype(np.int64)),
+        "status": pa.array(status),
+    })
+
+
+def generate(n: int, out_dir: str | Path, seed: int = 7,
+             rows_per_file: int = 1_000_000) -> tuple[list[Path], Path]:
+    """Write ``n`` canonical requests as Parquet files; returns (files, labels.csv)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_acc = max(300, round(ACCOUNTS_AT_16M * n / 16_000_000))
+    acc = _accounts(n_acc, rng)
+    text = _Text()
+    def one(k: int, start: int) -> Path:
+        t = _chunk(min(rows_per_file, n - start), start, acc, text,
+                   np.random.default_rng([seed, k]))
+        path = out / f"requests-{k:04d}.parquet"
+        pq.write_table(t, path, compression="zstd", compression_level=1,
+                       row_group_size=128 * 1024)
+        return path
+
+    # Arrow kernels release the GIL: two chunks at a time use both cores.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        files = list(pool.map(one, *zip(*enumerate(range(0, n, rows_per_file)), strict=True)))
+    kinds = acc["kinds"]
+    labels = out / "labels.csv"
+    pa_labels = pa.table({
+        "account_id": acc["ids"],
+        "label": pa.array(np.where(kinds > 0, "distill", "benign")),
+        "campaign_id": pa.array(np.where(kinds > 0, np.char.add("c", kinds.astype(str)), "")),
+        "kind": pa.array(np.where(kinds > 0, "hydra", "ordinary")),
+    })
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(pa_labels, labels)
+    return files, labels
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class _StageRSS:
+    """Progress hook + sampler thread: peak RSS between consecutive stage ends."""
+
+    def __init__(self) -> None:
+        from distillguard.api import Progress
+
+        self.peaks: dict[str, int] = {}
+        self._cur = self._rss()
+        self.overall = self._cur
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        outer = self
+
+        class P(Progress):
+            def done(self, name: str, seconds: float, note: str = "") -> None:
+                cur = outer._rss()
+                outer.peaks[name] = max(outer._cur, cur)
+                outer._cur = cur
+
+        self.progress = P()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            r = self._rss()
+            self._cur = max(self._cur, r)
+            self.overall = max(self.overall, r)
+
+    def __enter__(self) -> _StageRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _detect_one(files: list[str], db: str, profile: str | None, q: Any) -> None:
+    """Child process: one detection run; puts its figures on ``q``."""
+    try:
+        from distillguard.api import detect
+
+        with _StageRSS() as m:
+            t0 = time.perf_counter()
+            if profile:
+                import cProfile
+
+                prof = cProfile.Profile()
+                res = prof.runcall(detect, files, None, db=db, progress=m.progress)
+                prof.dump_stats(profile)
+            else:
+                res = detect(files, None, db=db, progress=m.progress)
+            total = time.perf_counter() - t0
+        q.put({"timings": res.timings, "peak_rss": m.peaks, "overall_peak_rss": m.overall,
+               "total_s": total, "accounts": res.accounts.height, "flagged": res.n_flagged,
+               "campaigns": len(res.campaigns), "rows_ok": res.ingest.rows_ok,
+               "rows_bad": res.ingest.rows_bad})
+    except BaseException as exc:  # pragma: no cover - reported by the parent
+        q.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_detect(files: Sequence[Path], db: Path, profile: Path | None = None) -> dict[str, Any]:
+    """Detect in a fresh process (spawned, so its memory is its own)."""
+    for p in (db, Path(str(db) + ".wal")):
+        p.unlink(missing_ok=True)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_detect_one, args=([str(f) for f in files], str(db),
+                                                  str(profile) if profile else None, q))
+    proc.start()
+    out = q.get()
+    proc.join()
+    if "error" in out:
+        raise RuntimeError(out["error"])
+    return out
+
+
+def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float | None:
+    """Slope of log(seconds) on log(size) by least squares (1.0 = linear)."""
+    pts = [(s, t) for s, t in zip(sizes, seconds, strict=True) if t and t > 0]
+    if len(pts) < 2:
+        return None
+    x = np.log([p[0] for p in pts])
+    y = np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _fmt_markdown(results: list[dict[str, Any]], exps: dict[str, float | None]) -> str:
+    gb = 1 << 30
+    lines = ["| requests | accounts | stage | seconds | requests/s | peak RSS (GB) |",
+             "|---:|---:|---|---:|---:|---:|"]
+    for r in results:
+        for st in (*STAGES, "total"):
+            sec = r["total_s"] if st == "total" else r["timings"].get(st, 0.0)
+            rss = r["overall_peak_rss"] if st == "total" else r["peak_rss"].get(st, 0)
+            lines.append(f"| {r['n']:,} | {r['accounts']:,} | {st} | {sec:.1f} | "
+                         f"{r['n'] / sec if sec else 0:,.0f} | {rss / gb:.2f} |")
+    lines += ["", "| stage | growth exponent (time ~ size^k) |", "|---|---:|"]
+    for st, k in exps.items():
+        lines.append(f"| {st} | {'n/a' if k is None else f'{k:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def perf(sizes: Sequence[float] = (1e6, 4e6, 16e6), out_dir: str | Path = "perf-out",
+         seed: int = 7, *, keep: bool = False, profile: bool = False) -> dict[str, Any]:
+    """Generate traffic at each size, run detection, print and write the scaling table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in sizes:
+        n = int(size)
+        d = out / f"n{n}"
+        t0 = time.perf_counter()
+        files, _ = generate(n, d / "logs", seed)
+        gen_s = time.perf_counter() - t0
+        size_mb = sum(f.stat().st_size for f in files) / 1e6
+        print(f"[perf] generated {n:,} requests in {gen_s:.1f}s ({size_mb:,.0f} MB parquet)",
+              flush=True)
+        r = run_detect(files, d / "store.duckdb", (d / "profile.pstats") if profile else None)
+        r.update(n=n, generate_s=gen_s, parquet_mb=size_mb)
+        results.append(r)
+        for st in STAGES:
+            sec = r["timings"].get(st, 0.0)
+            print(f"[perf] n={n:,} {st:9s} {sec:8.1f}s {n / sec if sec else 0:12,.0f} req/s "
+                  f"peak {r['peak_rss'].get(st, 0) / (1 << 30):.2f} GB", flush=True)
+        print(f"[perf] n={n:,} total     {r['total_s']:8.1f}s  overall peak "
+              f"{r['overall_peak_rss'] / (1 << 30):.2f} GB  accounts={r['accounts']:,} "
+              f"flagged={r['flagged']:,} campaigns={r['campaigns']}", flush=True)
+        if not keep:
+            shutil.rmtree(d / "logs", ignore_errors=True)
+            for p in d.glob("store.duckdb*"):
+                p.unlink()
+        (out / "perf.json").write_text(json.dumps({"seed": seed, "results": results}, indent=2))
+    ns = [r["n"] for r in results]
+    exps = {st: growth_exponent(ns, [r["timings"].get(st, 0.0) for r in results])
+            for st in STAGES}
+    exps["total"] = growth_exponent(ns, [r["total_s"] for r in results])
+    md = _fmt_markdown(results, exps)
+    (out / "perf.json").write_text(json.dumps({"seed": seed, "results": results,
+                                               "growth_exponent": exps}, indent=2))
+    (out / "perf.md").write_text(md)
+    print(md, flush=True)
+    return {"results": results, "growth_exponent": exps}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m distillguard.bench.perf")
+    ap.add_argument("out_dir", nargs="?", default="perf-out")
+    ap.add_argument("--sizes", default="1e6,4e6,16e6")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--keep", action="store_true", help="keep generated logs and stores")
+    ap.add_argument("--profile", action="store_true", help="cProfile each run (profile.pstats)")
+    a = ap.parse_args(argv)
+    perf([float(s) for s in a.sizes.split(",")], a.out_dir, a.seed, keep=a.keep,
+         profile=a.profile)
+
+
+if __name__ == "__main__":
+    main()
