@@ -6,6 +6,7 @@ user can act on instead of a raw traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -36,8 +37,14 @@ def connect(path: str | Path | None = None, *, threads: int | None = None,
             memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the store; ``None`` or ``":memory:"`` gives an in-memory one."""
     target = ":memory:" if path in (None, ":memory:") else str(path)
+    # Resource knobs for big runs (out-of-core): DuckDB spills past memory_limit.
+    threads = threads or int(os.environ.get("DISTILLGUARD_THREADS", 0) or 0) or None
+    memory_limit = memory_limit or os.environ.get("DISTILLGUARD_MEMORY_LIMIT") or None
+    temp_dir = os.environ.get("DISTILLGUARD_TEMP_DIR")
     try:
         con = duckdb.connect(target)
+        if temp_dir:
+            con.execute("SET temp_directory = ?", [temp_dir])
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
@@ -53,6 +60,13 @@ def connect(path: str | Path | None = None, *, threads: int | None = None,
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(scalar(
         con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):

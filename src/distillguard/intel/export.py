@@ -55,6 +55,7 @@ from distillguard.intel.stix_objects import (
     attack_pattern,
     tlp_marking,
 )
+from distillguard.store import table_columns, table_exists
 
 __all__ = [
     "export_bundle",
@@ -169,20 +170,6 @@ class CampaignFacts:
                 *self.orgs]
 
 
-def _table_exists(con: Any, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchall()[0]
-    return bool(row and row[0])
-
-
-def _columns(con: Any, name: str) -> set[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
 def _strs(values: Iterable[Any]) -> list[str]:
     return sorted({str(v).strip() for v in values if v is not None and str(v).strip()})
 
@@ -263,7 +250,7 @@ def gather_facts(campaign: dict[str, Any], con: Any | None = None) -> CampaignFa
     if con is not None:
         cur = con.cursor()  # own cursor: independent of results pending on the caller's
         try:
-            if _table_exists(cur, "requests"):
+            if table_exists(cur, "requests"):
                 tactics |= _enrich_from_store(facts, cur, ind.get("templates") or [])
         finally:
             cur.close()
@@ -280,7 +267,7 @@ def _enrich_from_store(
     name = "_dg_intel_accounts"
     con.register(name, pa.table({"account_id": facts.accounts}))
     try:
-        cols = _columns(con, "requests")
+        cols = table_columns(con, "requests")
         base = f"FROM requests r JOIN {name} a USING (account_id)"
         row = con.execute(f"SELECT count(*), min(ts), max(ts) {base}").fetchall()[0]
         if not row or not row[0]:
@@ -358,8 +345,8 @@ def _enrich_from_store(
             if parse_time(start) > facts.first_seen and later and later[0] and \
                     later[1] / later[0] >= PIVOT_MIN_SHARE:
                 tactics.add("model_pivot")
-        if _table_exists(con, "signals"):
-            scols = _columns(con, "signals")
+        if table_exists(con, "signals"):
+            scols = table_columns(con, "signals")
             sbase = f"FROM signals s JOIN {name} a USING (account_id)"
             parts = [
                 f"avg(CAST(s.{col} AS DOUBLE))"

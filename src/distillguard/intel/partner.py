@@ -30,6 +30,7 @@ from distillguard.intel.hashing import (
     skeletonize,
     template_signature,
 )
+from distillguard.store import table_columns, table_exists
 
 __all__ = [
     "PARTNER_KINDS",
@@ -247,20 +248,6 @@ def import_bundle(
 # --- matching ------------------------------------------------------------------------------
 
 
-def _table_exists(con: Any, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchall()[0]
-    return bool(row and row[0])
-
-
-def _columns(con: Any, name: str) -> set[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
 _EMPTY = pl.DataFrame(
     schema={"account_id": pl.Utf8, "partner_hits": pl.Int64, "reasons": pl.Utf8,
             "max_confidence": pl.Int64}
@@ -291,12 +278,12 @@ def match_partner_indicators(
     """
     check_key(key)
     con = con.cursor()  # own cursor: independent of results pending on the caller's
-    if not _table_exists(con, "requests"):
+    if not table_exists(con, "requests"):
         raise IntelError("no `requests` table in the store; run ingest first")
     accounts = [r[0] for r in con.execute(
         "SELECT DISTINCT account_id FROM requests WHERE account_id IS NOT NULL ORDER BY 1"
     ).fetchall()]
-    if not _table_exists(con, "partner_indicators"):
+    if not table_exists(con, "partner_indicators"):
         return _finish(accounts, [])
     partner = con.execute(
         "SELECT kind, value, source, max(confidence) FROM partner_indicators "
@@ -305,7 +292,7 @@ def match_partner_indicators(
     by_kind: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for kind, value, source, conf in partner:
         by_kind[kind].append((value, source, int(conf or 0)))
-    cols = _columns(con, "requests")
+    cols = table_columns(con, "requests")
     hits: list[tuple[str, str, str, str, int, str]] = []  # acct, kind, value, source, conf, why
 
     # Identifiers: HMAC the local ones, look them up.
@@ -376,7 +363,7 @@ def match_partner_indicators(
 def _template_hits(
     con: Any, cols: set[str], partner: list[tuple[str, str, int]], min_jaccard: float
 ) -> list[tuple[str, str, str, str, int, str]]:
-    if _table_exists(con, "signals") and {"account_id", "skeleton"} <= _columns(con, "signals"):
+    if table_exists(con, "signals") and {"account_id", "skeleton"} <= table_columns(con, "signals"):
         pairs = con.execute(
             "SELECT DISTINCT account_id, skeleton FROM signals WHERE skeleton IS NOT NULL"
         ).fetchall()
