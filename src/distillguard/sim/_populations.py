@@ -347,6 +347,51 @@ def gen_enterprise_batch(ctx: Ctx, pop: Population, rng: np.random.Generator) ->
                  ctx.out_tokens(rng, m, "short"), ctx.status(rng, m, 0.005)).check()
 
 
+_APP_SYSTEMS = (
+    "You are the in-app assistant of a note-taking product. Be concise and friendly.",
+    "You are a helpful assistant inside a customer-support widget. Answer the user's question.",
+    "You are StudyBuddy, a tutoring assistant. Explain clearly and encourage the learner.",
+)
+
+
+def gen_app_backend(ctx: Ctx, pop: Population, rng: np.random.Generator) -> Block:
+    """A product's backend proxying its own end users' questions (hard negative).
+
+    One company account forwards what many people type into its app: high volume, single
+    turn, diverse real prompts, spread around the clock by a worldwide user base (with a
+    diurnal swell), one fixed product system prompt, cloud egress, an old standard account
+    and ordinary-length answers. Volume, novelty and 24/7 activity look like harvesting; the
+    content does not.
+    """
+    infra = Infra(rng)
+    n = pop.n_accounts
+    ids, keys = _ids(infra, n)
+    gidx = ctx.accounts.add(ids, kind=pop.kind, label="benign", campaign="",
+                            org=infra.org_ids(n), payment=infra.payment(n), signup="standard",
+                            created=ctx.t0 - rng.uniform(300, 1500, size=n) * DAY,
+                            country=infra.countries(n))
+    blocks_ts, blocks_a = [], []
+    for a in range(n):
+        t = machine_stream(rng, 2.0 * pop.rate * _activity(rng, 1, 0.4)[0], ctx.t0,
+                           ctx.t_end, ctx.trace)
+        t = t[diurnal_thin(rng, t, float(rng.uniform(-8, 9)), floor=0.35)]
+        blocks_ts.append(t)
+        blocks_a.append(np.full(len(t), a))
+    ts = np.concatenate(blocks_ts) if blocks_ts else np.zeros(0)
+    acct = np.concatenate(blocks_a).astype(np.int64) if blocks_a else np.zeros(0, np.int64)
+    m = len(ts)
+    items = pick(rng, ctx.chat_items, m)
+    msgs = [[{"role": "user", "content": it.turns[0]}] for it in items]
+    syst = [pick(rng, _APP_SYSTEMS) for _ in range(n)]
+    ua = [ua_sdk(rng, pick(rng, ["openai-python", "httpx", "openai-node"])) for _ in range(n)]
+    ips = [infra.cloud(3, n_blocks=1) for _ in range(n)]
+    al = acct.tolist()
+    model = ctx.model_for(rng, ts)
+    return Block(ts, gidx[acct], model, [pick(rng, ips[a]) for a in al], [ua[a] for a in al],
+                 [keys[a] for a in al], msgs, [syst[a] for a in al], [None] * m, [None] * m,
+                 ctx.out_tokens(rng, m, "chat"), ctx.status(rng, m, 0.005)).check()
+
+
 _AGENT_PRODUCTS = (
     ("aider/0.{v}.1", (0, 1, 2, 3, 4, 6)),
     ("DevAssist/2.{v} (vscode) OpenAI/JS 4.62.0", (0, 1, 3, 4, 5, 6, 10)),
@@ -1021,6 +1066,7 @@ KINDS: dict[str, Generator] = {
     "ordinary": gen_ordinary,
     "eval_harness": gen_eval_harness,
     "enterprise_batch": gen_enterprise_batch,
+    "app_backend": gen_app_backend,
     "coding_agent": gen_coding_agent,
     "university": gen_university,
     "multi_key_org": gen_multi_key_org,

@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 #: Population kinds labelled ``benign`` (ordinary use and hard negatives).
-BENIGN_KINDS = ("ordinary", "eval_harness", "enterprise_batch", "coding_agent", "university",
-                "multi_key_org", "key_rotator")
+BENIGN_KINDS = ("ordinary", "eval_harness", "enterprise_batch", "app_backend", "coding_agent",
+                "university", "multi_key_org", "key_rotator")
 #: Population kinds labelled ``distill`` (each population is one or more campaigns).
 CAMPAIGN_KINDS = ("naive_harvester", "reasoning_hydra", "agentic_hydra", "proxy_reseller",
                   "low_and_slow")
@@ -225,6 +225,8 @@ def _populations(acc: float, rate: float = 1.0, machine: float = 1.0
                    paraphrase=0.3, ip_pool=12, pivot=0.2, pivot_hours=48.0),
         Population("low_and_slow", n(60, 4), 6.0, camouflage=0.15, paraphrase=0.9,
                    pivot=0.3, pivot_hours=48.0),
+        # --- benign, added later (last, so earlier populations' random streams stay) ----
+        Population("app_backend", n(4), 800.0 * machine),
     )
 
 
