@@ -13,6 +13,7 @@ largest bucket it falls in as its template id. Cost is linear in requests.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 
 import numpy as np
 import polars as pl
@@ -61,13 +62,29 @@ def shingles(skeleton: str) -> list[str]:
 
 
 def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
-    """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa."""
-    # Word sets, not shingles: cheaper, and a template's fixed words dominate either way.
-    token_sets = [(s or "").split() or [""] for s in skeletons]
-    if not token_sets:
+    """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa.
+
+    Each distinct skeleton is hashed once (templated traffic repeats skeletons), and the
+    digest rows are copied out flat: rensa's ``to_rows`` list of lists is the slow part.
+    """
+    skeletons = [s or "" for s in skeletons]
+    if not skeletons:
         return np.zeros((0, num_perm), dtype=np.uint32)
+    uniq: dict[str, int] = {}
+    inv = np.fromiter((uniq.setdefault(s, len(uniq)) for s in skeletons), dtype=np.int64,
+                      count=len(skeletons))
+    # Word sets, not shingles: cheaper, and a template's fixed words dominate either way.
+    token_sets = [s.split() or [""] for s in uniq]
     m = RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, _SEED)
-    return np.asarray(m.to_rows(), dtype=np.uint32)
+    rows = m.to_rows()
+    sig = np.fromiter(chain.from_iterable(rows), dtype=np.uint32,
+                      count=len(rows) * num_perm).reshape(len(rows), num_perm)
+    return sig[inv]
+
+
+def signature_band_keys(skeletons: list[str], num_perm: int, bands: int) -> np.ndarray:
+    """``band_keys(signatures(...))`` in one call (what a worker process runs)."""
+    return band_keys(signatures(skeletons, num_perm), bands)
 
 
 def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
@@ -83,12 +100,22 @@ def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
     return keys
 
 
-def exact_keys(texts: list[str | None], salt: int) -> np.ndarray:
-    """64-bit keys of exact strings (None → a unique-per-row key that never groups)."""
+def exact_keys(texts: list[str | None], salt: int, offset: int = 0) -> np.ndarray:
+    """64-bit keys of exact strings (None → a unique-per-row key that never groups).
+
+    ``offset`` is the position of ``texts[0]`` in the whole input, so the unique keys of
+    rows in different batches do not collide.
+    """
     out = np.empty(len(texts), dtype=np.uint64)
+    cache: dict[str, int] = {}
     for i, t in enumerate(texts):
-        out[i] = xxhash.xxh3_64_intdigest(t.encode(), seed=salt) if t is not None else \
-            np.uint64(0xFFFF_0000_0000_0000) + np.uint64(i)
+        if t is None:
+            out[i] = np.uint64(0xFFFF_0000_0000_0000) + np.uint64(offset + i)
+            continue
+        h = cache.get(t)
+        if h is None:
+            h = cache[t] = xxhash.xxh3_64_intdigest(t.encode(), seed=salt)
+        out[i] = h
     return out
 
 
@@ -98,8 +125,9 @@ def template_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     best_key = np.zeros(n, dtype=np.uint64)
     best_size = np.zeros(n, dtype=np.int64)
     for b in range(bands):
-        uniq, inv, counts = np.unique(keys[:, b], return_inverse=True, return_counts=True)
-        size = counts[inv]
+        # Bucket sizes by hashing (Polars, multi-threaded), not by sorting 16M keys.
+        size = (pl.DataFrame({"k": keys[:, b]}).select(pl.len().over("k"))
+                .to_series().to_numpy().astype(np.int64))
         better = size > best_size
         best_size = np.where(better, size, best_size)
         best_key = np.where(better, keys[:, b], best_key)

@@ -1,0 +1,95 @@
+"""MinHash band keys in helper processes (rensa holds the GIL, so threads do not help).
+
+Plain subprocesses speaking length-prefixed pickles over pipes, not ``multiprocessing``:
+spawn re-imports the caller's ``__main__`` (a script without a ``__name__`` guard would run
+again in every worker), and fork is unsafe next to DuckDB's and Polars' thread pools.
+One thread per worker does the blocking pipe I/O, so callers get ordinary futures.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Queue
+from typing import Any
+
+import numpy as np
+
+_LEN = struct.Struct("<Q")
+_BOOT = "from distillguard.signals._workers import _serve; _serve()"
+
+
+def _send(fh: Any, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    fh.write(_LEN.pack(len(data)))
+    fh.write(data)
+    fh.flush()
+
+
+def _recv(fh: Any) -> Any:
+    head = fh.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise EOFError("worker closed its pipe")
+    return pickle.loads(fh.read(_LEN.unpack(head)[0]))
+
+
+class MinHashWorkers:
+    """``submit(skeletons, perms, bands)`` → Future of ``signature_band_keys(...)``."""
+
+    def __init__(self, n: int) -> None:
+        self._idle: Queue = Queue()
+        self._procs = []
+        for _ in range(n):
+            p = subprocess.Popen([sys.executable, "-c", _BOOT],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._procs.append(p)
+            self._idle.put(p)
+        self._io = ThreadPoolExecutor(n)
+
+    def _call(self, args: tuple) -> np.ndarray:
+        p = self._idle.get()
+        try:
+            _send(p.stdin, args)
+            out = _recv(p.stdout)
+        finally:
+            self._idle.put(p)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def submit(self, skeletons: list[str], perms: int, bands: int) -> Future:
+        return self._io.submit(self._call, (skeletons, perms, bands))
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True, cancel_futures=True)
+        for p in self._procs:
+            try:
+                p.stdin.close()
+                p.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                p.kill()
+
+    def __enter__(self) -> MinHashWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve() -> None:
+    from distillguard.signals.templates import signature_band_keys
+
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            skeletons, perms, bands = _recv(inp)
+        except EOFError:
+            return
+        try:
+            res: Any = signature_band_keys(skeletons, perms, bands)
+        except Exception as exc:  # handed back to the caller
+            res = exc
+        _send(out, res)
