@@ -331,6 +331,20 @@ def calibrate(
                   f"on {params['n_benign']} benign accounts → {out} (use --config {out})")
 
 
+@app.command()
+def perf(
+    out: Annotated[Path, typer.Argument(help="Output directory")] = Path("perf-out"),
+    sizes: Annotated[str, typer.Option(help="Comma-separated request counts")] = "1e6,4e6,16e6",
+    seed: Annotated[int, typer.Option()] = 7,
+    keep: Annotated[bool, typer.Option(help="Keep generated logs and stores")] = False,
+    profile: Annotated[bool, typer.Option(help="cProfile each detection run")] = False,
+) -> None:
+    """Scaling benchmark: generate traffic at each size, detect, print per-stage figures."""
+    from distillguard.bench.perf import perf as _perf
+
+    _perf([float(s) for s in sizes.split(",")], out, seed, keep=keep, profile=profile)
+
+
 def _mount_subapps() -> None:
     """Sub-apps live with their modules; a missing optional extra only hides its verbs."""
     from distillguard.intel import cli as intel_cli
