@@ -212,6 +212,8 @@ def bench(
     two_providers: Annotated[bool, typer.Option(
         "--two-providers", help="Split traffic over two providers; detection alone vs with "
         "STIX indicator sharing")] = False,
+    daily: Annotated[bool, typer.Option(
+        help="With --two-providers: re-detect at the end of each day (days to detect)")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -230,7 +232,7 @@ def bench(
         try:
             res = _two(out, scenario=scenario, seed=seed, legit=legit_corpus or None,
                        distill=distill_corpus or None, timing=timing or None,
-                       knobs=_parse_set(knob or []))
+                       knobs=_parse_set(knob or []), daily=daily)
         except DistillguardError as exc:
             _fail(exc)
         t = Table(title="two providers: detection alone vs with indicator sharing")
@@ -246,6 +248,16 @@ def bench(
         for p, b in res["bundles"].items():
             console.print(f"bundle from {p}: {b['bytes']:,} bytes, {b['campaigns']} campaigns, "
                           f"raw identifiers found in it: {b['raw_identifiers_found']}")
+        if res["days_to_detect"]:
+            t = Table(title="days until half of a campaign's accounts at the provider are flagged")
+            for col in ("provider", "campaign", "alone", "sharing"):
+                t.add_column(col)
+            for p, per in res["days_to_detect"].items():
+                for cid, v in per.items():
+                    t.add_row(p, cid, str(v["alone"] or "not within the week"),
+                              str(v["shared"] or "not within the week"))
+            console.print(t)
+        console.print(f"results: {out / 'two_providers.json'}")
         return
     try:
         with RichProgress() as prog:

@@ -53,12 +53,76 @@ def _leaks(payload: bytes, con) -> dict[str, int]:
     return found
 
 
+def _exchange(cons: dict, campaigns: dict, confidence: int, out: Path | None = None
+              ) -> dict[str, Any]:
+    """Each provider exports its campaigns as STIX and the other imports them."""
+    from distillguard.intel import export_bundle, import_bundle
+
+    sent = {}
+    for p, q in (("A", "B"), ("B", "A")):
+        if not campaigns[p]:
+            sent[p] = {"bytes": 0, "campaigns": 0,
+                       "raw_identifiers_found": {"account_id": 0, "payment_fingerprint": 0,
+                                                 "prompt": 0}}
+            continue
+        bundle = export_bundle(campaigns[p], cons[p], GROUP_KEY, producer=f"provider-{p}")
+        payload = bundle.serialize(pretty=False).encode()
+        if out is not None:
+            (out / f"bundle-{p}.json").write_bytes(payload)
+        sent[p] = {"bytes": len(payload), "campaigns": len(campaigns[p]),
+                   "raw_identifiers_found": _leaks(payload, cons[p])}
+        import_bundle(payload, cons[q], source=f"provider-{p}", confidence=confidence)
+    return sent
+
+
+def _daily(cons: dict, labels: pl.DataFrame, cfg: Config, cal: Any, confidence: int,
+           days: int) -> dict[str, Any]:
+    """Detection re-run at the end of each day on the traffic so far, alone and sharing.
+
+    Time to detect = first day after which at least half of a campaign's accounts at that
+    provider are flagged. Partners exchange bundles built from their own end-of-day view.
+    """
+    for con in cons.values():
+        con.execute("CREATE OR REPLACE TABLE requests_full AS SELECT * FROM requests")
+    t0 = scalar(cons["A"], "SELECT min(ts) FROM requests_full")
+    first: dict[str, dict[str, dict[str, int]]] = {p: {"alone": {}, "shared": {}}
+                                                   for p in cons}
+    camp = labels.filter(pl.col("label") == "distill")
+    for d in range(1, days + 1):
+        campaigns, scores = {}, {}
+        for p, con in cons.items():
+            con.execute("DROP TABLE IF EXISTS partner_indicators")
+            con.execute("CREATE OR REPLACE TABLE requests AS SELECT * FROM requests_full "
+                        f"WHERE ts < TIMESTAMP '{t0}' + INTERVAL {d} DAY")
+            scores[(p, "alone")], campaigns[p] = analyse(con, cfg, calibrator=cal)
+        _exchange(cons, campaigns, confidence)
+        for p, con in cons.items():
+            scores[(p, "shared")], _ = analyse(con, cfg, calibrator=cal, intel_key=GROUP_KEY)
+        for (p, mode), sc in scores.items():
+            mine = camp.filter(pl.col("provider") == p).join(
+                sc.select("account_id", "flagged"), on="account_id", how="left")
+            for cid, grp in mine.group_by("campaign_id"):
+                share = grp["flagged"].fill_null(False).mean()
+                if share >= 0.5 and cid[0] not in first[p][mode]:
+                    first[p][mode][cid[0]] = d
+    for con in cons.values():
+        con.execute("CREATE OR REPLACE TABLE requests AS SELECT * FROM requests_full")
+        con.execute("DROP TABLE IF EXISTS partner_indicators")
+    cids = sorted(camp["campaign_id"].unique().to_list())
+    return {p: {cid: {m: first[p][m].get(cid) for m in ("alone", "shared")} for cid in cids
+                if camp.filter((pl.col("provider") == p) & (pl.col("campaign_id") == cid)).height}
+            for p in cons}
+
+
+def _n_days(con) -> int:
+    span = scalar(con, "SELECT epoch(max(ts)) - epoch(min(ts)) FROM requests")
+    return max(1, int(-(-float(span) // 86400)))
+
+
 def two_providers(out_dir: str | Path, *, scenario: str = "default", seed: int = 7,
                   legit: Any = None, distill: Any = None, timing: Any = None,
                   knobs: dict[str, Any] | None = None, config: Config | None = None,
-                  confidence: int = 80) -> dict[str, Any]:
-    from distillguard.intel import export_bundle, import_bundle
-
+                  confidence: int = 80, daily: bool = False) -> dict[str, Any]:
     cfg = config or load_config()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,14 +147,8 @@ def two_providers(out_dir: str | Path, *, scenario: str = "default", seed: int =
         scores, campaigns[p] = analyse(cons[p], cfg, calibrator=cal)
         results[p] = {"alone": evaluate(labels.filter(pl.col("provider") == p).drop("provider"),
                                         scores.select("account_id", "score", "flagged"))}
-    bundles = {}
-    for p, q in (("A", "B"), ("B", "A")):
-        bundle = export_bundle(campaigns[p], cons[p], GROUP_KEY, producer=f"provider-{p}")
-        payload = bundle.serialize(pretty=False).encode()
-        (out / f"bundle-{p}.json").write_bytes(payload)
-        bundles[p] = {"bytes": len(payload), "campaigns": len(campaigns[p]),
-                      "raw_identifiers_found": _leaks(payload, cons[p])}
-        import_bundle(payload, cons[q], source=f"provider-{p}", confidence=confidence)
+    ttd = _daily(cons, labels, cfg, cal, confidence, _n_days(cons["A"])) if daily else None
+    bundles = _exchange(cons, campaigns, confidence, out)
     for p in ("A", "B"):
         scores, _ = analyse(cons[p], cfg, calibrator=cal, intel_key=GROUP_KEY)
         results[p]["shared"] = evaluate(
@@ -109,7 +167,7 @@ def two_providers(out_dir: str | Path, *, scenario: str = "default", seed: int =
     table = {p: {"alone": brief(results[p]["alone"]), "shared": brief(results[p]["shared"]),
                  "n_requests": results[p]["n_requests"]} for p in ("A", "B")}
     result = {"scenario": scenario, "seed": seed, "knobs": knobs or {}, "providers": table,
-              "bundles": bundles}
+              "bundles": bundles, "days_to_detect": ttd}
     (out / "two_providers.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
