@@ -45,6 +45,10 @@ FEATURES: tuple[Feature, ...] = (
             "share of requests asking for rubric grading", "{:.0%}"),
     Feature("censor_rate", "avg(CASE WHEN censorship_safe THEN 1.0 ELSE 0.0 END)",
             "share of requests asking for censorship-safe rewrites", "{:.0%}"),
+    Feature("n_elicit", "count(DISTINCT CASE WHEN cot_elicit OR rubric_grading OR "
+            "censorship_safe THEN prompt_hash END)", "distinct prompts with any elicitation "
+            "signal (counts survive camouflage that dilutes rates; an agent loop re-sending "
+            "one task counts once)", "{:,.0f}"),
     Feature("focus_rate", "avg(CASE WHEN capability IN ('coding', 'math', 'agentic', "
             "'reasoning') THEN 1.0 ELSE 0.0 END)",
             "share of requests in the capabilities campaigns target", "{:.0%}"),
@@ -85,7 +89,13 @@ ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED + PARTNER}
 
 
 def enriched_sql(cfg: Config) -> str:
-    """``_req``: requests + signals + inter-arrival gap + new-model window flags."""
+    """``_req``: requests + signals + inter-arrival gap + new-model window flags.
+
+    Only the columns the feature SQL reads. The new-model windows are few, so the flags come
+    from two small joins, not a correlated subquery per request: ``spans`` merges overlapping
+    windows into disjoint ones (at most one match per request), and a request matches at most
+    one window of its own model (``models`` has one row per model).
+    """
     fc = cfg["features"]
     win = int(fc["pivot_window_hours"])
     min_age = int(fc["new_model_min_age_hours"])
@@ -97,18 +107,28 @@ models AS (
   FROM requests GROUP BY model
 ),
 windows AS (SELECT first_seen AS w0, first_seen + INTERVAL {win} HOUR AS w1, model
-            FROM models WHERE is_new)
-SELECT r.request_id, r.account_id, r.ts, r.model, r.n_user_turns, r.context_chars, r.n_tools,
+            FROM models WHERE is_new),
+islands AS (
+  SELECT w0, w1, sum(CASE WHEN prev_end >= w0 THEN 0 ELSE 1 END)
+                 OVER (ORDER BY w0, w1 ROWS UNBOUNDED PRECEDING) AS island
+  FROM (SELECT w0, w1, max(w1) OVER (ORDER BY w0, w1
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                       AS prev_end
+        FROM windows) AS ordered
+),
+spans AS (SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island)
+SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
        r.signup_channel, r.ip, r.api_key_id,
        coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
-       EXISTS (SELECT 1 FROM windows w WHERE r.ts >= w.w0 AND r.ts < w.w1) AS in_pivot_window,
-       EXISTS (SELECT 1 FROM windows w WHERE r.ts >= w.w0 AND r.ts < w.w1
-               AND r.model = w.model) AS on_new_model
+       p.s0 IS NOT NULL AS in_pivot_window,
+       w.model IS NOT NULL AS on_new_model
 FROM requests r JOIN signals s USING (request_id)
+LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
+LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
 """
 
 

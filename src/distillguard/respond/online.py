@@ -251,6 +251,9 @@ class OnlineScorer:
             "out_in_ratio": math.exp(st.get("lr_sum", 0.0) / lr_n) if lr_n else 0.0,
             "high_effort_share": st.get("high_effort", 0) / n,
             "tools_share": st.get("tools", 0) / n,
+            # Requests with two flags count twice here (batch counts them once).
+            "n_elicit": float(st.get("cot_elicit", 0) + st.get("rubric_grading", 0)
+                              + st.get("censorship_safe", 0)),
             "pivot_window_requests": float(st.get("pin", 0)),
             # Unknown until token counts arrive: the batch feature is NULL then, and its
             # evidence contributes nothing; a large value makes the ramp contribute nothing.
@@ -289,7 +292,7 @@ class OnlineScorer:
 _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "single_turn_share",
                     "novelty", "hour_entropy", "focus_rate", "template_top_share", "pivot_share",
                     "account_age_days", "nonstandard_signup", "out_in_ratio",
-                    "high_effort_share", "tools_share", "pivot_window_requests",
+                    "high_effort_share", "tools_share", "pivot_window_requests", "n_elicit",
                     "mean_output_tokens", "partner_hits", "partner_confidence")
 
 
