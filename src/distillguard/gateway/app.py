@@ -24,7 +24,6 @@ with Retry-After (nothing unscored passes); ``"open"`` forwards the request unsc
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
@@ -36,23 +35,49 @@ from typing import Any
 
 import httpx
 import orjson
+
+try:  # optional fast upstream client (≈8x less CPU per request than httpx)
+    import aiohttp
+except ImportError:  # pragma: no cover - exercised only without aiohttp
+    aiohttp = None  # type: ignore[assignment]
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from distillguard.gateway.auth import Caller, KeyStore
+from distillguard.gateway.otel import Telemetry
 from distillguard.respond._errors import StateStoreError
 from distillguard.respond.audit import AuditLog
 from distillguard.respond.directives import DirectiveSet
-from distillguard.respond.online import OnlineScore, OnlineScorer, RequestView, decide
+from distillguard.respond.guard import Guard, Screening, request_view, text_of
+from distillguard.respond.online import OnlineScore, OnlineScorer
 from distillguard.respond.output import StreamStripper, cap_max_tokens, strip_reasoning_body
-from distillguard.respond.policy import ERROR_CODES, Policy, PolicyDecision
+from distillguard.respond.policy import Policy, PolicyDecision
 
 __all__ = ["RequestLog", "create_app"]
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024       # bytes; larger bodies → 413 before parsing
 MAX_LOGGED_RESPONSE = 4000               # characters of the response kept in the request log
 _HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+_UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError) + (
+    (aiohttp.ClientError,) if aiohttp is not None else ())
+
+
+class _AioResponse:
+    """An aiohttp response with the slice of httpx.Response's API the gateway uses."""
+
+    def __init__(self, r: Any) -> None:
+        self._r, self.status_code, self.headers = r, r.status, r.headers
+
+    async def aread(self) -> bytes:
+        return await self._r.read()
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        async for raw in self._r.content:
+            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def aclose(self) -> None:
+        self._r.release()
 
 
 class RequestLog:
@@ -62,11 +87,21 @@ class RequestLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._fh: Any = None
 
     def write(self, rec: dict[str, Any]) -> None:
         line = orjson.dumps(rec, default=str) + b"\n"
-        with self._lock, self.path.open("ab") as fh:
-            fh.write(line)
+        with self._lock:
+            if self._fh is None:
+                # Unbuffered append handle kept open: one write() per record, no reopen.
+                self._fh = self.path.open("ab", buffering=0)
+            self._fh.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 class _BadRequest(Exception):
@@ -79,7 +114,7 @@ def _error(status: int, message: str, code: str, etype: str = "invalid_request_e
            param: str | None = None, headers: dict[str, str] | None = None,
            **extra: Any) -> JSONResponse:
     body = {"error": {"message": message, "type": etype, "param": param, "code": code, **extra}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
 def _validate(payload: Any) -> dict[str, Any]:
@@ -114,27 +149,7 @@ def _validate(payload: Any) -> dict[str, Any]:
     return payload
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content
-                         if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
-def _view(caller: Caller, payload: dict[str, Any], ts: float) -> RequestView:
-    msgs = payload["messages"]
-    texts = [_text(m.get("content")) for m in msgs]
-    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-    last = users[-1] if users else len(msgs) - 1
-    system = next((texts[i] for i, m in enumerate(msgs) if m["role"] in ("system", "developer")),
-                  "")
-    return RequestView(
-        caller.account_id, payload["model"], ts, texts[last], system, len(users),
-        sum(len(t) for j, t in enumerate(texts) if j != last),
-        len(payload.get("tools") or []), payload.get("reasoning_effort"),
-        caller.account_created, caller.attrs.signup_channel or None)
+_text = text_of
 
 
 def _iso(ts: float) -> str:
@@ -146,24 +161,51 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                fail_mode: str = "closed", *, keys: KeyStore | None = None,
                request_log: RequestLog | str | Path | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY, upstream_api_key: str | None = None,
-               timeout_s: float = 600.0) -> FastAPI:
+               timeout_s: float = 600.0, tracer_provider: Any = None,
+               content_hash_key: bytes | str | None = None,
+               otel_provider_name: str = "openai",
+               policy_id: str = "distillguard-policy") -> FastAPI:
     """Build the gateway app (see the module docstring for the request flow).
 
-    ``transport`` is passed to ``httpx.AsyncClient`` (``httpx.MockTransport`` in tests).
+    ``transport`` is passed to ``httpx.AsyncClient`` (``httpx.MockTransport`` in tests);
+    without one, chat completions go upstream through aiohttp when it is installed (much
+    less CPU per request than httpx), else through httpx.
     ``keys`` defaults to an empty KeyStore that accepts ``X-Account-Id`` (testing only).
+    ``tracer_provider`` (default: the global OpenTelemetry one), ``content_hash_key``
+    (default: ``$DISTILLGUARD_CONTENT_HASH_KEY``), ``otel_provider_name`` and ``policy_id``
+    configure the spans of :mod:`distillguard.gateway.otel`.
     """
-    if fail_mode not in ("closed", "open"):
-        raise ValueError(f"fail_mode must be 'closed' or 'open', got {fail_mode!r}")
+    guard = Guard(policy, directives, scorer, fail_mode)
+    directives = guard.directives
     keys = keys or KeyStore(allow_account_header=True)
-    directives = directives or DirectiveSet([])
     rlog = RequestLog(request_log) if isinstance(request_log, str | Path) else request_log
-    holder: dict[str, httpx.AsyncClient] = {}
+    tel = Telemetry(upstream_url, policy.version, tracer_provider=tracer_provider,
+                    hash_key=content_hash_key, provider_name=otel_provider_name,
+                    policy_id=policy_id, fail_mode=fail_mode)
+    holder: dict[str, Any] = {}
+    use_aio = aiohttp is not None and transport is None
+    chat_url = upstream_url.rstrip("/") + "/v1/chat/completions"
+
+    def session() -> Any:
+        if "s" not in holder:
+            holder["s"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=timeout_s), read_bufsize=2 ** 20)
+        return holder["s"]
+
+    async def send_upstream(body: bytes, headers: dict[str, str]) -> Any:
+        if use_aio:
+            return _AioResponse(await session().post(chat_url, data=body, headers=headers))
+        req = client().build_request("POST", "/v1/chat/completions", content=body,
+                                     headers=headers)
+        return await client().send(req, stream=True)
 
     def client() -> httpx.AsyncClient:
         # Created lazily so apps driven through ASGITransport (no lifespan) work too.
         if "c" not in holder:
-            holder["c"] = httpx.AsyncClient(base_url=upstream_url.rstrip("/"),
-                                            transport=transport, timeout=timeout_s)
+            holder["c"] = httpx.AsyncClient(
+                base_url=upstream_url.rstrip("/"), transport=transport, timeout=timeout_s,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
         return holder["c"]
 
     @asynccontextmanager
@@ -171,15 +213,20 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         yield
         if "c" in holder:
             await holder.pop("c").aclose()
+        if "s" in holder:
+            await holder.pop("s").close()
+        if isinstance(request_log, str | Path) and rlog is not None:
+            rlog.close()
 
     app = FastAPI(title="distillguard gateway", lifespan=lifespan)
     app.state.policy, app.state.directives, app.state.scorer = policy, directives, scorer
+    app.state.guard, app.state.telemetry = guard, tel
 
-    def base_headers(rid: str, d: PolicyDecision | None, extra: dict[str, str] | None = None
-                     ) -> dict[str, str]:
+    def base_headers(rid: str, actions: tuple[str, ...] | None,
+                     extra: dict[str, str] | None = None) -> dict[str, str]:
         h = {"X-Distillguard-Request-Id": rid, "X-Distillguard-Policy-Version": policy.version}
-        if d is not None:
-            h["X-Distillguard-Action"] = ",".join(a for a in d.actions if a != "allow") or "allow"
+        if actions is not None:
+            h["X-Distillguard-Action"] = ",".join(a for a in actions if a != "allow") or "allow"
         return {**h, **(extra or {})}
 
     def record(rid: str, ts: float, caller: Caller | None, payload: dict[str, Any] | None,
@@ -224,7 +271,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     async def healthz() -> JSONResponse:
         state_ok = True
         try:
-            await run_in_threadpool(scorer.state.suspended, "_healthz")
+            if guard.inline:
+                scorer.state.suspended("_healthz")
+            else:
+                await run_in_threadpool(scorer.state.suspended, "_healthz")
         except StateStoreError:
             state_ok = False
         ok = state_ok or fail_mode == "open"
@@ -279,6 +329,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     async def chat(request: Request) -> Response:
         rid = "dg-" + uuid.uuid4().hex
         ts = time.time()
+        span = tel.start(request.headers, rid)
         try:
             raw = await read_body(request)
             try:
@@ -291,57 +342,37 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             if audit is not None:
                 audit.append("bad_request", request_id=rid, status=bad.status,
                              action="reject", reason=bad.message[:200])
+            tel.response(span, bad.status, error_code=code)
             return _error(bad.status, bad.message, code, param=bad.param,
                           headers=base_headers(rid, None))
         caller = keys.authenticate(request.headers)
         if caller is None:
             if audit is not None:
                 audit.append("unauthenticated", request_id=rid, status=401, action="reject")
+            tel.response(span, 401, error_code="invalid_api_key")
             return _error(401, "missing or unknown API key", "invalid_api_key",
                           headers=base_headers(rid, None))
+        tel.request(span, payload, caller.account_id)
 
-        # Access directives: independent of the state store, always fail closed.
-        dd = directives.check(caller.account_id, payload["model"], caller.attrs, ts)
-        if not dd.allowed:
-            status, code = ERROR_CODES["directive"]
-            record(rid, ts, caller, payload, status, None, None, request=request,
-                   action="deny", directive_code=dd.code, directives=list(dd.directive_ids),
-                   legal_references=list(dd.legal_references), errors=list(dd.errors)[:3])
-            return _error(status, "access to this model is not permitted for this account",
-                          code, "access_denied", headers=base_headers(rid, None),
-                          reason=dd.code, directives=list(dd.directive_ids))
-
-        view = _view(caller, payload, ts)
-        s: OnlineScore | None = None
-        try:
-            s, d, over, retry = await run_in_threadpool(_score, view)
-        except StateStoreError as exc:
-            if fail_mode == "closed":
-                status, code = ERROR_CODES["state_unavailable"]
-                record(rid, ts, caller, payload, status, None, None, request=request,
-                       action="reject", fail_mode="closed", error=str(exc)[:200])
-                return _error(status, "request screening is temporarily unavailable", code,
-                              "service_unavailable",
-                              headers=base_headers(rid, None, {"Retry-After": "5"}))
-            d, over, retry = PolicyDecision("allow", actions=("allow",)), False, 0
-            fail_open = True
+        # Directives (always fail closed), online score and policy; see respond.guard.
+        # In-process state does no I/O: screen on the loop, no thread-pool hop.
+        view = request_view(caller.account_id, payload, ts, caller.account_created,
+                            caller.attrs.signup_channel)
+        t0 = tel.now_ns() if span is not None else 0
+        if guard.inline:
+            sc = guard.screen(caller.account_id, caller.attrs, view)
         else:
-            fail_open = False
+            sc = await run_in_threadpool(guard.screen, caller.account_id, caller.attrs, view)
+        d, s, fail_open = sc.decision, sc.score, sc.fail_open
+        tel.guardrail(span, sc, payload, t0)
 
-        if d.blocking in ("suspend", "require_verification") or (d.blocking == "throttle" and over):
-            status, code = ERROR_CODES[d.blocking]
-            extra_h = {"Retry-After": str(retry)} if d.blocking == "throttle" else {}
-            extra_h["X-Distillguard-Action"] = d.blocking    # what was applied, nothing else
-            extra_b: dict[str, Any] = {"rule": d.blocking_rule}
-            if d.blocking == "require_verification" and d.params.get("verify_url"):
-                extra_b["verify_url"] = d.params["verify_url"]
-            msg = {"suspend": "this account is suspended pending review",
-                   "require_verification": "additional verification is required",
-                   "throttle": "rate limit for this account exceeded"}[d.blocking]
-            record(rid, ts, caller, payload, status, d, s, request=request,
-                   action=d.blocking)
-            return _error(status, msg, code, "distillguard_policy",
-                          headers=base_headers(rid, d, extra_h), **extra_b)
+        if sc.blocked:
+            record(rid, ts, caller, payload, sc.status, d, s, request=request,
+                   action=sc.action, **sc.audit)
+            tel.response(span, sc.status, payload=payload, error_code=sc.code)
+            return _error(sc.status, sc.message, sc.code or "", sc.etype,
+                          headers=base_headers(rid, sc.applied, sc.headers), **sc.body)
+        assert d is not None
 
         out_headers: dict[str, str] = {}
         if d.max_tokens is not None and cap_max_tokens(payload, d.max_tokens):
@@ -350,30 +381,29 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             out_headers["X-Distillguard-Reasoning"] = "stripped"
         if fail_open:
             out_headers["X-Distillguard-Screening"] = "unavailable"
-        up_req = client().build_request("POST", "/v1/chat/completions",
-                                        content=orjson.dumps(payload),
-                                        headers={"Content-Type": "application/json",
-                                                 **_up_headers(request)})
         try:
-            up = await client().send(up_req, stream=True)
-        except httpx.HTTPError as exc:
+            up = await send_upstream(orjson.dumps(payload),
+                                     {"Content-Type": "application/json",
+                                      **_up_headers(request)})
+        except _UPSTREAM_ERRORS as exc:
             record(rid, ts, caller, payload, 502, d, s, request=request,
                    upstream_error=type(exc).__name__, fail_open=fail_open)
+            tel.response(span, 502, payload=payload, error_code="distillguard_upstream_error")
             return _error(502, f"upstream unreachable: {type(exc).__name__}",
                           "distillguard_upstream_error", "upstream_error",
-                          headers=base_headers(rid, d))
+                          headers=base_headers(rid, sc.applied))
         headers = {**{k: v for k, v in up.headers.items() if k.lower() not in _HOP},
-                   **base_headers(rid, d, out_headers)}
+                   **base_headers(rid, sc.applied, out_headers)}
         ctype = up.headers.get("content-type", "")
         if payload.get("stream") and up.status_code == 200 and "text/event-stream" in ctype:
             return StreamingResponse(
-                _stream(up, rid, ts, caller, payload, d, s, request, fail_open),
+                _stream(up, rid, ts, caller, payload, sc, request, span),
                 status_code=200, headers=headers, media_type="text/event-stream")
         try:
             content = await up.aread()
         finally:
             await up.aclose()
-        text, usage = None, None
+        text, usage, body = None, None, None
         if up.status_code == 200 and "json" in ctype:
             try:
                 body = orjson.loads(content)
@@ -390,34 +420,27 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         await _after(caller, usage)
         record(rid, ts, caller, payload, up.status_code, d, s, text, usage, request,
                fail_open=fail_open)
+        tel.response(span, up.status_code, payload=payload, body=body, usage=usage)
         return Response(content, up.status_code, headers=headers)
 
-    def _score(view: RequestView) -> tuple[OnlineScore, PolicyDecision, bool, int]:
-        s = scorer.observe(view)
-        d = decide(policy, scorer, s, view.account_id, view.ts)
-        over, retry = False, 0
-        if d.blocking == "throttle":
-            rpm = int(d.params.get("rpm", 0))
-            bucket = int(view.ts // 60)
-            over = rpm == 0 or scorer.state.rate(view.account_id, bucket, 120) > rpm
-            retry = int(d.params.get("retry_after_s", 60)) if rpm == 0 else \
-                max(1, math.ceil((bucket + 1) * 60 - view.ts))
-        return s, d, over, retry
-
     async def _after(caller: Caller, usage: dict[str, Any] | None) -> None:
-        if usage:
-            try:
-                await run_in_threadpool(scorer.observe_response, caller.account_id,
-                                        usage.get("prompt_tokens"), usage.get("completion_tokens"))
-            except StateStoreError:
-                pass  # usage evidence is best-effort; the decision was already made and audited
+        if not usage:
+            return
+        if guard.inline:
+            guard.observe_usage(caller.account_id, usage)
+        else:
+            await run_in_threadpool(guard.observe_usage, caller.account_id, usage)
 
-    async def _stream(up: httpx.Response, rid: str, ts: float, caller: Caller,
-                      payload: dict[str, Any], d: PolicyDecision, s: OnlineScore | None,
-                      request: Request, fail_open: bool) -> AsyncIterator[bytes]:
+    async def _stream(up: Any, rid: str, ts: float, caller: Caller,
+                      payload: dict[str, Any], sc: Screening, request: Request,
+                      span: Any) -> AsyncIterator[bytes]:
+        d, s, fail_open = sc.decision, sc.score, sc.fail_open
+        assert d is not None
         stripper = StreamStripper() if d.strip_reasoning else None
         parts: list[str] = []
         usage: dict[str, Any] | None = None
+        last: dict[str, Any] = {}
+        finish: list[str] = []
         status = 200
         try:
             async for line in up.aiter_lines():
@@ -440,12 +463,17 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 if isinstance(obj, dict):
                     if isinstance(obj.get("usage"), dict):
                         usage = obj["usage"]
+                    last = obj
                     for ch in obj.get("choices") or []:
-                        c = (ch.get("delta") or {}).get("content") if isinstance(ch, dict) else None
+                        if not isinstance(ch, dict):
+                            continue
+                        if isinstance(ch.get("finish_reason"), str):
+                            finish.append(ch["finish_reason"])
+                        c = (ch.get("delta") or {}).get("content")
                         if isinstance(c, str) and sum(map(len, parts)) < MAX_LOGGED_RESPONSE:
                             parts.append(c)
                 yield b"data: " + orjson.dumps(obj) + b"\n"
-        except httpx.HTTPError:
+        except _UPSTREAM_ERRORS:
             status = 502
             err = {"error": {"message": "upstream stream interrupted", "type": "upstream_error",
                              "code": "distillguard_upstream_error", "param": None}}
@@ -455,5 +483,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             await _after(caller, usage)
             record(rid, ts, caller, payload, status, d, s, "".join(parts), usage, request,
                    fail_open=fail_open, streamed=True)
+            tel.response(span, status, payload=payload,
+                         body={"id": last.get("id"), "model": last.get("model"),
+                               "choices": [{"finish_reason": f} for f in finish]},
+                         usage=usage, streamed=True,
+                         error_code="distillguard_upstream_error" if status != 200 else None)
 
     return app

@@ -20,11 +20,12 @@ Semantics (documented in docs/respond.md):
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,14 @@ class DirectiveSet:
         except ValueError as exc:
             self._ps = None
             self.broken.append(f"Cedar parse error: {exc}")
+        # Decision cache: without raw ``condition`` expressions a decision depends only on
+        # the model, the user attributes and which effective-time segment ``now`` falls in
+        # (policies compare the integer ``context.now`` with these boundaries), never on the
+        # account id, so it can be reused exactly. Raw conditions may read anything: no cache.
+        self._cacheable = not any(d.condition for d in self.directives)
+        self._bounds = sorted({int(t.timestamp()) for d in self.directives
+                               for t in (d.effective_from, d.effective_until) if t})
+        self._cache: dict[tuple[Any, ...], Decision] = {}
 
     def _compile(self) -> str:
         restricted = [d.model_expr() for d in self.directives if d.effect == "allow"]
@@ -275,12 +284,23 @@ class DirectiveSet:
             return Decision(False, "directive_error", errors=tuple(self.broken),
                             latency_us=(time.perf_counter() - t0) * 1e6)
         req, ents = _request(account_id, model, attrs, now)
+        key: tuple[Any, ...] | None = None
+        if self._cacheable:
+            key = (model, attrs, bisect.bisect_right(self._bounds, req["context"]["now"]))
+            hit = self._cache.get(key)
+            if hit is not None:
+                return replace(hit, latency_us=(time.perf_counter() - t0) * 1e6)
         try:
             res = cedarpy.is_authorized(req, self._ps, ents, schema=self._schema)
         except Exception as exc:  # noqa: BLE001 - any failure of the engine must deny
             return Decision(False, "directive_error", errors=(f"cedar: {exc}",),
                             latency_us=(time.perf_counter() - t0) * 1e6)
-        return self._decision(res, (time.perf_counter() - t0) * 1e6)
+        dec = self._decision(res, (time.perf_counter() - t0) * 1e6)
+        if key is not None and dec.code != "directive_error":
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[key] = dec
+        return dec
 
     def check_batch(self, items: list[tuple[str, str, UserAttrs]],
                     now: datetime | float | None = None) -> list[Decision]:
