@@ -19,7 +19,7 @@ from distillguard.signals.templates import (
     exact_keys,
     signature_band_keys,
     skeleton_frame,
-    template_ids,
+    template_ids_sql,
 )
 from distillguard.store import scalar
 
@@ -29,70 +29,76 @@ __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
 def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
                     on_progress: Callable[[int], None] | None = None,
                     batch_rows: int = 100_000, parallel_min_rows: int = 400_000) -> int:
-    """Build the ``signals`` table; returns the number of requests processed."""
+    """Build the ``signals`` table; returns the number of requests processed.
+
+    Each batch's skeletons and template keys go straight into a store table (``_tkeys``) and
+    the template of each request is picked in SQL (``template_ids_sql``), so this process
+    holds a few batches at a time, not every request's keys and skeleton.
+    """
     con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
     perms = int(cfg["signals"]["minhash_perms"])
     bands = int(cfg["signals"]["lsh_bands"])
     k = int(cfg["signals"]["skeleton_words"])
-    ids, keys, skels = [], [], []
-    reader = con.sql("SELECT request_id, prompt_ends FROM _signals_base"
-                     ).to_arrow_reader(batch_rows)
+    kcols = [f"k{b}" for b in range(bands + 2)]      # MinHash bands, then head and tail keys
+    # A temporary table: no WAL write per batch; DuckDB spills it past its memory limit.
+    con.execute("CREATE OR REPLACE TEMP TABLE _tkeys (request_id VARCHAR, skeleton VARCHAR, "
+                + ", ".join(f"{c} BIGINT" for c in kcols) + ")")
+
+    def write(ids: pa.Array, skel: pa.Array, keys: np.ndarray) -> None:
+        cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
+                for i, c in enumerate(kcols)}
+        con.register("_tkeys_in", pa.table({"request_id": ids, "skeleton": skel, **cols}))
+        try:
+            con.execute("INSERT INTO _tkeys SELECT * FROM _tkeys_in")
+        finally:
+            con.unregister("_tkeys_in")
+
     # MinHash holds the GIL (rensa, then its digest rows as Python ints): on big inputs it
     # runs in worker processes while this one reads batches and builds skeletons.
     workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows else 0
     pool = MinHashWorkers(workers) if workers else None
+    # (band keys or their future, request ids, skeletons, exact keys), in input order
     pending: deque = deque()
-    bkeys: list[np.ndarray] = []
     done = 0
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
-            bkeys.append(pending.popleft().result())
+            bk, ids, skel, ek = pending.popleft()
+            if pool is not None:
+                bk = bk.result()
+            write(ids, skel, np.column_stack([bk, ek]))
 
+    # The read streams on its own cursor: this connection inserts while it is open.
+    cur = con.cursor()
     try:
+        reader = cur.sql("SELECT request_id, prompt_ends FROM _signals_base"
+                         ).to_arrow_reader(batch_rows)
         for batch in reader:
             sk = skeleton_frame(pl.from_arrow(batch.column("prompt_ends")), k)
             skel_list = sk["skeleton"].to_list()
-            if pool is not None:
-                pending.append(pool.submit(skel_list, perms, bands))
-                drain(2 * workers)
-            else:
-                bkeys.append(signature_band_keys(skel_list, perms, bands))
-            keys.append(np.column_stack([exact_keys(sk["head_key"].to_list(), 1, done),
-                                         exact_keys(sk["tail_key"].to_list(), 2, done)]))
+            ek = np.column_stack([exact_keys(sk["head_key"].to_list(), 1, done),
+                                  exact_keys(sk["tail_key"].to_list(), 2, done)])
+            bk = (pool.submit(skel_list, perms, bands) if pool is not None
+                  else signature_band_keys(skel_list, perms, bands))
+            pending.append((bk, batch.column("request_id"),
+                            sk["skeleton"].to_arrow().cast(pa.string()), ek))
+            drain(2 * workers)
             done += batch.num_rows
-            ids.append(batch.column("request_id"))
-            skels.append(sk["skeleton"].to_arrow())
             if on_progress:
                 on_progress(batch.num_rows)
         drain(0)
     finally:
+        cur.close()
         if pool is not None:
             pool.close()
-    if keys:
-        all_keys = np.concatenate([np.column_stack([b, e]) for b, e in zip(bkeys, keys,
-                                                                            strict=True)])
-        del bkeys, keys
-        tkey, tsize = template_ids(all_keys)
-        tpl = pa.table({
-            "request_id": pa.concat_arrays(ids),
-            "template_key": pa.array(tkey.view(np.int64)),
-            "template_size": pa.array(tsize),
-            "skeleton": pa.concat_arrays([a.cast(pa.string()) for a in skels]),
-        })
-    else:
-        tpl = pa.table({"request_id": pa.array([], pa.string()),
-                        "template_key": pa.array([], pa.int64()),
-                        "template_size": pa.array([], pa.int64()),
-                        "skeleton": pa.array([], pa.string())})
-    con.register("_tpl", tpl)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TABLE signals AS
         SELECT s.* EXCLUDE (prompt_ends), t.skeleton,
                't' || lower(hex(t.template_key)) AS template_id, t.template_size
-        FROM _signals_base s JOIN _tpl t USING (request_id)
+        FROM _signals_base s JOIN ({template_ids_sql("_tkeys", len(kcols))}) t
+        USING (request_id)
     """)
-    con.unregister("_tpl")
+    con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")
     return n

@@ -132,3 +132,31 @@ def template_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         best_size = np.where(better, size, best_size)
         best_key = np.where(better, keys[:, b], best_key)
     return best_key, best_size
+
+
+def template_ids_sql(keys_table: str, width: int) -> str:
+    """SQL twin of :func:`template_ids` over a table with columns ``k0 .. k{width-1}``.
+
+    Yields ``request_id, skeleton, template_key, template_size``. Per band, only buckets of
+    two or more are counted (a key seen once has size 1), so each band's hash table holds the
+    repeated keys only; the request's template is the largest bucket, ties to the lowest band,
+    as in :func:`template_ids`. Runs in DuckDB, so memory stays bounded (it spills).
+    """
+    ks = [f"k{b}" for b in range(width)]
+    sizes = ",\n".join(
+        f"sz{b} AS (SELECT {k} AS k, count(*) AS c FROM {keys_table} GROUP BY {k} "
+        "HAVING count(*) > 1)" for b, k in enumerate(ks))
+    cols = ", ".join(f"coalesce(sz{b}.c, 1) AS c{b}" for b in range(width))
+    joins = "\n".join(f"LEFT JOIN sz{b} ON t.{k} = sz{b}.k" for b, k in enumerate(ks))
+    best = f"greatest({', '.join(f'c{b}' for b in range(width))})"
+    whens = " ".join(f"WHEN c{b} = {best} THEN {k}" for b, k in enumerate(ks))
+    return f"""
+WITH {sizes},
+sized AS (
+  SELECT t.request_id, t.skeleton, {', '.join(f't.{k}' for k in ks)}, {cols}
+  FROM {keys_table} t
+  {joins}
+)
+SELECT request_id, skeleton, CASE {whens} END AS template_key, {best} AS template_size
+FROM sized
+"""
