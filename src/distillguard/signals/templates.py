@@ -119,28 +119,13 @@ def exact_keys(texts: list[str | None], salt: int, offset: int = 0) -> np.ndarra
     return out
 
 
-def template_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per request: the key of the largest band bucket it is in, and that bucket's size."""
-    n, bands = keys.shape
-    best_key = np.zeros(n, dtype=np.uint64)
-    best_size = np.zeros(n, dtype=np.int64)
-    for b in range(bands):
-        # Bucket sizes by hashing (Polars, multi-threaded), not by sorting 16M keys.
-        size = (pl.DataFrame({"k": keys[:, b]}).select(pl.len().over("k"))
-                .to_series().to_numpy().astype(np.int64))
-        better = size > best_size
-        best_size = np.where(better, size, best_size)
-        best_key = np.where(better, keys[:, b], best_key)
-    return best_key, best_size
-
-
 def template_ids_sql(keys_table: str, width: int) -> str:
-    """SQL twin of :func:`template_ids` over a table with columns ``k0 .. k{width-1}``.
+    """Template choice over a table with columns ``k0 .. k{width-1}``.
 
     Yields ``request_id, skeleton, template_key, template_size``. Per band, only buckets of
     two or more are counted (a key seen once has size 1), so each band's hash table holds the
-    repeated keys only; the request's template is the largest bucket, ties to the lowest band,
-    as in :func:`template_ids`. Runs in DuckDB, so memory stays bounded (it spills).
+    repeated keys only; the request's template is the largest bucket, ties to the lowest band.
+    Runs in DuckDB, so memory stays bounded (it spills).
     """
     ks = [f"k{b}" for b in range(width)]
     sizes = ",\n".join(
