@@ -82,9 +82,9 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
     return scores, campaigns
 
 
-def write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, scores: pl.DataFrame,
+def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: pl.DataFrame,
                   campaigns: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """accounts.csv, campaigns.json and report.html into ``out_dir``."""
+    """accounts.csv, campaigns.json and (given the full store) report.html into ``out_dir``."""
     from distillguard.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,8 @@ def write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, scores: pl.Data
                         r["campaign_id"] or "", r["reasons"]])
     (out_dir / "campaigns.json").write_text(
         json.dumps(campaigns, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    write_report(out_dir / "report.html", con, campaigns, summary)
+    if con is not None:
+        write_report(out_dir / "report.html", con, campaigns, summary)
 
 
 def detect(
@@ -151,6 +152,36 @@ def detect(
     finally:
         con.close()
     return DetectResult(scores, campaigns, out, report, timings, cfg.version)
+
+
+def detect_spark(
+    paths: Iterable[str | Path],
+    out_dir: str | Path | None = "results",
+    *,
+    master: str | None = "local[2]",
+    conf: dict[str, str] | None = None,
+    config: Config | str | Path | None = None,
+    progress: Progress | None = None,
+) -> DetectResult:
+    """The same detection on Apache Spark (see docs/spark.md); writes accounts.csv and
+    campaigns.json. Paths may be local files/directories or URIs the Spark session reads."""
+    from distillguard.engines.spark import run_spark, spark_session
+    from distillguard.ingest.reader import expand_paths
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    local = [Path(p) for p in paths if "://" not in str(p)]
+    uris = [str(p) for p in paths if "://" in str(p)]
+    targets = [str(p) for p in expand_paths(local)] + uris
+    spark = spark_session(master, conf)
+    try:
+        run = run_spark(spark, targets, cfg, progress=progress)
+    finally:
+        spark.stop()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        # The driver store holds only campaign accounts' requests, so no report.html here.
+        write_outputs(None, out, run.scores, run.campaigns, {})
+    return DetectResult(run.scores, run.campaigns, out, None, run.timings, cfg.version)
 
 
 @dataclass

@@ -104,10 +104,27 @@ def detect(
     strict: Annotated[bool, typer.Option(help="First bad row is fatal")] = False,
     intel_key_file: Annotated[Path | None, typer.Option(
         help="Sharing group's HMAC key: match imported partner indicators")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark")] = "duckdb",
+    spark_master: Annotated[str, typer.Option(
+        help="Spark master URL with --engine spark, e.g. spark://host:7077")] = "local[2]",
+    spark_conf: Annotated[list[str] | None, typer.Option(
+        "--spark-conf", help="KEY=VALUE Spark settings (repeatable)")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars")] = False,
 ) -> None:
     """Ingest LOGS and find distillation accounts and campaigns; write results to OUT."""
     t0 = time.perf_counter()
+    if engine == "spark":
+        try:
+            conf = dict(kv.split("=", 1) for kv in (spark_conf or []))
+            with RichProgress(not quiet) as prog:
+                res = api.detect_spark(logs, out, master=spark_master, conf=conf,
+                                       config=config, progress=prog)
+        except (DistillguardError, ImportError) as exc:
+            _fail(exc)
+        _print_summary(res, time.perf_counter() - t0)
+        return
+    if engine != "duckdb":
+        _fail(ValueError(f"unknown --engine {engine!r}: duckdb or spark"))
     try:
         key = None
         if intel_key_file is not None:

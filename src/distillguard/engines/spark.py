@@ -1,0 +1,1030 @@
+"""The Apache Spark engine: the same detection as :func:`distillguard.api.analyse`, on PySpark.
+
+What runs where (see docs/spark.md):
+
+* **distributed (executors)**: everything that is O(requests): ingest normalisation of raw
+  logs, the signal SQL, skeletons and their MinHash (``mapInArrow`` over Arrow batches, reusing
+  ``signals.templates.skeleton_frame`` / ``signature_band_keys`` / ``exact_keys``), the
+  LSH band buckets that give each request its template id (Spark SQL group-bys), the enriched
+  request table, the per-account features, the account keys and synchronisation tokens. The
+  SQL is the stage SQL text itself, compiled from DuckDB's dialect by
+  :mod:`distillguard.engines.sqlcompile`.
+* **driver**: the O(accounts) tables (features, account keys, sync tokens) go into an
+  in-memory DuckDB store and the *unchanged* linking, scoring and campaign code runs there, so
+  scores, flags and campaigns equal the DuckDB engine's (to float rounding of aggregates).
+* **distributed linking**, when the account graph is too big for the driver (more estimated
+  edges than ``driver_max_edges``): edges are built in Spark SQL, split into connected
+  components by iterative label propagation, and each component is clustered with the same
+  Leiden/CPM call on an executor (``applyInPandas``); components above ``executor_max_edges``
+  keep their connected component as the community. Only edges inside communities and one
+  community label per account return to the driver for scoring.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+try:
+    from pyspark import StorageLevel
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import functions as F
+except ImportError as exc:  # pragma: no cover - exercised only without pyspark
+    raise ImportError(
+        "the Spark engine needs pyspark: pip install 'pyspark>=3.5,<4.1' (and Java 17)") from exc
+
+from distillguard.config import Config, load_config
+from distillguard.engines.sqlcompile import to_spark
+from distillguard.errors import IngestError
+from distillguard.features import compute_features
+from distillguard.features.defs import enriched_sql, features_sql
+from distillguard.linking import compute_links
+from distillguard.linking.keys import account_keys_sql, sync_tokens_sql
+from distillguard.schema import REQUIRED_FIELDS, STORE_COLUMNS, STORE_SCHEMA
+from distillguard.scoring import Calibrator, score_accounts
+from distillguard.scoring.campaigns import describe_campaigns
+from distillguard.signals import compute_signals, signals_sql
+from distillguard.store import connect
+
+__all__ = [
+    "DRIVER_MAX_EDGES",
+    "DRIVER_MAX_TOKENS",
+    "EXECUTOR_MAX_EDGES",
+    "SparkInput",
+    "SparkRun",
+    "analyse_spark",
+    "connected_components",
+    "read_input",
+    "read_requests",
+    "run_spark",
+    "spark_session",
+    "store_frame",
+]
+
+#: Default boundary for clustering on the driver: estimated key-sharing edges (the exact
+#: number of pairs the blocking step will emit; Leiden as configured takes ~1 min per 1M
+#: edges of a locally connected graph on one core, see docs/spark.md) ...
+DRIVER_MAX_EDGES = 1_000_000
+#: ... and synchronisation tokens (account, capability, 10-minute bucket) of accounts with
+#: enough buckets to be compared. Above either, linking runs distributed.
+DRIVER_MAX_TOKENS = 50_000_000
+#: A connected component with more edges than this keeps its component as its community
+#: instead of being Leiden-clustered on one executor.
+EXECUTOR_MAX_EDGES = 1_000_000
+
+_SPARK_TYPES = {pa.string(): "string", pa.timestamp("us"): "timestamp", pa.int32(): "int",
+                pa.int64(): "bigint"}
+
+# The SQL the linking code issues over per-request tables; on the driver it is answered from
+# what Spark computed (see _DriverStore).
+_ACCOUNTS_SQL = "SELECT DISTINCT account_id FROM requests ORDER BY 1"
+
+
+# ------------------------------------------------------------------------------------------
+# session
+# ------------------------------------------------------------------------------------------
+
+
+def spark_session(master: str | None = "local[2]", conf: dict[str, Any] | None = None,
+                  app_name: str = "distillguard") -> SparkSession:
+    """A SparkSession configured for distillguard (UTC session time zone, Arrow transfers).
+
+    ``master=None`` leaves the master to ``spark-submit`` / ``SPARK_MASTER``; ``conf`` entries
+    override the defaults (e.g. ``{"spark.executor.memory": "8g"}`` or the object-store
+    settings of docs/spark.md).
+    """
+    defaults = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.skewJoin.enabled": "true",
+    }
+    if master is not None and master.startswith("local"):
+        defaults.update({"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8",
+                         "spark.driver.memory": "2g"})
+    b = SparkSession.builder.appName(app_name)
+    if master is not None:
+        b = b.master(master)
+    for k, v in {**defaults, **(conf or {})}.items():
+        b = b.config(k, str(v))
+    return b.getOrCreate()
+
+
+@contextmanager
+def _utc(spark: SparkSession) -> Iterator[None]:
+    """Run with the session time zone at UTC: store timestamps are naive UTC."""
+    key = "spark.sql.session.timeZone"
+    old = spark.conf.get(key)
+    spark.conf.set(key, "UTC")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, old)
+
+
+# ------------------------------------------------------------------------------------------
+# ingest
+# ------------------------------------------------------------------------------------------
+
+
+def store_frame(df: DataFrame) -> DataFrame:
+    """``df`` with exactly the store columns (``STORE_SCHEMA``), in order, with store types.
+
+    Missing optional columns become typed NULLs; timestamps (naive or zoned) become Spark
+    ``TIMESTAMP`` read as UTC.
+    """
+    have = {c.lower(): c for c in df.columns}
+    missing = [c for c in REQUIRED_FIELDS if c not in have]
+    if missing:
+        raise IngestError(f"input lacks required column(s): {', '.join(missing)}")
+    cols = []
+    for f in STORE_SCHEMA:
+        t = _SPARK_TYPES[f.type]
+        src = have.get(f.name)
+        cols.append((F.col(f"`{src}`") if src else F.lit(None)).cast(t).alias(f.name))
+    return df.select(*cols)
+
+
+def _paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    if isinstance(source, str | os.PathLike):
+        return [str(source)]
+    return [str(p) for p in source]
+
+
+def _kind(path: str) -> str:
+    p = path.lower().rstrip("/")
+    for sfx in (".gz", ".bz2", ".zst", ".snappy"):
+        if p.endswith(sfx):
+            p = p[: -len(sfx)]
+    if p.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if p.endswith((".parquet", ".pq")):
+        return "parquet"
+    if p.endswith(".json"):
+        return "json"
+    if p.endswith((".csv", ".tsv")):
+        return "csv"
+    return "parquet"  # a directory of part files
+
+
+def _is_store_schema(df: DataFrame) -> bool:
+    types = {f.name: f.dataType.typeName() for f in df.schema.fields}
+    return ("messages" not in types and all(c in types for c in REQUIRED_FIELDS)
+            and types.get("ts", "").startswith("timestamp"))
+
+
+def _normalise_fn(fmt: str, limits: dict[str, int], from_lines: bool):
+    """mapInArrow body: raw lines / rows -> store rows, plus rejected rows with a reason."""
+    max_line = int(limits["max_line_bytes"])
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import orjson
+
+        from distillguard.ingest import adapters
+        from distillguard.ingest.normalize import RowError, normalize
+        from distillguard.ingest.reader import _decode_nested
+
+        for b in batches:
+            files = b.column(b.schema.get_field_index("_file")).to_pylist()
+            if from_lines:
+                items = b.column(b.schema.get_field_index("value")).to_pylist()
+            else:
+                rows = b.drop_columns(["_file"]).to_pylist()
+                items = [_decode_nested(r) for r in rows]
+            good: list[dict[str, Any]] = []
+            bad: list[tuple[str, str, str]] = []
+            for item, f in zip(items, files, strict=True):
+                name = (f or "").rsplit("/", 1)[-1]
+                if from_lines:
+                    if not item or not item.strip():
+                        continue
+                    if len(item.encode("utf-8", "surrogatepass")) > max_line:
+                        bad.append((name, f"line exceeds {max_line:,} bytes", item[:2000]))
+                        continue
+                    try:
+                        obj = orjson.loads(item)
+                    except orjson.JSONDecodeError as exc:
+                        bad.append((name, f"malformed JSON: {exc}", item[:2000]))
+                        continue
+                else:
+                    obj = item
+                try:
+                    recs = adapters.expand(fmt, obj) if fmt != "canonical" else [obj]
+                except ValueError as exc:
+                    bad.append((name, f"not a {fmt} record: {exc}", str(obj)[:2000]))
+                    continue
+                for rec in recs:
+                    try:
+                        good.append(normalize(rec, name, limits))
+                    except RowError as exc:
+                        raw = orjson.dumps(rec, default=str).decode()[:2000]
+                        bad.append((name, str(exc), raw))
+            cols = {c: pa.array([r[c] for r in good] + [None] * len(bad), f.type)
+                    for c, f in zip(STORE_COLUMNS, STORE_SCHEMA, strict=True)}
+            cols["source"] = pa.array([r["source"] for r in good] + [x[0] for x in bad],
+                                      pa.string())
+            cols["_error"] = pa.array([None] * len(good) + [x[1] for x in bad], pa.string())
+            cols["_raw"] = pa.array([None] * len(good) + [x[2] for x in bad], pa.string())
+            yield pa.RecordBatch.from_pydict(cols)
+
+    return fn
+
+
+# Arrow's naive timestamps are Spark's TIMESTAMP_NTZ; store_frame makes them UTC TIMESTAMPs.
+_NORMALISED_DDL = ", ".join(
+    f"{f.name} {'timestamp_ntz' if pa.types.is_timestamp(f.type) else _SPARK_TYPES[f.type]}"
+    for f in STORE_SCHEMA) + ", _error string, _raw string"
+
+
+@dataclass
+class SparkInput:
+    """What :func:`read_input` made of the input: store rows and the rows it rejected."""
+
+    requests: DataFrame
+    rejected: DataFrame | None   # source, reason, raw (None when nothing could be rejected)
+    path_kind: str               # store-parquet | normalised-jsonl | normalised-parquet | driver
+
+
+def read_input(spark: SparkSession, source: str | os.PathLike | Iterable[str | os.PathLike],
+               cfg: Config | None = None, *, fmt: str | None = None,
+               dedupe: bool | None = None) -> SparkInput:
+    """Read request logs from paths or object-store URIs the session can reach.
+
+    * Parquet already in the store schema (``STORE_SCHEMA``; e.g. exported from a DuckDB
+      store, or written by an upstream job) is read natively: column pruning and predicate
+      push-down apply, nothing passes through Python.
+    * JSON Lines (``.jsonl``/``.ndjson``, optionally compressed) and Parquet with canonical
+      records (``messages`` etc.) are normalised on the executors with the ingest code
+      (``ingest.normalize.normalize`` and the format adapters), in Arrow batches. Rejected rows
+      come back in ``rejected`` with the same reasons the DuckDB ingest gives.
+    * Other inputs (``.json`` documents, CSV) go through the DuckDB ingest on the driver and
+      are handed to Spark as Arrow: fine for small inputs only.
+
+    ``dedupe`` drops repeated ``request_id`` (as the DuckDB ingest does); by default on for
+    normalised input and off for store-schema Parquet, which is assumed deduplicated already.
+    """
+    cfg = cfg or load_config()
+    with _utc(spark):   # casts to TIMESTAMP are resolved against the session time zone
+        return _read_input(spark, _paths(source), cfg, fmt, dedupe)
+
+
+def _read_input(spark: SparkSession, paths: list[str], cfg: Config, fmt: str | None,
+                dedupe: bool | None) -> SparkInput:
+    limits = cfg["ingest"]
+    if not paths:
+        raise IngestError("no input paths")
+    kinds = {_kind(p) for p in paths}
+    if len(kinds) > 1:
+        raise IngestError(f"mixed input kinds {sorted(kinds)}; read them separately")
+    (kind,) = kinds
+    if kind == "parquet":
+        raw = spark.read.parquet(*paths)
+        if _is_store_schema(raw) and fmt in (None, "store", "canonical"):
+            out = SparkInput(store_frame(raw), None, "store-parquet")
+            return _dedupe(out, bool(dedupe))
+        raw = raw.withColumn("_file", F.input_file_name())
+        file_fmt = fmt or _sniff(raw.drop("_file").limit(20).toPandas().to_dict("records"))
+        norm = raw.mapInArrow(_normalise_fn(file_fmt, limits, from_lines=False),
+                              _NORMALISED_DDL)
+        return _dedupe(_split(norm, "normalised-parquet"), dedupe is not False)
+    if kind == "jsonl":
+        raw = spark.read.text(paths).withColumn("_file", F.input_file_name())
+        if fmt is None:
+            import orjson
+
+            sample = []
+            for r in raw.limit(50).collect():
+                try:
+                    obj = orjson.loads(r["value"])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    sample.append(obj)
+            fmt = _sniff(sample[:20])
+        norm = raw.mapInArrow(_normalise_fn(fmt, limits, from_lines=True), _NORMALISED_DDL)
+        return _dedupe(_split(norm, "normalised-jsonl"), dedupe is not False)
+    return _read_on_driver(spark, paths, cfg, fmt)
+
+
+def _sniff(sample: list[dict[str, Any]]) -> str:
+    from distillguard.ingest import adapters
+
+    return adapters.detect_format(sample) if sample else "canonical"
+
+
+def _split(norm: DataFrame, kind: str) -> SparkInput:
+    norm = norm.persist(StorageLevel.MEMORY_AND_DISK)
+    good = store_frame(norm.filter(F.col("_error").isNull()))
+    bad = norm.filter(F.col("_error").isNotNull()).select(
+        "source", F.col("_error").alias("reason"), F.col("_raw").alias("raw"))
+    return SparkInput(good, bad, kind)
+
+
+def _dedupe(inp: SparkInput, on: bool) -> SparkInput:
+    if on:
+        inp.requests = inp.requests.dropDuplicates(["request_id"])
+    return inp
+
+
+def _read_on_driver(spark: SparkSession, paths: list[str], cfg: Config,
+                    fmt: str | None) -> SparkInput:
+    from distillguard.ingest import ingest_files
+
+    con = connect(None)
+    try:
+        ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"], fmt=fmt)
+        table = con.sql("SELECT * FROM requests").to_arrow_table()
+        rejected = con.sql("SELECT source, reason, raw FROM quarantine").to_arrow_table()
+    finally:
+        con.close()
+    return SparkInput(store_frame(_from_arrow(spark, table, STORE_SCHEMA)),
+                      _from_arrow(spark, rejected), "driver")
+
+
+def read_requests(spark: SparkSession, source: str | os.PathLike | Iterable[str | os.PathLike],
+                  cfg: Config | None = None, *, fmt: str | None = None,
+                  dedupe: bool | None = None) -> DataFrame:
+    """The store rows of :func:`read_input` (rejected rows are dropped)."""
+    return read_input(spark, source, cfg, fmt=fmt, dedupe=dedupe).requests
+
+
+def _from_arrow(spark: SparkSession, table: pa.Table, schema: pa.Schema | None = None) -> DataFrame:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schema = schema or table.schema
+    sschema = from_arrow_schema(schema)
+    if table.num_rows == 0:
+        return spark.createDataFrame([], sschema)
+    pdf = table.cast(schema).to_pandas(timestamp_as_object=False)
+    return spark.createDataFrame(pdf, sschema)
+
+
+def _to_arrow(df: DataFrame) -> pa.Table:
+    """Collect ``df`` to the driver as Arrow, zoned timestamps turned into naive UTC."""
+    if hasattr(df, "toArrow"):                       # pyspark >= 4.0
+        t = df.toArrow()
+    else:                                            # pyspark 3.5
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        batches = df._collect_as_arrow()
+        t = pa.Table.from_batches(batches, schema=None if batches else
+                                  to_arrow_schema(df.schema))
+    fields = [pa.field(f.name, pa.timestamp("us")) if pa.types.is_timestamp(f.type) else f
+              for f in t.schema]
+    return t.cast(pa.schema(fields))
+
+
+# ------------------------------------------------------------------------------------------
+# the per-request stages on Spark
+# ------------------------------------------------------------------------------------------
+
+
+def _template_keys_fn(perms: int, bands: int, k: int):
+    """mapInArrow body: (request_id, prompt_ends) -> (request_id, skeleton, keys).
+
+    The per-batch step of ``signals.compute_signals``, with its functions: the skeleton,
+    head and tail keys (``templates.skeleton_frame``), then the request's row of the key
+    matrix: MinHash band keys (``signature_band_keys``) followed by the exact head and tail
+    keys (``exact_keys``, salts 1 and 2). A missing head/tail gives a NULL key: the DuckDB
+    stage gives it a key unique to the row, which never groups either.
+    """
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from distillguard.signals.templates import exact_keys, signature_band_keys, skeleton_frame
+
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            ends = b.column(b.schema.get_field_index("prompt_ends"))
+            sk = skeleton_frame(pl.from_arrow(ends), k)
+            n = sk.height
+            parts = [signature_band_keys(sk["skeleton"].to_list(), perms, bands)]
+            masks = [np.zeros((n, bands), dtype=bool)]
+            for name, salt in (("head_key", 1), ("tail_key", 2)):
+                texts = sk[name].to_list()
+                parts.append(exact_keys(texts, salt)[:, None])
+                masks.append(np.array([t is None for t in texts], dtype=bool)[:, None])
+            width = sum(p.shape[1] for p in parts)
+            keys = np.hstack(parts).view(np.int64).reshape(-1)
+            mask = np.hstack(masks).reshape(-1)
+            offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [b.column(b.schema.get_field_index("request_id")),
+                 sk["skeleton"].to_arrow().cast(pa.string()),
+                 pa.ListArray.from_arrays(offsets, pa.array(keys, mask=mask))],
+                names=["request_id", "skeleton", "keys"])
+
+    return fn
+
+
+# Mirrors signals.templates.template_ids / template_ids_sql: per request the largest
+# (band, key) bucket it is in; ties go to the lowest band. One explode and one group-by
+# (template_ids_sql's per-band group-bys and joins would be 2 shuffles per band on Spark).
+# NULL keys stand for "unique to this row": a bucket of one never beats band 0, so they are
+# left out.
+_TEMPLATE_SQL = """
+WITH b AS (
+  SELECT request_id, pos AS band, key FROM {keys} LATERAL VIEW posexplode(keys) t AS pos, key
+  WHERE key IS NOT NULL
+),
+sz AS (SELECT band, key, count(*) AS size FROM b GROUP BY band, key),
+best AS (
+  SELECT b.request_id, max(struct(sz.size AS size, -b.band AS nb, b.key AS key)) AS m
+  FROM b JOIN sz ON b.band = sz.band AND b.key = sz.key
+  GROUP BY b.request_id
+)
+SELECT s.*, k.skeleton, 't' || lower(hex(best.m.key)) AS template_id,
+       best.m.size AS template_size
+FROM {base} s JOIN {keys} k ON s.request_id = k.request_id
+JOIN best ON s.request_id = best.request_id
+"""
+
+
+class _Views:
+    """Temporary view names of one run (prefixed, so they cannot clash with the session's)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self.prefix = f"dg{uuid.uuid4().hex[:8]}_"
+        self.names: dict[str, str] = {}
+        self.cached: list[DataFrame] = []
+
+    def put(self, name: str, df: DataFrame, persist: bool = False,
+            checkpoint: bool = False) -> DataFrame:
+        """Register ``df`` as the view ``name``.
+
+        ``persist``: cache it (for reuse within the next query or two). ``checkpoint``:
+        materialise it now and cut its lineage, for tables many later queries read: Spark
+        re-analyses a cached DataFrame's whole lineage in every query that uses it, which
+        for the deep plans of this pipeline costs seconds per query. Reliable checkpoints when
+        the SparkContext has a checkpoint directory, local ones otherwise (docs/spark.md).
+        """
+        if checkpoint:
+            df = (df.checkpoint(eager=True) if self.spark.sparkContext.getCheckpointDir()
+                  else df.localCheckpoint(eager=True))
+        elif persist:
+            df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            self.cached.append(df)
+        view = self.prefix + name.lstrip("_")
+        df.createOrReplaceTempView(view)
+        self.names[name] = view
+        return df
+
+    def sql(self, duckdb_sql: str) -> DataFrame:
+        return self.spark.sql(to_spark(duckdb_sql, self.names))
+
+    def drop(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+        for view in self.names.values():
+            self.spark.catalog.dropTempView(view)
+
+
+def spark_signals(v: _Views, cfg: Config, columns: list[str] | None = None) -> DataFrame:
+    """``signals`` (one row per request) as ``signals.compute_signals`` computes it.
+
+    ``columns``: the DuckDB ``signals`` columns, in order; the result has exactly these
+    (helper columns of the signal SQL are dropped as the DuckDB stage drops them).
+    """
+    sc = cfg["signals"]
+    perms, bands, k = int(sc["minhash_perms"]), int(sc["lsh_bands"]), int(sc["skeleton_words"])
+    base = v.put("_signals_base", v.sql(signals_sql(cfg)), persist=True)
+    keys = base.select("request_id", "prompt_ends").mapInArrow(
+        _template_keys_fn(perms, bands, k),
+        "request_id string, skeleton string, keys array<bigint>")
+    keys = v.put("_tkeys", keys, persist=True)
+    sig = v.spark.sql(_TEMPLATE_SQL.format(keys=v.names["_tkeys"],
+                                           base=v.names["_signals_base"]))
+    if columns is not None:
+        missing = [c for c in columns if c not in sig.columns]
+        if missing:
+            raise RuntimeError(f"Spark signals lack DuckDB signals columns {missing}")
+        sig = sig.select(*columns)
+    sig = v.put("signals", sig, checkpoint=True)
+    base.unpersist()     # materialised: the regex-heavy base and the keys are not needed now
+    keys.unpersist()
+    return sig
+
+
+def spark_features(v: _Views, cfg: Config) -> pa.Table:
+    """``features`` (one row per account), collected to the driver."""
+    req = v.put("_req", v.sql(enriched_sql(cfg)), persist=True)
+    out = _to_arrow(v.sql(features_sql(cfg)))
+    req.unpersist()
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# driver side: the unchanged linking / scoring / campaign code on a small DuckDB store
+# ------------------------------------------------------------------------------------------
+
+
+class _DriverStore:
+    """A DuckDB connection holding the per-account tables Spark computed.
+
+    The DuckDB stage functions (``compute_features``, ``compute_links``) run unchanged on it.
+    Where they run one of the stage SQL texts over the per-request tables (which live in
+    Spark), that text is swapped for the table Spark's result was loaded into: a statement
+    that *is* such a text is answered from the table, one that *embeds* it (``CREATE TABLE x
+    AS <features_sql>``) gets the table as a subquery in its place. Everything else goes to
+    DuckDB unchanged. The per-request tables are absent on purpose, so a query this class
+    does not know fails loudly instead of reading an empty table; ``check`` fails when a
+    stage no longer issues the texts it is expected to (its code changed: update this engine).
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, answers: dict[str, str]) -> None:
+        self._con = con
+        self._answers = {k.strip(): v for k, v in answers.items()}
+        self.hits: set[str] = set()
+
+    def _rewrite(self, sql: Any) -> Any:
+        if not isinstance(sql, str):
+            return sql
+        key = sql.strip()
+        if key in self._answers:
+            self.hits.add(key)
+            return self._answers[key]
+        for text, answer in self._answers.items():
+            if text in sql:
+                self.hits.add(text)
+                sql = sql.replace(text, f"({answer})")
+        return sql
+
+    def sql(self, query: str, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyRelation:
+        return self._con.sql(self._rewrite(query), *args, **kwargs)
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        return self._con.execute(self._rewrite(query), *args, **kwargs)
+
+    def check(self, stage: str, required: Iterable[str]) -> None:
+        missing = [t for t in required if t.strip() not in self.hits]
+        if missing:
+            raise RuntimeError(
+                f"the {stage} stage no longer runs the expected stage SQL "
+                f"({len(missing)} text(s) unused); update distillguard.engines.spark")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    con.register("_dg_in", data)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _dg_in")
+    finally:
+        con.unregister("_dg_in")
+
+
+def _typed_driver_store(cfg: Config) -> duckdb.DuckDBPyConnection:
+    """An in-memory store whose empty tables have the DuckDB engine's exact column types.
+
+    The DuckDB stages run on the empty store to create them, so the driver tables follow any
+    change to the stage SQL without a second schema to maintain.
+    """
+    con = connect(None)
+    compute_signals(con, cfg)
+    compute_features(con, cfg)
+    con.execute(f"CREATE TABLE _dg_features AS SELECT * FROM ({features_sql(cfg)}) LIMIT 0")
+    con.execute(f"CREATE TABLE _dg_account_keys AS SELECT * FROM ({account_keys_sql(cfg)}) "
+                "LIMIT 0")
+    con.execute(f"CREATE TABLE _dg_sync_tokens AS SELECT * FROM ({sync_tokens_sql(cfg)}) "
+                "LIMIT 0")
+    con.execute("CREATE TABLE _dg_accounts (account_id VARCHAR)")
+    # Per-request tables leave the stage names until campaign description needs them.
+    con.execute("DROP TABLE features")
+    con.execute("ALTER TABLE _req RENAME TO _dg_req_t")
+    con.execute("ALTER TABLE requests RENAME TO _dg_requests_t")
+    con.execute("ALTER TABLE signals RENAME TO _dg_signals_t")
+    return con
+
+
+def _load_campaign_rows(v: _Views, con: duckdb.DuckDBPyConnection, scores: pl.DataFrame) -> int:
+    """Put the requests and signals of flagged accounts and campaign members into the driver
+    store (``response`` left out).
+
+    ``describe_campaigns`` reads them for indicators, skeletons and example prompts (and the
+    report for per-account and per-campaign panels); they are O(flagged requests), not
+    O(requests).
+    """
+    con.execute("CREATE TABLE requests AS SELECT * FROM _dg_requests_t")
+    con.execute("CREATE TABLE signals AS SELECT * FROM _dg_signals_t")
+    members = scores.filter(pl.col("campaign_id").is_not_null() | pl.col("flagged"))[
+        "account_id"].to_list()
+    if not members:
+        return 0
+    m = v.spark.createDataFrame([(a,) for a in members], "account_id string")
+    v.put("_members", F.broadcast(m))
+    req_cols = [c for c in STORE_COLUMNS if c != "response"]
+    reqs = _to_arrow(v.spark.sql(
+        f"SELECT {', '.join('r.' + c for c in req_cols)} FROM {v.names['requests']} r "
+        f"LEFT SEMI JOIN {v.names['_members']} m ON r.account_id = m.account_id"))
+    sig = _to_arrow(v.spark.sql(
+        f"SELECT s.* FROM {v.names['signals']} s "
+        f"LEFT SEMI JOIN {v.names['_members']} m ON s.account_id = m.account_id"))
+    _insert(con, "requests", reqs)
+    _insert(con, "signals", sig)
+    return reqs.num_rows
+
+
+# ------------------------------------------------------------------------------------------
+# distributed linking (graphs too big for the driver)
+# ------------------------------------------------------------------------------------------
+
+
+def _key_edges_sql(keys: str, cfg: Config) -> str:
+    """Spark SQL twin of ``linking.graph.key_edges``: all pairs in small key groups, a
+    circulant sample of ``k`` neighbours each in large ones, weight / log2(1 + group size)."""
+    lc = cfg["linking"]
+    full, k, mx = int(lc["max_group_full"]), int(lc["group_sample_k"]), int(lc["max_group"])
+    weights = " ".join(f"WHEN '{kind}' THEN {float(w)!r}" for kind, w in lc["weights"].items())
+    return f"""
+WITH g AS (
+  SELECT kind, key, account_id,
+         row_number() OVER (PARTITION BY kind, key ORDER BY account_id) - 1 AS pos,
+         count(*) OVER (PARTITION BY kind, key) AS n
+  FROM (SELECT DISTINCT kind, key, account_id FROM {keys})
+),
+g2 AS (SELECT * FROM g WHERE n BETWEEN 2 AND {mx}),
+pairs AS (
+  SELECT x.kind, x.key, x.n, x.account_id AS a, y.account_id AS b
+  FROM g2 x JOIN g2 y ON x.kind = y.kind AND x.key = y.key AND x.pos < y.pos
+  WHERE x.n <= {full}
+  UNION ALL
+  SELECT x.kind, x.key, x.n, x.account_id, y.account_id
+  FROM (SELECT *, explode(sequence(1, {k})) AS j FROM g2 WHERE n > {full}) x
+  JOIN g2 y ON x.kind = y.kind AND x.key = y.key AND y.pos = (x.pos + x.j) % x.n
+)
+SELECT least(a, b) AS a, greatest(a, b) AS b, kind,
+       (CASE kind {weights} END) / log2(1 + n) AS w, substr(key, 1, 80) AS key
+FROM pairs
+"""
+
+
+def _sync_sig_fn():
+    """mapInArrow body: MinHash of each account's sync token set (rensa, graph.py's seed) and
+    its 16 band keys."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from rensa import RMinHash
+
+        from distillguard.linking.graph import _SYNC_SEED
+        from distillguard.signals.templates import _MULT
+
+        for b in batches:
+            toks = b.column(b.schema.get_field_index("tokens")).to_pylist()
+            acc = b.column(b.schema.get_field_index("account_id"))
+            if not toks:
+                continue
+            sig = np.asarray(RMinHash.digest_matrix_from_token_sets(toks, 64, _SYNC_SEED)
+                             .to_rows(), dtype=np.uint32)
+            s = sig.reshape(len(sig), 16, 4).astype(np.uint64)
+            with np.errstate(over="ignore"):
+                bk = (s * _MULT[:4]).sum(axis=2, dtype=np.uint64).view(np.int64)
+            sig_off = pa.array(np.arange(0, (len(sig) + 1) * 64, 64, dtype=np.int32))
+            bk_off = pa.array(np.arange(0, (len(sig) + 1) * 16, 16, dtype=np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [acc, pa.ListArray.from_arrays(sig_off, pa.array(sig.reshape(-1).astype(np.int64))),
+                 pa.ListArray.from_arrays(bk_off, pa.array(bk.reshape(-1)))],
+                names=["account_id", "sig", "bkeys"])
+
+    return fn
+
+
+def _sync_edges(v: _Views, cfg: Config) -> DataFrame:
+    """Spark twin of ``linking.graph.sync_edges`` (same MinHash, bands, Jaccard threshold)."""
+    lc = cfg["linking"]
+    full, k = int(lc["max_group_full"]), int(lc["group_sample_k"])
+    tok = v.spark.sql(f"""
+        SELECT account_id, collect_list(token) AS tokens FROM {v.names['_sync']}
+        GROUP BY account_id HAVING count(*) >= {int(lc['sync_min_buckets'])}""")
+    sig = tok.mapInArrow(_sync_sig_fn(),
+                         "account_id string, sig array<bigint>, bkeys array<bigint>")
+    v.put("_sync_sig", sig, checkpoint=True)
+    return v.spark.sql(f"""
+WITH b AS (
+  SELECT account_id, pos AS band, bkey FROM {v.names['_sync_sig']}
+  LATERAL VIEW posexplode(bkeys) t AS pos, bkey
+),
+g AS (
+  SELECT band, bkey, account_id,
+         row_number() OVER (PARTITION BY band, bkey ORDER BY account_id) - 1 AS pos,
+         count(*) OVER (PARTITION BY band, bkey) AS n
+  FROM b
+),
+g2 AS (SELECT * FROM g WHERE n >= 2),
+pairs AS (
+  SELECT DISTINCT least(a, b) AS a, greatest(a, b) AS b FROM (
+    SELECT x.account_id AS a, y.account_id AS b
+    FROM g2 x JOIN g2 y ON x.band = y.band AND x.bkey = y.bkey AND x.pos < y.pos
+    WHERE x.n <= {full}
+    UNION ALL
+    SELECT x.account_id, y.account_id
+    FROM (SELECT *, explode(sequence(1, {k})) AS j FROM g2 WHERE n > {full}) x
+    JOIN g2 y ON x.band = y.band AND x.bkey = y.bkey AND y.pos = (x.pos + x.j) % x.n)
+),
+jac AS (
+  SELECT p.a, p.b,
+         CAST(size(filter(zip_with(sa.sig, sb.sig, (x, y) -> x = y), z -> z)) AS DOUBLE)
+           / 64 AS j
+  FROM pairs p JOIN {v.names['_sync_sig']} sa ON p.a = sa.account_id
+               JOIN {v.names['_sync_sig']} sb ON p.b = sb.account_id
+)
+SELECT a, b, 'sync' AS kind, {float(lc['weights']['sync'])!r} * j AS w,
+       format_string('jaccard=%.2f', j) AS key
+FROM jac WHERE j >= {float(lc['sync_min_jaccard'])!r}
+""")
+
+
+def _spark_edges(v: _Views, cfg: Config) -> DataFrame:
+    """Spark twin of ``linking.graph.build_edges``: one weighted edge per account pair."""
+    caps = " ".join(f"WHEN '{kind}' THEN {float(w)!r}"
+                    for kind, w in cfg["linking"]["weights"].items())
+    v.put("_edge_parts", v.spark.sql(_key_edges_sql(v.names["_keys"], cfg))
+          .unionByName(_sync_edges(v, cfg)))
+    return v.spark.sql(f"""
+WITH per_kind AS (
+  SELECT a, b, kind, least(sum(w), CASE kind {caps} END) AS w, first(key) AS key
+  FROM {v.names['_edge_parts']} WHERE a <> b GROUP BY a, b, kind
+)
+SELECT a, b, sum(w) AS weight,
+       array_join(array_sort(collect_list(kind)), ',') AS kinds,
+       array_join(transform(array_sort(collect_list(struct(kind, key))),
+                            x -> x.kind || '=' || x.key), '; ') AS evidence
+FROM per_kind GROUP BY a, b
+""")
+
+
+def connected_components(spark: SparkSession, edges: DataFrame, max_iter: int = 200
+                         ) -> DataFrame:
+    """(account_id, component) for every account on an edge: the smallest account id reachable,
+    found by iterative min-label propagation in Spark SQL (no GraphFrames needed).
+
+    Each round every node takes the smallest label among itself and its neighbours; it stops
+    when no label changes (rounds ~ graph diameter). Every round's labels are checkpointed
+    (``localCheckpoint``), which keeps each round's plan the same size.
+    """
+    und = edges.select(F.col("a").alias("src"), F.col("b").alias("dst")).unionByName(
+        edges.select(F.col("b").alias("src"), F.col("a").alias("dst")))
+    und = und.persist(StorageLevel.MEMORY_AND_DISK)
+    # Round 1 straight from the edge list: each node's smallest id among itself and neighbours.
+    labels = (und.groupBy(F.col("src").alias("account_id"))
+              .agg(F.least(F.col("account_id"), F.min("dst")).alias("component"))
+              .localCheckpoint())
+    try:
+        for _ in range(max_iter):
+            nbr = (und.join(labels, und.src == labels.account_id)
+                   .groupBy("dst").agg(F.min("component").alias("m")))
+            new = (labels.join(nbr, labels.account_id == nbr.dst, "left")
+                   .select("account_id",
+                           F.least("component", F.coalesce("m", "component")).alias("component"),
+                           F.coalesce(F.col("m") < F.col("component"), F.lit(False))
+                           .alias("changed"))
+                   .localCheckpoint())
+            labels = new.select("account_id", "component")
+            if new.filter("changed").limit(1).count() == 0:
+                return labels
+        raise RuntimeError(f"connected components did not converge in {max_iter} rounds")
+    finally:
+        und.unpersist()
+
+
+def _leiden_fn(cfg: Config):
+    """applyInPandas body: Leiden/CPM (``linking.graph.communities``) on one component."""
+    lc = dict(cfg["linking"])
+
+    def fn(pdf):  # pandas DataFrame: component, a, b, weight
+        import pandas as pd
+
+        from distillguard.config import Config as _C
+        from distillguard.linking.graph import communities
+
+        comp = pdf["component"].iloc[0]
+        names = np.unique(np.concatenate([pdf["a"].to_numpy(), pdf["b"].to_numpy()]))
+        idx = {a: i for i, a in enumerate(names)}
+        e = pl.DataFrame({"a": [idx[x] for x in pdf["a"]], "b": [idx[x] for x in pdf["b"]],
+                          "weight": pdf["weight"].to_numpy()})
+        memb = communities(e, len(names), _C({"linking": {**lc, "min_campaign_accounts": 1}}))
+        return pd.DataFrame({"account_id": names,
+                             "community": [f"{comp}/{m}" for m in memb]})
+
+    return fn
+
+
+def _distributed_links(v: _Views, cfg: Config, con: duckdb.DuckDBPyConnection,
+                       executor_max_edges: int) -> dict[str, Any]:
+    """Edges, components and communities on Spark; communities and the edges inside them go
+    to the driver store's ``communities`` / ``edges`` tables (all that scoring reads)."""
+    t0 = time.perf_counter()
+    edges = v.put("_edges", _spark_edges(v, cfg), checkpoint=True)
+    n_edges = edges.count()
+    t1 = time.perf_counter()
+    v.put("_components", connected_components(v.spark, edges))
+    t2 = time.perf_counter()
+    ec = v.put("_ec", v.spark.sql(f"""
+        SELECT c.component, e.a, e.b, e.weight FROM {v.names['_edges']} e
+        JOIN {v.names['_components']} c ON e.a = c.account_id"""), persist=True)
+    v.put("_comp_size", v.spark.sql(f"""
+        SELECT component, count(*) AS n_edges FROM {v.names['_ec']} GROUP BY component"""),
+          persist=True)
+    # Components small enough go to Leiden on an executor (one pandas frame per component);
+    # bigger ones keep the component as their community.
+    small = v.spark.sql(f"""
+        SELECT ec.* FROM {v.names['_ec']} ec JOIN {v.names['_comp_size']} s
+          ON ec.component = s.component WHERE s.n_edges <= {int(executor_max_edges)}""")
+    comm = small.groupBy("component").applyInPandas(
+        _leiden_fn(cfg), "account_id string, community string")
+    big = v.spark.sql(f"""
+        SELECT c.account_id, c.component AS community FROM {v.names['_components']} c
+        JOIN {v.names['_comp_size']} s ON c.component = s.component
+        WHERE s.n_edges > {int(executor_max_edges)}""")
+    v.put("_comm_raw", comm.unionByName(big), checkpoint=True)
+    ec.unpersist()
+    n_big = v.spark.sql(f"SELECT count(*) AS n FROM {v.names['_comp_size']} "
+                        f"WHERE n_edges > {int(executor_max_edges)}").collect()[0]["n"]
+    min_acc = int(cfg["linking"]["min_campaign_accounts"])
+    labelled = v.spark.sql(f"""
+        SELECT account_id, community FROM (
+          SELECT account_id, community, count(*) OVER (PARTITION BY community) AS size
+          FROM {v.names['_comm_raw']})
+        WHERE size >= {min_acc}""")
+    v.put("_comm", labelled, checkpoint=True)
+    comm_t = _to_arrow(labelled)
+    t3 = time.perf_counter()
+    inner = _to_arrow(v.spark.sql(f"""
+        SELECT e.a, e.b, e.weight, e.kinds, e.evidence FROM {v.names['_edges']} e
+        JOIN {v.names['_comm']} ca ON e.a = ca.account_id
+        JOIN {v.names['_comm']} cb ON e.b = cb.account_id
+        WHERE ca.community = cb.community"""))
+    con.register("_dg_c", comm_t)
+    con.execute("""
+        CREATE OR REPLACE TABLE communities AS
+        WITH ids AS (
+          SELECT community, row_number() OVER (ORDER BY community) - 1 AS cid
+          FROM (SELECT DISTINCT community FROM _dg_c))
+        SELECT a.account_id, coalesce(ids.cid, -1)::BIGINT AS community
+        FROM _dg_accounts a LEFT JOIN _dg_c c USING (account_id) LEFT JOIN ids USING (community)
+        """)
+    con.unregister("_dg_c")
+    con.register("_dg_e", inner)
+    con.execute("CREATE OR REPLACE TABLE edges AS SELECT * FROM _dg_e")
+    con.unregister("_dg_e")
+    return {"edges": n_edges, "edges_to_driver": inner.num_rows,
+            "components_over_executor_max": int(n_big),
+            "communities": len(set(comm_t.column("community").to_pylist())),
+            "seconds_edges": round(t1 - t0, 2), "seconds_components": round(t2 - t1, 2),
+            "seconds_leiden": round(t3 - t2, 2)}
+
+
+# ------------------------------------------------------------------------------------------
+# the whole analysis
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SparkRun:
+    """Result of :func:`run_spark`. ``store`` is the driver's DuckDB store (features, edges,
+    communities, scores and the campaign members' requests/signals) for outputs."""
+
+    scores: pl.DataFrame
+    campaigns: list[dict[str, Any]]
+    store: duckdb.DuckDBPyConnection
+    linking: str                       # "driver" or "distributed"
+    stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Iterable[str],
+              cfg: Config | None = None, *, calibrator: Calibrator | None = None,
+              progress: Any = None, driver_max_edges: int = DRIVER_MAX_EDGES,
+              driver_max_tokens: int = DRIVER_MAX_TOKENS,
+              executor_max_edges: int = EXECUTOR_MAX_EDGES) -> SparkRun:
+    """signals -> features -> links -> scores on Spark; see the module docstring."""
+    from distillguard.api import Progress
+
+    cfg = cfg or load_config()
+    progress = progress or Progress()
+    timings: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t0
+        progress.done(name, timings[name])
+
+    v = _Views(spark)
+    con = _typed_driver_store(cfg)
+    try:
+        with _utc(spark):
+            if not isinstance(requests, DataFrame):
+                requests = read_requests(spark, requests, cfg)
+            v.put("requests", store_frame(requests))
+            with timed("signals"):
+                sig_cols = [r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = '_dg_signals_t' ORDER BY ordinal_position").fetchall()]
+                sig = spark_signals(v, cfg, sig_cols)
+                stats["requests"] = sig.count()
+                progress.stage("signals", stats["requests"])(stats["requests"])
+            with timed("features"):
+                feats = spark_features(v, cfg)
+                _insert(con, "_dg_features", feats)
+                con.execute("INSERT INTO _dg_accounts SELECT account_id FROM _dg_features")
+                stats["accounts"] = feats.num_rows
+                # The rest of compute_features (columns added after the feature SQL) as is.
+                drv = _DriverStore(con, {enriched_sql(cfg): "SELECT * FROM _dg_req_t",
+                                         features_sql(cfg): "SELECT * FROM _dg_features"})
+                compute_features(drv, cfg)
+                drv.check("features", [features_sql(cfg)])
+                con.execute("DROP TABLE IF EXISTS _req")
+            with timed("linking"):
+                keys = v.put("_keys", v.sql(account_keys_sql(cfg)), checkpoint=True)
+                min_b = int(cfg["linking"]["sync_min_buckets"])
+                sync = v.put("_sync", v.spark.sql(f"""
+                    SELECT account_id, token FROM (
+                      SELECT account_id, token, count(*) OVER (PARTITION BY account_id) AS nb
+                      FROM ({to_spark(sync_tokens_sql(cfg), v.names)}))
+                    WHERE nb >= {min_b}"""), checkpoint=True)
+                est = _edge_estimate(v, cfg)
+                stats.update(est)
+                if est["key_edges_estimate"] <= driver_max_edges and \
+                        est["sync_tokens"] <= driver_max_tokens:
+                    stats["linking"] = "driver"
+                    _insert(con, "_dg_account_keys", _to_arrow(keys))
+                    _insert(con, "_dg_sync_tokens", _to_arrow(sync))
+                    answers = {
+                        account_keys_sql(cfg): "SELECT * FROM _dg_account_keys",
+                        sync_tokens_sql(cfg): "SELECT * FROM _dg_sync_tokens",
+                        _ACCOUNTS_SQL: "SELECT DISTINCT account_id FROM _dg_accounts ORDER BY 1",
+                    }
+                    drv = _DriverStore(con, answers)
+                    compute_links(drv, cfg)
+                    drv.check("linking", answers)
+                else:
+                    stats["linking"] = "distributed"
+                    stats.update(_distributed_links(v, cfg, con, executor_max_edges))
+                stats["edges_on_driver"] = con.execute(
+                    "SELECT count(*) FROM edges").fetchall()[0][0]
+            with timed("scoring"):
+                scores, flagged = score_accounts(con, cfg, calibrator)
+                stats["campaign_rows"] = _load_campaign_rows(v, con, scores)
+                campaigns = describe_campaigns(con, cfg, flagged, scores)
+    except BaseException:
+        con.close()
+        raise
+    finally:
+        v.drop()
+    return SparkRun(scores, campaigns, con, stats["linking"], stats, timings)
+
+
+def _edge_estimate(v: _Views, cfg: Config) -> dict[str, int]:
+    """Exact number of key pairs ``key_edges`` will emit, and the sync tokens to compare."""
+    lc = cfg["linking"]
+    full, k, mx = int(lc["max_group_full"]), int(lc["group_sample_k"]), int(lc["max_group"])
+    row = v.spark.sql(f"""
+        SELECT coalesce(sum(CASE WHEN n <= {full} THEN n * (n - 1) DIV 2 ELSE n * {k} END), 0)
+                 AS pairs,
+               (SELECT count(*) FROM {v.names['_keys']}) AS key_rows,
+               (SELECT count(*) FROM {v.names['_sync']}) AS sync_tokens
+        FROM (SELECT kind, key, count(*) AS n FROM {v.names['_keys']} GROUP BY kind, key)
+        WHERE n BETWEEN 2 AND {mx}""").collect()[0]
+    return {"key_edges_estimate": int(row["pairs"]), "key_rows": int(row["key_rows"]),
+            "sync_tokens": int(row["sync_tokens"])}
+
+
+def analyse_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Iterable[str],
+                  cfg: Config | None = None, *, calibrator: Calibrator | None = None,
+                  progress: Any = None, timings: dict[str, float] | None = None,
+                  stats: dict[str, Any] | None = None, intel_key: bytes | None = None,
+                  **limits: int) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Mirror of :func:`distillguard.api.analyse` on Spark: (scores, campaigns).
+
+    ``requests`` is a DataFrame with the store columns (see :func:`store_frame`) or input
+    path(s) / URIs for :func:`read_requests`. ``limits`` are the boundaries of
+    :func:`run_spark` (``driver_max_edges``, ``driver_max_tokens``, ``executor_max_edges``).
+    ``timings`` / ``stats`` (dicts) receive per-stage seconds and run facts (row counts, edge
+    estimate, ``linking``: "driver" or "distributed"). ``intel_key`` (partner-indicator
+    features) is not supported on Spark yet.
+    """
+    if intel_key is not None:
+        raise NotImplementedError("partner intelligence (intel_key) needs the duckdb engine")
+    run = run_spark(spark, requests, cfg, calibrator=calibrator, progress=progress, **limits)
+    run.store.close()
+    if timings is not None:
+        timings.update(run.timings)
+    if stats is not None:
+        stats.update(run.stats)
+    return run.scores, run.campaigns
+
