@@ -31,6 +31,14 @@ from distillguard.store import connect, scalar
 BASELINES = ("volume", "prada", "knn", "mmd")
 
 
+def current_rss() -> int:
+    """Resident memory of this process in bytes (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
 
@@ -41,12 +49,7 @@ class PeakRSS:
         self._t.start()
         return self
 
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as fh:
-            import os
-
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    _rss = staticmethod(current_rss)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
