@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from distillguard.bench.run import current_rss
+
 STAGES = ("ingest", "signals", "features", "linking", "scoring")
 ACCOUNTS_AT_16M = 25_000
 T0 = np.datetime64("2026-11-02T00:00:00", "ms").astype(np.int64)   # a Monday, epoch ms
@@ -343,10 +345,7 @@ class _StageRSS:
 
         self.progress = P()
 
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    _rss = staticmethod(current_rss)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
