@@ -374,14 +374,34 @@ def perf(
     _perf([float(s) for s in sizes.split(",")], out, seed, keep=keep, profile=profile)
 
 
+def _missing_extra(name: str, extra: str, exc: ImportError) -> typer.Typer:
+    """Stands in for a sub-app whose optional dependencies are not installed."""
+    sub = typer.Typer(help=f"(needs: pip install 'distillguard[{extra}]')")
+
+    @sub.callback(invoke_without_command=True)
+    def _explain() -> None:
+        console.print(f"[red]error:[/red] `{name}` needs the {extra!r} extra: "
+                      f"pip install 'distillguard[{extra}]' ({exc})")
+        raise typer.Exit(code=2)
+
+    return sub
+
+
 def _mount_subapps() -> None:
-    """Sub-apps live with their modules; a missing optional extra only hides its verbs."""
-    from distillguard.intel import cli as intel_cli
+    """Sub-apps live with their modules; a missing optional extra only disables its verbs."""
+    try:
+        from distillguard.intel import cli as intel_cli
 
-    app.add_typer(intel_cli.app, name="intel", help="Share indicators: STIX 2.1 / TAXII 2.1.")
-    from distillguard.gateway import cli as gateway_cli
-    from distillguard.respond import cli as respond_cli
-
+        app.add_typer(intel_cli.app, name="intel", help="Share indicators: STIX 2.1 / TAXII 2.1.")
+    except ImportError as exc:
+        app.add_typer(_missing_extra("intel", "intel", exc), name="intel")
+    try:
+        from distillguard.gateway import cli as gateway_cli
+        from distillguard.respond import cli as respond_cli
+    except ImportError as exc:
+        for name in ("gateway", "respond", "replay", "policy"):
+            app.add_typer(_missing_extra(name, "gateway", exc), name=name)
+        return
     app.add_typer(gateway_cli.app, name="gateway")
     app.add_typer(respond_cli.app, name="respond",
                   help="Replay, policy test, audit log and access directives.")
