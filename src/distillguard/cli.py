@@ -378,7 +378,8 @@ def _missing_extra(name: str, extra: str, exc: ImportError) -> typer.Typer:
     """Stands in for a sub-app whose optional dependencies are not installed."""
     sub = typer.Typer(help=f"(needs: pip install 'distillguard[{extra}]')")
 
-    @sub.callback(invoke_without_command=True)
+    @sub.callback(invoke_without_command=True, context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})
     def _explain() -> None:
         console.print(f"[red]error:[/red] `{name}` needs the {extra!r} extra: "
                       f"pip install 'distillguard[{extra}]' ({exc})")
