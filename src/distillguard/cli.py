@@ -374,18 +374,15 @@ def perf(
     _perf([float(s) for s in sizes.split(",")], out, seed, keep=keep, profile=profile)
 
 
-def _missing_extra(name: str, extra: str, exc: ImportError) -> typer.Typer:
-    """Stands in for a sub-app whose optional dependencies are not installed."""
-    sub = typer.Typer(help=f"(needs: pip install 'distillguard[{extra}]')")
+def _missing_extra(name: str, extra: str, exc: ImportError) -> None:
+    """Registers a stand-in verb for a sub-app whose optional dependencies are missing."""
 
-    @sub.callback(invoke_without_command=True, context_settings={
-        "allow_extra_args": True, "ignore_unknown_options": True})
-    def _explain() -> None:
+    @app.command(name, help=f"(needs: pip install 'distillguard[{extra}]')",
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _explain(ctx: typer.Context) -> None:
         console.print(f"[red]error:[/red] `{name}` needs the {extra!r} extra: "
                       f"pip install 'distillguard[{extra}]' ({exc})")
         raise typer.Exit(code=2)
-
-    return sub
 
 
 def _mount_subapps() -> None:
@@ -395,13 +392,13 @@ def _mount_subapps() -> None:
 
         app.add_typer(intel_cli.app, name="intel", help="Share indicators: STIX 2.1 / TAXII 2.1.")
     except ImportError as exc:
-        app.add_typer(_missing_extra("intel", "intel", exc), name="intel")
+        _missing_extra("intel", "intel", exc)
     try:
         from distillguard.gateway import cli as gateway_cli
         from distillguard.respond import cli as respond_cli
     except ImportError as exc:
         for name in ("gateway", "respond", "replay", "policy"):
-            app.add_typer(_missing_extra(name, "gateway", exc), name=name)
+            _missing_extra(name, "gateway", exc)
         return
     app.add_typer(gateway_cli.app, name="gateway")
     app.add_typer(respond_cli.app, name="respond",
