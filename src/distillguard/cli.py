@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -67,7 +68,7 @@ class RichProgress(api.Progress):
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print("[red]error:[/red] " + escape(str(exc)))
     raise typer.Exit(code=2)
 
 
@@ -380,8 +381,8 @@ def _missing_extra(name: str, extra: str, exc: ImportError) -> None:
     @app.command(name, help=f"(needs: pip install 'distillguard[{extra}]')",
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def _explain(ctx: typer.Context) -> None:
-        console.print(f"[red]error:[/red] `{name}` needs the {extra!r} extra: "
-                      f"pip install 'distillguard[{extra}]' ({exc})")
+        console.print("[red]error:[/red] " + escape(
+            f"`{name}` needs the {extra!r} extra: pip install 'distillguard[{extra}]' ({exc})"))
         raise typer.Exit(code=2)
 
 
