@@ -108,3 +108,15 @@ def test_calibrator_meets_budget_and_requires_fit():
     assert (cal.transform(benign) >= 0.5).mean() <= 0.01
     with pytest.raises(NotFittedError):
         Calibrator().transform(benign)
+
+
+def test_detect_reads_a_directory_of_every_format(tmp_path):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "adapters"
+    res = api.detect([fixtures], tmp_path / "out", db=None)
+    formats = {f.format for f in res.ingest.files}
+    assert formats == {"canonical", "openai", "litellm", "otel"}
+    assert res.ingest.rows_bad == 0
+    assert res.ingest.rows_ok >= res.accounts.height > 0
+    assert (tmp_path / "out" / "accounts.csv").exists()
