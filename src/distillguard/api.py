@@ -110,7 +110,8 @@ def detect(
     strict: bool = False,
     progress: Progress | None = None,
     calibrator: Calibrator | None = None,
-    summary_extra: dict[str, Any] | None = None,
+    summary_extra: dict[str, Any]
+    | Callable[[pl.DataFrame, list[dict[str, Any]]], dict[str, Any]] | None = None,
     intel_key: bytes | None = None,
 ) -> DetectResult:
     """Ingest ``paths`` into the store at ``db`` and run the whole detection pipeline.
@@ -135,6 +136,8 @@ def detect(
                                     timings=timings, intel_key=intel_key)
         if out is not None:
             with _timed(timings, "outputs", progress):
+                extra = (summary_extra(scores, campaigns) if callable(summary_extra)
+                         else summary_extra or {})
                 summary = {
                     "n_requests": scalar(con, "SELECT count(*) FROM requests"),
                     "n_accounts": scores.height,
@@ -146,7 +149,7 @@ def detect(
                     "input_files": ", ".join(p.name for p in paths[:20]),
                     "config_version": cfg.version,
                     "run_seconds": round(time.perf_counter() - t_start, 1),
-                    **(summary_extra or {}),
+                    **extra,
                 }
                 write_outputs(con, out, scores, campaigns, summary)
     finally:
@@ -212,24 +215,21 @@ def demo(out_dir: str | Path = "demo-out", *, seed: int = 7, scenario: str = "de
     db = out / "distillguard.duckdb"
     db.unlink(missing_ok=True)
     Path(str(db) + ".wal").unlink(missing_ok=True)
-    res = detect(sim.logs, out / "results", db=db, progress=progress)
-    m = evaluate(labels, res.accounts.select("account_id", "score", "flagged", "campaign_id"))
-    flagged = m["flagged"]
-    # The report gets the demo's ground-truth figures too (known only after detection).
-    from distillguard.report import write_report
+    m: dict[str, Any] = {}
 
-    con = connect(db)
-    try:
-        write_report(out / "results" / "report.html", con, res.campaigns, {
-            "n_requests": sim.n_requests, "n_accounts": res.accounts.height,
-            "n_flagged": res.n_flagged, "n_campaigns": len(res.campaigns),
-            "threshold": 0.5, "config_version": res.config_version,
-            "planted_accounts_caught": f"{flagged['tp']} of {m['n_distill']}",
-            "false_positives": f"{flagged['fp']} of {m['n_benign']} legitimate accounts",
-            "planted_campaigns_recovered": f"{m['n_campaigns_recovered']} of {m['n_campaigns']}",
-        })
-    finally:
-        con.close()
+    def ground_truth(scores: pl.DataFrame, campaigns: list[dict[str, Any]]) -> dict[str, Any]:
+        # The report shows the demo's ground-truth figures, known once scores exist.
+        m.update(evaluate(labels, scores.select("account_id", "score", "flagged",
+                                                "campaign_id")))
+        f = m["flagged"]
+        return {"planted_accounts_caught": f"{f['tp']} of {m['n_distill']}",
+                "false_positives": f"{f['fp']} of {m['n_benign']} legitimate accounts",
+                "planted_campaigns_recovered":
+                    f"{m['n_campaigns_recovered']} of {m['n_campaigns']}"}
+
+    res = detect(sim.logs, out / "results", db=db, progress=progress,
+                 summary_extra=ground_truth)
+    flagged = m["flagged"]
     return DemoResult(res, labels, planted=m["n_distill"], caught=flagged["tp"],
                       false_positives=flagged["fp"], benign=m["n_benign"],
                       campaigns_planted=m["n_campaigns"],
@@ -251,13 +251,21 @@ def calibrate(paths: Iterable[str | Path], benign_accounts: Iterable[str] | None
     con = connect(db)
     try:
         ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
-        scores, _ = analyse(con, cfg)
+        cal = calibrate_store(con, cfg, benign_accounts, target_fpr)
     finally:
         con.close()
+    return {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": cal.target_fpr,
+            "fitted_on": f"{cal.n_benign_} benign accounts, config {cfg.version}"}
+
+
+def calibrate_store(con: duckdb.DuckDBPyConnection, cfg: Config,
+                    benign_accounts: Iterable[str] | None = None,
+                    target_fpr: float | None = None) -> Calibrator:
+    """Run the pipeline on what the store holds; fit the calibrator on the benign accounts
+    (all accounts when ``benign_accounts`` is None), on their scores after campaign lift."""
+    scores, _ = analyse(con, cfg)
     if benign_accounts is not None:
         keep = pl.DataFrame({"account_id": list(benign_accounts)}, schema={"account_id": pl.Utf8})
         scores = scores.join(keep, on="account_id")
     fpr = float(target_fpr if target_fpr is not None else cfg["scoring"]["target_fpr"])
-    cal = Calibrator(fpr).fit(scores["final_raw"].to_numpy())
-    return {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": fpr,
-            "fitted_on": f"{scores.height} benign accounts, config {cfg.version}"}
+    return Calibrator(fpr).fit(scores["final_raw"].to_numpy())

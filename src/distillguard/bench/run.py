@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from distillguard.api import Progress, analyse
+from distillguard.api import Progress, analyse, calibrate_store
 from distillguard.bench.metrics import evaluate
 from distillguard.config import Config, load_config
 from distillguard.ingest import ingest_files
@@ -97,10 +97,8 @@ def _store(traffic: Traffic, cfg: Config, db: Path | None):
 
 def calibrate_ours(con, cfg: Config, labels: pl.DataFrame) -> Calibrator:
     """Run the pipeline on tuning traffic; fit the calibrator on its benign accounts."""
-    scores, _ = analyse(con, cfg)
-    benign = labels.filter(pl.col("label") != "distill").select("account_id")
-    raw = scores.join(benign, on="account_id")["final_raw"].to_numpy()
-    return Calibrator(float(cfg["scoring"]["target_fpr"])).fit(raw)
+    benign = labels.filter(pl.col("label") != "distill")["account_id"].to_list()
+    return calibrate_store(con, cfg, benign)
 
 
 def requests_frame(con) -> pl.DataFrame:

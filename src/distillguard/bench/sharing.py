@@ -18,7 +18,7 @@ import polars as pl
 
 from distillguard.api import analyse
 from distillguard.bench.metrics import evaluate
-from distillguard.bench.run import Traffic, calibrate_ours, simulate_pair
+from distillguard.bench.run import calibrate_ours, simulate_pair
 from distillguard.config import Config, load_config
 from distillguard.ingest import ingest_files
 from distillguard.store import connect, scalar
@@ -172,4 +172,4 @@ def two_providers(out_dir: str | Path, *, scenario: str = "default", seed: int =
     return result
 
 
-__all__ = ["GROUP_KEY", "Traffic", "two_providers"]
+__all__ = ["GROUP_KEY", "two_providers"]

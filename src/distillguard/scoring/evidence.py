@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import polars as pl
 
 from distillguard.config import Config
@@ -44,6 +43,3 @@ def reasons_for(feat_row: dict, ev_row: dict, cfg: Config, k: int) -> list[str]:
         out.append(it["reason"].format(shown))
     return out
 
-
-def raw_array(df: pl.DataFrame) -> np.ndarray:
-    return df["raw"].to_numpy()

@@ -53,14 +53,6 @@ def skeleton_frame(prompt_ends: pl.Series, k: int) -> pl.DataFrame:
     )
 
 
-def shingles(skeleton: str) -> list[str]:
-    """Word 2-shingles (words alone when the skeleton is a single word)."""
-    w = skeleton.split()
-    if len(w) < 2:
-        return w or [""]
-    return [f"{a} {b}" for a, b in zip(w, w[1:], strict=False)]
-
-
 def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
     """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa.
 
