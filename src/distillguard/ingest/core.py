@@ -107,8 +107,8 @@ def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) ->
     con.register("_batch", table)
     try:
         con.execute("BEGIN TRANSACTION")
-        before = scalar(con, "SELECT count(*) FROM requests")
-        con.execute("""
+        # The INSERT reports how many rows it added; the rest were duplicates.
+        inserted = scalar(con, """
             INSERT INTO requests
             SELECT * EXCLUDE (_rn) FROM (
                 SELECT *, row_number() OVER (PARTITION BY request_id) AS _rn FROM _batch
@@ -116,14 +116,12 @@ def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) ->
             WHERE _rn = 1 AND NOT EXISTS (
                 SELECT 1 FROM requests r WHERE r.request_id = b.request_id)
         """)
-        after = scalar(con, "SELECT count(*) FROM requests")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
         con.unregister("_batch")
-    inserted = after - before
     return inserted, len(rows) - inserted
 
 

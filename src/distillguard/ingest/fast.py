@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from distillguard.ingest.normalize import RowError, normalize
 from distillguard.ingest.reader import _decode_nested, file_kind
 from distillguard.schema import KNOWN_FIELDS, STORE_COLUMNS
+from distillguard.store import scalar
 
 _STR_OR_INT = ("org_id", "api_key_id", "ip", "user_agent", "payment_fingerprint",
                "signup_channel", "country", "reasoning_effort", "status")
@@ -271,22 +272,20 @@ def ingest_parquet_fast(
         cols = ", ".join(STORE_COLUMNS)
         con.execute("BEGIN TRANSACTION")
         try:
-            before = con.execute("SELECT count(*) FROM requests").fetchone()[0]
-            n_fast = con.execute("SELECT count(*) FROM _fast WHERE fast").fetchone()[0]
-            # First occurrence (file order) of each request_id not already stored.
-            con.execute(f"""
+            n_fast = scalar(con, "SELECT count(*) FROM _fast WHERE fast")
+            # First occurrence (file order) of each request_id not already stored; the
+            # INSERT reports how many rows it added.
+            inserted = scalar(con, f"""
                 INSERT INTO requests
                 SELECT {cols} FROM _fast f
                 WHERE f.fast
                   AND f.line IN (SELECT min(line) FROM _fast WHERE fast GROUP BY request_id)
                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = f.request_id)
             """)
-            after = con.execute("SELECT count(*) FROM requests").fetchone()[0]
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        inserted = after - before
         dup = n_fast - inserted
         if on_progress:
             on_progress(n_fast)
