@@ -135,6 +135,9 @@ class OnlineScorer:
         flags, caps = load_rules(self.cfg)
         self._flags = [(r.name, re.compile(r.pattern)) for r in flags]
         self._caps = [(r.name, re.compile(r.pattern)) for r in caps]
+        # Literal prefilter (exact): a rule's regex runs only when the folded text contains
+        # one of the literals that every match of it contains (see _required_literals).
+        self._lits = {n: _required_literals(rx.pattern) for n, rx in (*self._flags, *self._caps)}
         sig = self.cfg["signals"]
         self._head, self._tail = int(sig["scan_head_chars"]), int(sig["scan_tail_chars"])
         self._sys = int(sig["scan_system_chars"])
@@ -163,10 +166,12 @@ class OnlineScorer:
     def signals(self, prompt: str, system: str = "", n_tools: int = 0) -> tuple[tuple[str, ...], str]:
         """(flags that fire, capability) for one prompt, exactly as the batch rules define."""
         scan = self._scan(prompt, system)
-        flags = tuple(n for n, rx in self._flags if rx.search(scan))
+        low, lits = _fold(scan), self._lits
+        flags = tuple(n for n, rx in self._flags if _may_match(lits[n], low) and rx.search(scan))
         cap = "chat"
         for name, rx in self._caps:
-            if (name == "agentic" and n_tools > 0) or rx.search(scan):
+            if (name == "agentic" and n_tools > 0) or (_may_match(lits[name], low)
+                                                       and rx.search(scan)):
                 cap = name
                 break
         return flags, cap
@@ -298,6 +303,74 @@ _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "sin
 
 def _h(s: str) -> str:
     return hashlib.blake2b(s.encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+# ------------------------------------------------------- literal prefilter (speed only)
+# A rule's regex can only match text that contains, case-insensitively, one of the literals
+# _required_literals finds in its parsed pattern; testing those with ``in`` on folded text is
+# ~10x cheaper than the (?i) regex. Folding reproduces re's case-insensitive equality: simple
+# lowercase (str.lower() but İ → i) plus re's extra equivalences (ſ ~ s, ς ~ σ, ᲀ ~ в ...),
+# mapped to one representative, so the prefilter never hides a match. Without CPython's
+# parser modules the regexes simply always run.
+try:
+    import re._casefix as _casefix
+    import re._constants as _sc
+    import re._parser as _sre_parse
+    _PRE = {cp: chr(cp).lower()[0] for cp in range(0x80, 0x10000) if len(chr(cp).lower()) != 1}
+    _CANON = {cp: min((k, *vs)) for k, vs in _casefix._EXTRA_CASES.items() for cp in (k, *vs)
+              if cp != min((k, *vs))}
+except (ImportError, AttributeError):  # pragma: no cover - other Pythons
+    _sre_parse = None
+    _PRE, _CANON = {}, {}
+
+
+def _fold(s: str) -> str:
+    return s.lower() if s.isascii() else s.translate(_PRE).lower().translate(_CANON)
+
+
+def _may_match(lits: tuple[str, ...] | None, low: str) -> bool:
+    return lits is None or any(x in low for x in lits)
+
+
+def _lits(items: Any) -> frozenset[str] | None:
+    """Literals one of which every match of the parsed sequence ``items`` contains, or None."""
+    best: frozenset[str] | None = None
+    run: list[str] = []
+
+    def consider(cand: frozenset[str] | None) -> None:
+        nonlocal best
+        if cand and (best is None or min(map(len, cand)) > min(map(len, best))):
+            best = cand
+
+    for op, av in [*items, (None, None)]:
+        if op is _sc.LITERAL:
+            run.append(chr(av))
+            continue
+        if run:                                   # a run of literals ends here
+            consider(frozenset(["".join(run)]))
+            run = []
+        if op is _sc.SUBPATTERN:
+            consider(_lits(av[-1]))
+        elif op is _sc.ATOMIC_GROUP:
+            consider(_lits(av))
+        elif op is _sc.BRANCH:
+            subs = [_lits(b) for b in av[1]]
+            if all(subs):
+                consider(frozenset().union(*subs))  # type: ignore[arg-type]
+        elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT) and av[0] >= 1:
+            consider(_lits(av[2]))
+    return best
+
+
+def _required_literals(pattern: str) -> tuple[str, ...] | None:
+    """Folded literals of which any match of ``pattern`` contains one; None: no prefilter."""
+    if _sre_parse is None:
+        return None
+    try:
+        lits = _lits(list(_sre_parse.parse(pattern)))
+    except Exception:  # noqa: BLE001 - unparseable here: fall back to the full regex
+        return None
+    return tuple(sorted({_fold(x) for x in lits})) if lits else None
 
 
 # ---------------------------------------------------------------------- replay
