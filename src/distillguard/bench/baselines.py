@@ -14,7 +14,10 @@ convention:
   an account-level false-positive rate because accounts are what an operator acts on;
 * ``decision_function(requests)`` returns a polars frame ``[account_id, score, n_queries,
   ...]`` with one row per account; **higher score = more suspicious** (PyOD convention);
-* ``predict(requests)`` adds ``flagged = score > threshold_``.
+* ``predict(requests)`` adds ``flagged = score > threshold_``;
+* ``first_alerts(requests)`` replays each account's requests in time order and returns the
+  first request at which the account's score, evaluated on its prefix at the detector's
+  checkpoints, exceeds the same ``threshold_`` (time to detect; see the method).
 
 ``requests`` is a polars frame with at least ``account_id`` (str), ``ts`` (datetime) and
 ``prompt`` (str); it is sorted by ``(account_id, ts)`` here, ties kept in input order. If it
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,6 +105,21 @@ def _budget_threshold(scores: np.ndarray, contamination: float) -> float:
     k = int(math.floor(contamination * scores.size + 1e-9))
     desc = np.sort(scores)[::-1]
     return float(desc[min(k, scores.size - 1)])
+
+
+def _first_crossing(points: np.ndarray, tests: np.ndarray, untested: float,
+                    threshold: float) -> int:
+    """First checkpoint at which the prefix score exceeds ``threshold``, or -1.
+
+    ``tests[i]`` is the detector's test score at request ``points[i]`` (increasing); the
+    prefix score is ``untested`` before the first test and the running maximum of the tests
+    from then on, so it first exceeds the threshold at the first test that does (or at
+    request 0 when even an untested account would be flagged).
+    """
+    if untested > threshold:
+        return 0
+    hit = np.flatnonzero(tests > threshold)
+    return int(points[hit[0]]) if hit.size else -1
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -191,6 +209,62 @@ class _BaseDetector(BaseEstimator):
         out = self.decision_function(requests)
         return out.with_columns((pl.col("score") > self.threshold_).alias("flagged"))
 
+    def first_alerts(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """Stream each account's requests in time order; find its first alert.
+
+        The streaming detector is the batch detector evaluated on every request *prefix* of
+        the account at its checkpoints: an account alerts at the first checkpoint where
+        ``decision_function`` of the prefix ending there would exceed ``threshold_`` (the
+        threshold fitted on benign traffic; nothing is re-calibrated). Checkpoints are the
+        points where the detector runs a test, so the prefix score there is the running
+        maximum of the tests so far and can only grow:
+
+        * :class:`VolumeBaseline` (``per="total"``) and :class:`StatefulKNN`: every request
+          (both are per-query detectors; exact at every request);
+        * :class:`PRADA`: every ``check_every``-th request, as its batch score tests;
+        * :class:`MMDWindow`: the end of every window (every ``stride`` requests);
+
+        and, for every detector, the account's last request, so the verdict at the end of
+        the stream is exactly ``predict``'s (except ``VolumeBaseline(per="active_day")``,
+        whose rate can fall). Testing at every request instead would run more tests than
+        the benign calibration saw, so the budget would no longer hold. Cost of the spacing:
+        if the test statistic, once over the threshold, stays over it, the alert comes at
+        most ``spacing - 1`` requests of that account later than a test after every request
+        would give (PRADA: ``check_every - 1`` = 9, MMD: ``stride - 1`` = 49 by default; 0
+        for the per-request detectors); an excursion that starts and ends between two
+        checkpoints is not seen, as the detector itself would not see it. Before the first
+        test a prefix scores what ``decision_function`` gives an untested account.
+
+        Parameters
+        ----------
+        requests : polars.DataFrame
+            Traffic to replay (``account_id``, ``ts``, ``prompt`` or ``embedding``).
+
+        Returns
+        -------
+        polars.DataFrame
+            One row per account, sorted by ``account_id``: ``account_id``, ``n_queries``,
+            ``alert_index`` (0-based position of the first alerting request in the account's
+            time order, null if it never alerts) and ``alert_ts`` (its ``ts``, or null).
+        """
+        self._check_fitted()
+        grouped = _group(requests, self._required(requests))
+        with threadpool_limits(limits=1, user_api="blas"):
+            local = np.asarray(self._first_alert(grouped), dtype=np.int64)
+        hit = local >= 0
+        rows = np.where(hit, grouped.offsets[:-1] + local, 0)
+        ts = grouped.frame["ts"].gather(rows) if grouped.frame.height else grouped.frame["ts"]
+        return pl.DataFrame({
+            "account_id": grouped.account_ids,
+            "n_queries": grouped.counts().astype(np.int64),
+            "alert_index": pl.Series(np.where(hit, local, 0), dtype=pl.Int64),
+            "alert_ts": ts,
+            "_hit": hit,
+        }).with_columns(
+            pl.when("_hit").then(pl.col("alert_index")).alias("alert_index"),
+            pl.when("_hit").then(pl.col("alert_ts")).alias("alert_ts"),
+        ).drop("_hit")
+
     def benign_rank(self, scores: Any) -> np.ndarray:
         """Share of benign training accounts scoring strictly below each score.
 
@@ -224,6 +298,10 @@ class _BaseDetector(BaseEstimator):
         return self._score(grouped)["score"]
 
     def _score(self, grouped: _Grouped) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _first_alert(self, grouped: _Grouped) -> np.ndarray:
+        """Per account, the index (within the account) of the first alert, or -1."""
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -307,6 +385,33 @@ class VolumeBaseline(_BaseDetector):
             )
             counts = counts / np.maximum(days, 1)
         return {"score": counts}
+
+    def _first_alert(self, grouped: _Grouped) -> np.ndarray:
+        """Exact at every request: the running count (``"total"``), or the running count over
+        the distinct days seen so far (``"active_day"``; that rate can fall again, so the
+        stream may alert on an account that ``predict`` does not flag at the end)."""
+        thr = float(self.threshold_)
+        n = grouped.counts()
+        if self.per == "total":
+            j = max(0, math.floor(thr - 1.0) + 1)  # the prefix ending at request j holds j + 1
+            return np.where(n > j, j, -1).astype(np.int64)
+        out = np.full(n.size, -1, dtype=np.int64)
+        if not n.sum():
+            return out
+        day = grouped.frame["ts"].dt.date().to_physical().to_numpy()
+        start = np.zeros(day.size, dtype=bool)
+        start[grouped.offsets[:-1][n > 0]] = True
+        new_day = start.copy()
+        new_day[1:] |= day[1:] != day[:-1]
+        cum = np.cumsum(new_day)
+        first_row = np.repeat(grouped.offsets[:-1], n)
+        j = np.arange(day.size) - first_row  # position within the account
+        days = cum - cum[first_row] + 1
+        hit = np.flatnonzero((j + 1) / days > thr)
+        acct = np.repeat(np.arange(n.size), n)
+        a, first = np.unique(acct[hit], return_index=True)
+        out[a] = j[hit[first]]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,17 +506,45 @@ class PRADA(_BaseDetector):
             w_min[a], n_tests[a] = self._account(x[lo:hi])
         return {"score": 1.0 - w_min, "w_min": w_min, "n_tests": n_tests}
 
+    def _first_alert(self, grouped: _Grouped) -> np.ndarray:
+        """Replay PRADA per account and stop at the first test with ``1 - W > threshold_``.
+
+        Checkpoints are PRADA's own tests (every ``check_every`` requests and the last one):
+        a Shapiro–Wilk test costs ~0.15 ms, and testing after every request would also test
+        far more often than the benign calibration did, breaking the false-positive budget.
+        Replaying stops at the first alert, so detected accounts cost less than scoring.
+        """
+        x = self._embeddings(grouped)
+        thr = float(self.threshold_)
+        out = np.full(len(grouped.account_ids), -1, dtype=np.int64)
+        if 0.0 > thr:  # an untested account scores 1 - 1 = 0
+            return np.zeros_like(out)
+        for a in range(out.size):
+            for i, w in self._tests(x[grouped.offsets[a]:grouped.offsets[a + 1]]):
+                if 1.0 - w > thr:
+                    out[a] = i
+                    break
+        return out
+
     def _account(self, x: np.ndarray) -> tuple[float, int]:
         """Run PRADA over one account's time-ordered embeddings; return (min W, n tests)."""
+        w_min, n_tests = 1.0, 0
+        for _, w in self._tests(x):
+            n_tests += 1
+            w_min = min(w_min, w)
+        return w_min, n_tests
+
+    def _tests(self, x: np.ndarray) -> Iterator[tuple[int, float]]:
+        """PRADA over one account's time-ordered embeddings, in order: yields ``(i, W)`` for
+        every test run (at query ``i``); stopping early skips the rest of the account."""
         n = x.shape[0]
         cap = int(self.max_history)
         if n <= self.min_distances:
-            return 1.0, 0
+            return
         members: deque[int] = deque([0])  # global indices of growing-set members
         g_sum, g_sq, g_n = 0.0, 0.0, 1  # running stats of D_G, which starts as [0]
         thr = 0.0
         dists = np.empty(n, dtype=np.float64)  # dists[i] = min distance of query i (i >= 1)
-        w_min, n_tests = 1.0, 0
         for s in range(1, n, _BLOCK):
             e = min(n, s + _BLOCK)
             old = np.fromiter(members, dtype=np.int64, count=len(members))
@@ -439,9 +572,7 @@ class PRADA(_BaseDetector):
                 if i % self.check_every == 0 or i == n - 1:
                     w = self._shapiro(dists[max(1, i + 1 - cap): i + 1])
                     if w is not None:
-                        n_tests += 1
-                        w_min = min(w_min, w)
-        return w_min, n_tests
+                        yield i, w
 
     def _shapiro(self, d: np.ndarray) -> float | None:
         """W after 3-sigma outlier removal, or None if too few distances remain."""
@@ -553,6 +684,24 @@ class StatefulKNN(_BaseDetector):
                                       self.query_threshold_)
             scores[a] = self._account_score(m)
         return {"score": scores, "n_detections": n_det}
+
+    def _first_alert(self, grouped: _Grouped) -> np.ndarray:
+        """Per-query, exact: the first query whose mean k-NN distance is below
+        ``-threshold_`` (the prefix score is minus the running minimum of those means).
+
+        The detector's state evolves exactly as in scoring (buffer reset after each
+        per-query detection at ``query_threshold_``); only the alert uses the account-level
+        threshold calibrated on benign accounts.
+        """
+        x = self._embeddings(grouped)
+        thr = float(self.threshold_)
+        out = np.empty(len(grouped.account_ids), dtype=np.int64)
+        for a in range(out.size):
+            m = self._means(x[grouped.offsets[a]:grouped.offsets[a + 1]],
+                            self.query_threshold_)[0]
+            ok = np.isfinite(m)
+            out[a] = _first_crossing(np.flatnonzero(ok), -m[ok], -2.0, thr)
+        return out
 
     @staticmethod
     def _account_score(means: np.ndarray) -> float:
@@ -726,11 +875,35 @@ class MMDWindow(_BaseDetector):
             scores[a], n_windows[a] = self._account(x[grouped.offsets[a]:grouped.offsets[a + 1]])
         return {"score": scores, "n_windows": n_windows}
 
+    def _first_alert(self, grouped: _Grouped) -> np.ndarray:
+        """The end of the first window whose MMD^2 exceeds ``threshold_``.
+
+        Checkpoints are the window ends the score is made of (every ``stride`` requests, and
+        the last request): a window test is only run once a window is complete, and testing
+        a window ending at every request would run ``stride`` times as many tests as the
+        benign calibration did. Accounts (and prefixes) shorter than ``window`` score 0.
+        """
+        x = self._embeddings(grouped)
+        thr = float(self.threshold_)
+        out = np.empty(len(grouped.account_ids), dtype=np.int64)
+        for a in range(out.size):
+            ends, mmd2 = self._windows(x[grouped.offsets[a]:grouped.offsets[a + 1]])
+            out[a] = _first_crossing(ends, mmd2, 0.0, thr)
+        return out
+
     def _account(self, x: np.ndarray) -> tuple[float, int]:
         """Max unbiased MMD^2 over the account's windows, and the number of windows."""
+        ends, mmd2 = self._windows(x)
+        if not ends.size:
+            return 0.0, 0
+        return float(mmd2.max()), int(ends.size)
+
+    def _windows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unbiased MMD^2 of each window of the account, with the window's last query index
+        (increasing); empty arrays when the account has fewer than ``window`` queries."""
         n, w = x.shape[0], int(self.window)
         if n < w:
-            return 0.0, 0
+            return np.empty(0, dtype=np.int64), np.empty(0)
         stride = int(self.stride or w)
         starts = np.arange(0, n - w + 1, stride)
         if starts[-1] != n - w:
@@ -755,7 +928,7 @@ class MMDWindow(_BaseDetector):
             kxx = np.exp(-self.gamma_ * sq)
             within[c: c + st.size] = (kxx.sum(axis=(1, 2)) - np.einsum("bii->b", kxx)) / (w * (w - 1))
         mmd2 = within + self.yy_term_ - 2.0 * cross
-        return float(mmd2.max()), int(starts.size)
+        return starts + (w - 1), mmd2
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:

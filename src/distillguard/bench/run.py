@@ -74,6 +74,7 @@ class DetectorRun:
     seconds: float
     peak_rss: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    model: Any = None                # the fitted baseline (reused for time to detect)
 
 
 def simulate_pair(out_dir: Path, scenario: str, seed: int, legit: Any, distill: Any,
@@ -137,7 +138,7 @@ def run_baselines(names: Sequence[str], tune_req: pl.DataFrame, tune_labels: pl.
             det.fit(fit_req)
             pred = det.predict(rep_req)
         runs.append(DetectorRun(name, pred.select("account_id", "score", "flagged"),
-                                time.perf_counter() - t0, mem.peak))
+                                time.perf_counter() - t0, mem.peak, model=det))
     return runs
 
 
@@ -201,8 +202,10 @@ def bench(
         benign = tune.labels.filter(pl.col("label") != "distill").select("account_id")
         vol = VolumeBaseline(contamination=float(cfg["scoring"]["target_fpr"])).fit(
             requests_frame(tune_con).join(benign, on="account_id"))
+        # the embedding baselines replay with the models (thresholds) fitted above
+        models = {r.name: r.model for r in runs[1:] if r.name != "volume"}
         ttd = _ttd(rep.logs, rep.labels, out / "replay", volume_threshold=vol.threshold_,
-                   config=cfg)
+                   baselines=models, requests=rep_req if models else None, config=cfg)
         say("time-to-detect", time.perf_counter() - t0)
     result = {
         "scenario": scenario if traffic is None else "given",
@@ -276,18 +279,33 @@ def markdown(result: dict[str, Any]) -> str:
             for k in m["fpr_by_kind"]]
     ttd = result.get("time_to_detect")
     if ttd:
-        out += ["", "Time to detect (online scorer replaying the week in time order; volume "
-                "baseline = running request count passing its benign-calibrated threshold):", "",
-                "| campaign | requests | distillguard: share served before first alert | "
-                "hours | volume: share served before | hours |", "|---|---:|---:|---:|---:|---:|"]
-        vol = {c["campaign_id"]: c for c in ttd.get("volume", [])}
+        base = ttd.get("baselines") or {}
+        cols = {"distillguard": ttd["online"]}
+        if "volume" in ttd:
+            cols["volume"] = ttd["volume"]
+        cols.update({name: b["campaigns"] for name, b in base.items()})
+        by = {name: {c["campaign_id"]: c for c in rows} for name, rows in cols.items()}
+        every = ", ".join(f"{n} every {b['checkpoint_every']}" for n, b in base.items())
+        out += ["", "Time to detect (share of a campaign's requests served before its first "
+                "alert, and hours from its first request; – = never). distillguard: the online "
+                "scorer replaying the week in time order; volume: running request count "
+                "passing its benign-calibrated threshold"
+                + (f"; {', '.join(base)}: account score on the request prefix at checkpoints "
+                   f"({every} requests, and each account's last request) passing the "
+                   "threshold calibrated on benign tuning traffic" if base else "") + "):", "",
+                "| campaign | requests | "
+                + " | ".join(f"{n}: share before | hours" for n in cols) + " |",
+                "|---|---:|" + "---:|---:|" * len(cols)]
         for c in ttd["online"]:
-            v = vol.get(c["campaign_id"], {})
-            out.append(f"| {c['campaign_id']} | {c['requests']:,} | "
-                       f"{fmt(c['share_served_before'])} | {fmt(c['hours_to_detect'])} | "
-                       f"{fmt(v.get('share_served_before'))} | {fmt(v.get('hours_to_detect'))} |")
+            cid = c["campaign_id"]
+            cells = []
+            for name in cols:
+                v = by[name].get(cid, {})
+                cells += [fmt(v.get("share_served_before")), fmt(v.get("hours_to_detect"))]
+            out.append(f"| {cid} | {c['requests']:,} | " + " | ".join(cells) + " |")
         out += ["", f"Legitimate accounts that crossed the threshold at some point of the "
-                    f"online replay: {ttd['online_benign_alerted']} of {ttd['n_benign']}."]
+                    f"online replay: {ttd['online_benign_alerted']} of {ttd['n_benign']}"
+                + "".join(f"; {n}: {b['benign_alerted']}" for n, b in base.items()) + "."]
     return "\n".join(out) + "\n"
 
 
