@@ -33,14 +33,21 @@ def _fail(exc: DistillguardError) -> None:
 
 @app.command()
 def replay(logs: Annotated[list[Path], typer.Argument(help="request logs (any ingest format)")],
-           out: Annotated[Path, typer.Option(help="directory for alerts.jsonl")] = Path("results"),
-           policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None) -> None:
-    """Score logs request by request as the gateway would; write alerts.jsonl."""
+           out: Annotated[Path, typer.Option(
+               help="directory for alerts.jsonl and online_accounts.csv")] = Path("results"),
+           policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None,
+           campaigns: Annotated[Path | None, typer.Option(
+               help="campaigns.json of the latest batch detect: members are lifted to their "
+                    "campaign's score, as in batch")] = None) -> None:
+    """Score logs request by request as the gateway would; write alerts.jsonl and each
+    account's end-of-stream online score (online_accounts.csv)."""
     from distillguard.respond.online import replay as _replay
     from distillguard.respond.policy import load_policy
 
+    if campaigns is not None and not campaigns.is_file():
+        raise typer.BadParameter(f"no such file: {campaigns}", param_hint="--campaigns")
     try:
-        _emit(_replay(logs, out, policy=load_policy(policy)))
+        _emit(_replay(logs, out, policy=load_policy(policy), campaigns=campaigns))
     except DistillguardError as exc:
         _fail(exc)
 

@@ -1,43 +1,69 @@
 """Online scorer: the batch evidence model, updated one request at a time.
 
-Per request the scorer runs the prompt-signal regexes of ``data/signals.yaml`` (Python ``re``
-accepts the same ``(?i)`` patterns), updates the account's counters in a state store, then
-evaluates the *same* ``scoring.evidence`` items of ``data/config.yaml`` on features computed
-from the counters, with the same damping (``min_requests``) and the same Calibrator params.
+Per request the scorer runs the prompt-signal regexes of ``data/signals.yaml`` (rewritten by
+:func:`re2_semantics` so Python ``re`` matches what RE2 matches in batch: ASCII ``\\w \\d \\s
+\\b``), updates the account's counters in a state store, then evaluates the *same*
+``scoring.evidence`` items of ``data/config.yaml`` on features computed from the counters,
+with the same damping (``min_requests``), the same Calibrator params and, with the latest
+batch run's ``campaigns.json`` loaded (:meth:`OnlineScorer.load_campaigns`), the same
+campaign lift. At the end of the same traffic the online score of every account equals the
+batch score up to the approximations below (tested in ``tests/test_online_batch.py``: every
+flag equal, scores within 0.005, on two simulated scenarios).
 
-Evidence computed online (feature → how):
+Each feature online against its batch SQL (``features/defs.py``):
 
-=================  ==============================================================
-cot/rubric/censor  flag counts / requests
-harvest            single-turn share × novelty (distinct prompts: exact set or
-                   Redis HyperLogLog) × volume term
-volume             ln(requests)
-machine_hours      hour-of-day histogram entropy / ln 24
-focus              share of coding/math/agentic/reasoning (first matching capability)
-template           top share of the first/last-six-word template keys (the batch
-                   "exact bands"; MinHash LSH clusters are not computed online)
-pivot              share of traffic inside a new model's first 24 h that went to it;
-                   "new" = first seen >= 24 h after the state store started
-new_account        account_created from the account attributes (unknown: 365 days)
-signup             subsidised signup channel from the account attributes
-long_outputs       geometric mean of output/input tokens (batch: median), after
-                   each response
-high_effort        share of reasoning_effort high/xhigh/max
-repeats            1 − novelty
-conversational     1 − single-turn share
-=================  ==============================================================
+======================  ==================================================================
+n_requests, *_rate,     counters / requests: same definition (flags, capability and
+single_turn, focus,     effort exactly as the batch rules)
+tools, high_effort
+novelty                 distinct prompt hashes / requests: exact set (MemoryState) or
+                        Redis HyperLogLog (standard error 0.81 %)
+n_elicit                distinct prompts with any elicitation flag: the flagged prompts'
+                        hashes in a side set (``<account>\\x1felicit``; HyperLogLog in
+                        Redis), its size cached in the account hash
+hour_entropy            hour-of-day (UTC) histogram: same
+pivot_share,            same windows (union of new models' first 24 h); "new" = first seen
+pivot_window_requests   >= 24 h after ``t0``: batch ``t0`` = earliest logged request, online
+                        = first request the state store saw (equal on a replay)
+account_age_days        calendar days (UTC) from the latest ``account_created`` to the first
+                        request, like ``date_diff('day', ...)``; unknown: 365
+nonstandard_signup      any request with a subsidised channel: same
+out_in_ratio            median of output / max(input, 1) over responses with output
+                        tokens, from a histogram of log-ratios in 2 % bins beside the
+                        account (``<account>\\x1fratio``): within ~1 % of the exact median
+mean_output_tokens      mean over responses with output tokens: same
+template_top_share      APPROXIMATE: the account's most sent first-six-word or
+                        last-six-word key (batch's exact bands), counted once the account
+                        itself sent it ``min_template_size`` times. Batch gives each request
+                        one template, the largest bucket over all accounts among 16 MinHash
+                        LSH bands and those two keys, counted when that global bucket has
+                        ``min_template_size`` requests: needs every account's traffic to the
+                        end of the window, so it cannot be evaluated per request. Online is
+                        lower for an account sending a shared template fewer than 5 times,
+                        and when paraphrases group only under MinHash.
+partner_hits,           0: partner indicators are matched in batch only, so the ``partner``
+partner_confidence      evidence never contributes online
+======================  ==================================================================
 
-Not online: campaign lift (needs the account graph; batch ``scores.campaign_id`` can be fed
-in via ``campaigns=``), and the batch-only features not named by an evidence item.
+Other differences: the online window is "since the account became active until idle for the
+state TTL" (default 7 days), the batch window is the logs given; campaign membership and
+campaign scores are those of the loaded batch run (an account the batch did not link is not
+lifted; a member whose own raw score is below ``lift_min_raw`` is not lifted, as in batch).
+With RedisState, concurrent requests of one account in several workers can leave the cached
+``n_elicit`` / median off until that account's next flagged request / response.
+
+A score read mid-stream reflects the traffic so far: an account may cross the threshold for a
+while and end below it (transient alerts); ``replay`` counts these separately.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import hashlib
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,8 +73,9 @@ import orjson
 
 from distillguard.config import Config, load_config
 from distillguard.features.defs import ALL_FEATURES
+from distillguard.respond._errors import RespondError
 from distillguard.respond.policy import Policy, PolicyDecision, PolicyInput
-from distillguard.respond.state import AccountUpdate, MemoryState, StateStore
+from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
 
@@ -119,22 +146,28 @@ class OnlineScorer:
         Detection config (signal rules, evidence items, calibration); packaged default.
     calibrator : Calibrator, optional
         Defaults to the config's ``scoring.calibration`` params, as in batch scoring.
-    campaigns : mapping account_id → campaign_id, optional
-        Batch campaign membership to carry into decisions and alerts.
+    campaigns : campaigns.json path or list, or mapping account_id → campaign_id, optional
+        The latest batch run's campaigns (see :meth:`load_campaigns`). From campaigns.json
+        (path or ``DetectResult.campaigns``) members are lifted to their campaign's score as
+        in batch; a bare mapping only carries membership into decisions and alerts.
     """
 
     def __init__(self, state: StateStore | None = None, config: Config | None = None,
                  calibrator: Calibrator | None = None,
-                 campaigns: Mapping[str, str] | None = None) -> None:
+                 campaigns: Mapping[str, str] | Sequence[Mapping[str, Any]] | str | Path
+                 | None = None) -> None:
         from distillguard.signals.rules import load_rules
 
         self.state = state if state is not None else MemoryState()
         self.cfg = config or load_config()
         self.calibrator = calibrator or calibrator_from_config(self.cfg)
-        self.campaigns = dict(campaigns or {})
+        self.campaigns: dict[str, str] = {}
+        self.campaign_scores: dict[str, float] = {}
+        self._campaign_sizes: dict[str, int] = {}
+        self.load_campaigns(campaigns)
         flags, caps = load_rules(self.cfg)
-        self._flags = [(r.name, re.compile(r.pattern)) for r in flags]
-        self._caps = [(r.name, re.compile(r.pattern)) for r in caps]
+        self._flags = [(r.name, re.compile(re2_semantics(r.pattern))) for r in flags]
+        self._caps = [(r.name, re.compile(re2_semantics(r.pattern))) for r in caps]
         # Literal prefilter (exact): a rule's regex runs only when the folded text contains
         # one of the literals that every match of it contains (see _required_literals).
         self._lits = {n: _required_literals(rx.pattern) for n, rx in (*self._flags, *self._caps)}
@@ -143,6 +176,8 @@ class OnlineScorer:
         self._sys = int(sig["scan_system_chars"])
         sc, fc = self.cfg["scoring"], self.cfg["features"]
         self._min_req = float(sc["min_requests"])
+        self.threshold = float(sc["threshold"])
+        self._lift_min_raw = float(sc["lift_min_raw"])
         self._max_reasons = int(sc["max_reasons"])
         self._min_tpl = int(fc["min_template_size"])
         self._pivot_s = float(fc["pivot_window_hours"]) * 3600
@@ -155,6 +190,40 @@ class OnlineScorer:
                 self.skipped.append(it["name"])   # needs a feature we cannot compute online
                 continue
             self._items.append((it, code, float(it["lo"]), float(it["hi"]), float(it["weight"])))
+
+    def load_campaigns(self, campaigns: Mapping[str, str] | Sequence[Mapping[str, Any]] | str
+                       | Path | None) -> None:
+        """Replace the campaign memberships with those of a batch run.
+
+        ``campaigns`` is the path of a batch ``campaigns.json``, its parsed list (or
+        ``DetectResult.campaigns``), or a bare mapping account_id → campaign_id. With the
+        campaign scores of campaigns.json a member's score becomes
+        max(own score, campaign score) whenever its own raw score is >= ``lift_min_raw``: the
+        batch lift (the batch already required the member's link degree). A gateway calls
+        this after each batch run.
+        """
+        self.campaigns, self.campaign_scores, self._campaign_sizes = {}, {}, {}
+        if campaigns is None:
+            return
+        where = str(campaigns) if isinstance(campaigns, str | Path) else "campaigns"
+        try:
+            if isinstance(campaigns, str | Path):
+                campaigns = orjson.loads(Path(campaigns).read_bytes())
+                if not isinstance(campaigns, list):
+                    raise TypeError(f"a JSON {type(campaigns).__name__}, not a list")
+            if isinstance(campaigns, Mapping):
+                self.campaigns = {str(a): str(c) for a, c in campaigns.items()}
+                return
+            for c in campaigns:
+                cid = str(c["campaign_id"])
+                self.campaign_scores[cid] = float(c["score"])
+                self._campaign_sizes[cid] = len(c["accounts"])
+                for a in c["accounts"]:
+                    self.campaigns[str(a)] = cid
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.campaigns, self.campaign_scores, self._campaign_sizes = {}, {}, {}
+            raise RespondError(f"{where}: not a batch campaigns.json (a list of "
+                               f"{{campaign_id, score, accounts}}): {exc}") from exc
 
     # ------------------------------------------------------------------ signals
     def _scan(self, prompt: str, system: str) -> str:
@@ -210,25 +279,52 @@ class OnlineScorer:
             incr["pin"] = 1
             if on_new:
                 incr["pnew"] = 1
+        if req.signup_channel is not None and req.signup_channel.lower() in _SUBSIDISED:
+            incr["subs_n"] = 1                    # batch: max over the account's requests
         sets: dict[str, float] = {"first_ts": req.ts}
         if req.account_created is not None:
             sets["created"] = req.account_created
-        if req.signup_channel is not None:
-            sets["subsidised"] = float(req.signup_channel.lower() in _SUBSIDISED)
-        upd = AccountUpdate(incr, sets, _h(req.prompt or ""), self._template_keys(req.prompt),
-                            req.ts)
-        st = self.state.update(req.account_id, upd)
-        return self._score(req.account_id, st, flags, cap)
+        ph = _h(req.prompt or "")
+        upd = AccountUpdate(incr, sets, ph, self._template_keys(req.prompt), req.ts)
+        acct = req.account_id
+        st = self.state.update(acct, upd)
+        # account_created: the batch reads the latest value (max); "created" is write-once, so
+        # a later, larger value is added as a difference (rare: attributes seldom change).
+        if req.account_created is not None and req.account_created > st.get("created", math.inf):
+            self.state.add_float(acct, "created", req.account_created - st["created"])
+            st["created"] = req.account_created
+        if flags:
+            # n_elicit = distinct prompts with any elicitation flag: the flagged prompts'
+            # hashes go to a side set; its size is cached in the account hash ("ne") so
+            # unflagged requests read it for free (set, as a difference, to the side count).
+            side = self.state.update(acct + _ELICIT, AccountUpdate({"n": 1}, {}, ph, (), req.ts))
+            d = float(side["distinct"]) - float(st.get("ne", 0.0))
+            if d:
+                self.state.add_float(acct, "ne", d)
+                st["ne"] = float(side["distinct"])
+        return self._score(acct, st, flags, cap)
 
     def observe_response(self, account_id: str, input_tokens: int | None,
-                         output_tokens: int | None) -> None:
-        """Feed token usage after a response (long-output evidence)."""
-        if input_tokens is None or output_tokens is None:
+                         output_tokens: int | None, ts: float | None = None) -> None:
+        """Feed token usage after a response (long-output and short-answer evidence).
+
+        As in batch, a response without ``output_tokens`` is not counted and a missing
+        ``input_tokens`` counts as 1. The median output/input ratio comes from a histogram of
+        log-ratios (bins of ``_RATIO_BIN``) kept beside the account; the median (``oir``),
+        the response count (``lr_n``) and the output-token sum are in the account hash.
+        ``ts`` (default: now) is the response time, for idle expiry.
+        """
+        if output_tokens is None:
             return
-        self.state.add_float(account_id, "lr_sum", math.log((output_tokens + 1e-9)
-                                                            / max(input_tokens, 1)))
-        self.state.add_float(account_id, "lr_n", 1.0)
-        self.state.add_float(account_id, "out_sum", float(output_tokens))
+        ts = now_s() if ts is None else ts
+        ratio = output_tokens / max(input_tokens if input_tokens is not None else 1, 1)
+        key = "z" if ratio <= 0 else f"b{math.floor(math.log(ratio) / _RATIO_BIN)}"
+        hist = self.state.update(account_id + _RATIOS, AccountUpdate({key: 1}, ts=ts))
+        st = self.state.update(account_id, AccountUpdate(
+            {"lr_n": 1, "out_sum": int(output_tokens)}, ts=ts))
+        d = _hist_median(hist) - float(st.get("oir", 0.0))
+        if d:
+            self.state.add_float(account_id, "oir", d)
 
     def features(self, st: Mapping[str, float]) -> dict[str, float]:
         """Online equivalents of the batch features the evidence items read."""
@@ -238,7 +334,9 @@ class OnlineScorer:
         tpl = float(st.get("tpl_top", 0))
         first = st.get("first_ts")
         created = st.get("created")
-        age = 365.0 if created is None or first is None else (first - created) / 86400
+        # date_diff('day', created, first request): calendar days (UTC) apart, not 24 h units
+        age = 365 if created is None or first is None else \
+            math.floor(first / 86400) - math.floor(created / 86400)
         lr_n = float(st.get("lr_n", 0))
         return {
             "n_requests": n,
@@ -251,14 +349,14 @@ class OnlineScorer:
             "focus_rate": st.get("focus", 0) / n,
             "template_top_share": tpl / n if tpl >= self._min_tpl else 0.0,
             "pivot_share": (st.get("pnew", 0) / st["pin"]) if st.get("pin") else 0.0,
-            "account_age_days": math.floor(age),
-            "nonstandard_signup": float(st.get("subsidised", 0.0)),
-            "out_in_ratio": math.exp(st.get("lr_sum", 0.0) / lr_n) if lr_n else 0.0,
+            "account_age_days": age,
+            "nonstandard_signup": 1.0 if st.get("subs_n") else 0.0,
+            # Batch: NULL without token counts, and the evidence contributes nothing; 0 does
+            # the same here (below the ramp).
+            "out_in_ratio": float(st.get("oir", 0.0)) if lr_n else 0.0,
             "high_effort_share": st.get("high_effort", 0) / n,
             "tools_share": st.get("tools", 0) / n,
-            # Requests with two flags count twice here (batch counts them once).
-            "n_elicit": float(st.get("cot_elicit", 0) + st.get("rubric_grading", 0)
-                              + st.get("censorship_safe", 0)),
+            "n_elicit": float(st.get("ne", 0.0)),
             "pivot_window_requests": float(st.get("pin", 0)),
             # Unknown until token counts arrive: the batch feature is NULL then, and its
             # evidence contributes nothing; a large value makes the ramp contribute nothing.
@@ -286,12 +384,64 @@ class OnlineScorer:
         top = sorted(((v, it) for it, *_ in self._items if (v := ev[it["name"]]) > 0.05),
                      key=lambda t: -t[0])[: self._max_reasons]
         reasons = []
+        cid = self.campaigns.get(account_id)
+        cs = self.campaign_scores.get(cid) if cid is not None else None
+        if cs is not None and raw >= self._lift_min_raw and cs > score:
+            score = cs                        # lifted by its batch campaign, as in batch
+            reasons.append(f"member of campaign {cid} ({self._campaign_sizes[cid]} linked "
+                           "accounts)")
         for _, it in top:
             feat = ALL_FEATURES.get(it["show"])
             val = f.get(it["show"])
             reasons.append(it["reason"].format(feat.fmt.format(val) if feat and val is not None
                                                else val))
-        return OnlineScore(account_id, score, raw, int(n), flags, cap, reasons, ev)
+        return OnlineScore(account_id, score, raw, int(n), flags, cap,
+                           reasons[: self._max_reasons], ev)
+
+    def account_score(self, account_id: str, ts: float | None = None) -> OnlineScore:
+        """The account's score from its current counters, without recording a request.
+
+        What a deployment compares with batch: the score after all traffic so far (with
+        the loaded campaigns). ``ts`` (default: now) is the time of the reading; the state
+        store treats it as activity (it refreshes the idle TTL; an account idle longer
+        than the TTL before ``ts`` reads as new).
+        """
+        st = self.state.update(account_id, AccountUpdate(ts=now_s() if ts is None else ts))
+        return self._score(account_id, st, (), "chat")
+
+
+#: Side keys beside an account's state: flagged prompts (n_elicit), output/input histogram.
+_ELICIT, _RATIOS = "\x1felicit", "\x1fratio"
+#: Width of a log(output/input) histogram bin: the median is within ~1% of the exact one.
+_RATIO_BIN = 0.02
+
+
+def _hist_median(hist: Mapping[str, float]) -> float:
+    """Median (interpolated, like SQL ``median``) of the ratios binned in ``hist``.
+
+    ``z`` counts zero ratios; ``b<k>`` those with log(ratio) in [k, k + 1) x _RATIO_BIN,
+    taken as spread evenly over the bin (in log space).
+    """
+    bins = sorted((int(k[1:]), int(v)) for k, v in hist.items() if k[:1] == "b" and v)
+    zeros = int(hist.get("z", 0))
+    n = zeros + sum(c for _, c in bins)
+    if n == 0:
+        return 0.0
+
+    def at(r: int) -> float:          # r-th smallest (0-based)
+        if r < zeros:
+            return 0.0
+        r -= zeros
+        for k, c in bins:
+            if r < c:
+                return math.exp(_RATIO_BIN * (k + (r + 0.5) / c))
+            r -= c
+        return math.exp(_RATIO_BIN * (bins[-1][0] + 1))   # not reached
+
+    pos = (n - 1) / 2
+    lo = math.floor(pos)
+    v = at(lo)
+    return v + (pos - lo) * (at(lo + 1) - v) if pos > lo else v
 
 
 _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "single_turn_share",
@@ -303,6 +453,40 @@ _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "sin
 
 def _h(s: str) -> str:
     return hashlib.blake2b(s.encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+# RE2 (DuckDB's regexp_matches, Spark's rlike) reads \w \d \s \b as ASCII classes; Python's
+# ``re`` reads them as Unicode. Rewritten so both match the same text (``(?i)`` still folds
+# Unicode case in both). Inside a character class only \w \d \s are rewritten.
+_RE2_OUT = {"w": r"(?a:\w)", "W": r"(?a:\W)", "b": r"(?a:\b)", "B": r"(?a:\B)",
+            "d": "[0-9]", "D": "[^0-9]", "s": r"[\t\n\f\r ]", "S": r"[^\t\n\f\r ]"}
+_RE2_IN_CLASS = {"w": "0-9A-Za-z_", "d": "0-9", "s": r"\t\n\f\r "}
+
+
+def re2_semantics(pattern: str) -> str:
+    """``pattern`` rewritten so Python ``re`` matches what RE2 (the batch engines) matches."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    cls_first = -1          # inside [...]: index where a "]" is still a literal; -1: outside
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            table = _RE2_IN_CLASS if cls_first >= 0 else _RE2_OUT
+            out.append(table.get(e, c + e))
+            i += 2
+            continue
+        if cls_first >= 0:
+            if c == "]" and i != cls_first:
+                cls_first = -1
+        elif c == "[":
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            cls_first = j
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 # ------------------------------------------------------- literal prefilter (speed only)
@@ -396,13 +580,23 @@ def iter_store_rows(con: Any, batch_rows: int = 50_000) -> Iterator[dict[str, An
 
 def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
            policy: Policy | None = None, scorer: OnlineScorer | None = None,
-           config: Config | None = None) -> dict[str, Any]:
-    """Score logs as if they arrived live; write ``alerts.jsonl`` into ``out_dir``.
+           config: Config | None = None,
+           campaigns: Sequence[Mapping[str, Any]] | str | Path | None = None) -> dict[str, Any]:
+    """Score logs as if they arrived live; write ``alerts.jsonl`` and ``online_accounts.csv``.
 
-    Each line is ``{ts, account_id, campaign_id, score, action, reasons}`` for a request at
-    which the account's policy action *escalated* (so the first line per account is its
-    time-to-detection, and the file stays small). Suspensions are sticky, as in the gateway.
-    Returns a summary (requests, accounts, alerts, accounts per final action).
+    Each ``alerts.jsonl`` line is ``{ts, account_id, campaign_id, score, action, reasons}``
+    for a request at which the account's policy action *escalated* (so the first line per
+    account is its time-to-detection, and the file stays small). Suspensions are sticky, as
+    in the gateway. ``online_accounts.csv`` holds each account's end-of-stream online score
+    (after its last request and response), flag, campaign and peak score: the figures to
+    compare with the batch ``accounts.csv`` of the same traffic.
+
+    ``campaigns``: a batch ``campaigns.json`` (path or list) loaded into the scorer first, as
+    a gateway loads the latest batch run's campaigns.
+
+    Returns a summary: requests, accounts, alerts, accounts per final action, accounts
+    flagged at the end (``flagged``), and ``transient`` accounts whose score crossed the
+    threshold during the stream but ended below it.
     """
     from distillguard.ingest import ingest_files
     from distillguard.respond.policy import ACTIONS, load_policy
@@ -411,12 +605,16 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     cfg = config or (scorer.cfg if scorer else load_config())
     policy = policy or load_policy()
     scorer = scorer or OnlineScorer(config=cfg)
+    if campaigns is not None:
+        scorer.load_campaigns(campaigns)
     paths = [logs] if isinstance(logs, str | Path) else list(logs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     con = connect(None)
     level: dict[str, int] = {}
     final: dict[str, str] = {}
+    last_ts: dict[str, float] = {}
+    peak: dict[str, float] = {}
     n_req = n_alerts = 0
     try:
         ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
@@ -430,7 +628,10 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                     int(row["n_user_turns"] or 0), int(row["context_chars"] or 0),
                     int(row["n_tools"] or 0), row["reasoning_effort"],
                     _epoch(row["account_created"]), row["signup_channel"]))
-                scorer.observe_response(acct, row["input_tokens"], row["output_tokens"])
+                scorer.observe_response(acct, row["input_tokens"], row["output_tokens"], ts)
+                last_ts[acct] = ts
+                if s.score > peak.get(acct, -1.0):
+                    peak[acct] = s.score
                 d = decide(policy, scorer, s, acct, ts)
                 final[acct] = d.action
                 sev = ACTIONS.index(d.action)
@@ -444,12 +645,26 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                         "reasons": s.reasons}) + b"\n")
     finally:
         con.close()
+    n_flagged = n_transient = 0
+    with (out / "online_accounts.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["account_id", "score", "flagged", "campaign_id", "raw", "n_requests",
+                    "peak_score", "reasons"])
+        for acct in sorted(last_ts):
+            e = scorer.account_score(acct, last_ts[acct])
+            flagged = e.score >= scorer.threshold
+            n_flagged += flagged
+            n_transient += (not flagged) and peak[acct] >= scorer.threshold
+            w.writerow([acct, f"{e.score:.6f}", "true" if flagged else "false",
+                        scorer.campaigns.get(acct, ""), f"{e.raw:.6f}", e.n_requests,
+                        f"{max(peak[acct], e.score):.6f}", "; ".join(e.reasons)])
     by_action: dict[str, int] = {}
     for a in final.values():
         by_action[a] = by_action.get(a, 0) + 1
     return {"requests": n_req, "accounts": len(final), "alerts": n_alerts,
-            "final_actions": by_action, "policy_version": policy.version,
-            "skipped_evidence": scorer.skipped}
+            "final_actions": by_action, "flagged": n_flagged, "transient": n_transient,
+            "campaigns_loaded": len(scorer.campaign_scores),
+            "policy_version": policy.version, "skipped_evidence": scorer.skipped}
 
 
 def decide(policy: Policy, scorer: OnlineScorer, s: OnlineScore, account_id: str,
