@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -157,6 +158,11 @@ def _parse_set(items: list[str]) -> dict[str, object]:
                 out[k] = float(v)
             except ValueError:
                 out[k] = v
+        if v[:1] in "{[":   # a mapping or list knob, e.g. reasoning_hydra__families={"plain":1}
+            try:
+                out[k] = json.loads(v)
+            except ValueError as exc:
+                raise typer.BadParameter(f"--set {k}: not valid JSON: {exc}") from exc
     return out
 
 
@@ -405,7 +411,8 @@ def _mount_subapps() -> None:
     app.add_typer(respond_cli.app, name="respond",
                   help="Replay, policy test, audit log and access directives.")
     # The two verbs operators use most also stand at top level.
-    app.command("replay", help="Score logs request by request; write alerts.jsonl.")(
+    app.command("replay", help="Score logs request by request in time order; write "
+                "alerts.jsonl and online_accounts.csv (--campaigns: a batch campaigns.json).")(
         respond_cli.replay)
     app.add_typer(respond_cli.policy_app, name="policy", help="Graduated-action policies.")
 

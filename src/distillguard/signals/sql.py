@@ -10,7 +10,8 @@ def scan_text_sql(cfg: Config) -> str:
     s = cfg["signals"]
     head, tail, sysn = int(s["scan_head_chars"]), int(s["scan_tail_chars"]), int(s["scan_system_chars"])
     return (
-        f"(CASE WHEN length(prompt) <= {head + tail} THEN coalesce(prompt, '') "
+        # coalesce first: a NULL prompt must not make the whole scan (system prompt too) NULL
+        f"(CASE WHEN coalesce(length(prompt), 0) <= {head + tail} THEN coalesce(prompt, '') "
         f"ELSE left(prompt, {head}) || ' ' || right(prompt, {tail}) END) "
         f"|| ' ' || coalesce(left(system, {sysn}), '')")
 

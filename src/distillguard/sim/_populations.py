@@ -965,7 +965,7 @@ def gen_proxy_reseller(ctx: Ctx, pop: Population, rng: np.random.Generator) -> B
     in 24/7 distillation traffic. Both streams are load-balanced over the accounts from a
     few relay servers (``ip_pool`` cloud IPs) with one relay user agent.
 
-    params: ``customer_tz`` (8.0), ``pay_group`` (5).
+    params: ``customer_tz`` (8.0), ``pay_group`` (5), ``families`` (mix dict).
     """
     infra = Infra(rng)
     cid = _campaign_id(pop)
@@ -991,8 +991,9 @@ def gen_proxy_reseller(ctx: Ctx, pop: Population, rng: np.random.Generator) -> B
     uas = [ua_sdk(rng, "openai-python"), ua_sdk(rng, "openai-node")]
     voice = Voice(ctx, rng, pop.paraphrase, {"en": 0.7, "zh": 0.3})
     b = _distill_block(ctx, pop, rng, gidx, keys, ts, acct, voice=voice,
-                       families={"cot_trace": 0.3, "cot_reconstruct": 0.2, "plain": 0.3,
-                                 "rubric": 0.1, "censor": 0.1},
+                       families=dict(pop.params.get("families", {
+                           "cot_trace": 0.3, "cot_reconstruct": 0.2, "plain": 0.3,
+                           "rubric": 0.1, "censor": 0.1})),
                        ip_pool=pool, uas=uas, ua_of_acct=None, systems=[None],
                        effort={"none": 6, "medium": 2, "high": 2}, throttle=0.01,
                        camo_mask=camo)
@@ -1006,7 +1007,7 @@ def gen_low_and_slow(ctx: Ctx, pop: Population, rng: np.random.Generator) -> Blo
     A few requests per account per day at human-like times, heavily paraphrased elicitation
     and grading prompts, and no shared infrastructure: own residential IP, own card, own user
     agent, varied and aged accounts. Only content and aggregate behaviour give it away.
-    ``ip_pool`` is ignored.
+    ``ip_pool`` is ignored. params: ``families`` (mix dict).
     """
     infra = Infra(rng)
     cid = _campaign_id(pop)
@@ -1033,8 +1034,9 @@ def gen_low_and_slow(ctx: Ctx, pop: Population, rng: np.random.Generator) -> Blo
     uas = [ua_browser(rng) if r < 0.3 else ua_sdk(rng) for r in rng.random(n).tolist()]
     voice = Voice(ctx, rng, pop.paraphrase, {"en": 0.6, "zh": 0.2, "es": 0.1, "ru": 0.1})
     b = _distill_block(ctx, pop, rng, gidx, keys, ts, acct, voice=voice,
-                       families={"cot_trace": 0.35, "cot_reconstruct": 0.35, "rubric": 0.15,
-                                 "censor": 0.05, "plain": 0.1},
+                       families=dict(pop.params.get("families", {
+                           "cot_trace": 0.35, "cot_reconstruct": 0.35, "rubric": 0.15,
+                           "censor": 0.05, "plain": 0.1})),
                        ip_pool=["0.0.0.0"], uas=uas, ua_of_acct=np.arange(n),
                        systems=[None, None, None, "You are a helpful assistant."],
                        effort={"none": 5, "medium": 3, "high": 2}, throttle=0.0)
