@@ -101,3 +101,47 @@ def test_redis_down(redis_url, tmp_path: Path, mode: str, status: int) -> None:
         assert r.status_code == status
         assert time.perf_counter() - t0 < 2.0          # short socket timeouts: no hang
         assert len(up.calls) == (1 if mode == "closed" else 2)
+
+
+def test_scripted_update_matches_the_pipeline(redis_url) -> None:
+    from distillguard.respond.state import AccountUpdate
+
+    url, _ = redis_url
+    scripted, piped = RedisState.from_url(url, prefix="s:"), RedisState.from_url(url, prefix="p:")
+    piped._use_script = False
+    for i in range(30):
+        u = AccountUpdate({"n": 1, f"h{i % 3:02d}": 1}, {"first_ts": 100.0 + i, "created": 5.0},
+                          f"ph{i % 7}", ("h:a", f"t:{i % 2}") if i % 4 else (), 100.0 + i)
+        assert scripted.update("acct", u) == piped.update("acct", u)
+    st = scripted.update("acct", AccountUpdate())
+    assert st["n"] == 30 and st["distinct"] == 7 and st["tpl_top"] == 22
+    assert st["first_ts"] == 100.0 and scripted.r.ttl("s:a:acct:t") > 0
+
+
+def test_batched_increments_keep_their_order(redis_url) -> None:
+    from distillguard.respond.state import AccountUpdate
+
+    url, _ = redis_url
+    s = RedisState.from_url(url, prefix="b:")
+    with s.batched():
+        s.add_float("x", "lr_sum", 1.5)
+        assert s.r.hget("b:a:x", "lr_sum") is None            # deferred ...
+        assert s.update("x", AccountUpdate({"n": 1}))["lr_sum"] == 1.5   # ... not lost
+        s.add_float("x", "lr_sum", 1.0)
+    assert float(s.r.hget("b:a:x", "lr_sum")) == 2.5           # flushed at the block's end
+
+
+def test_suspension_and_models_are_shared(redis_url) -> None:
+    from distillguard.respond.state import AccountUpdate
+
+    url, _ = redis_url
+    a, b = RedisState.from_url(url, prefix="g:"), RedisState.from_url(url, prefix="g:")
+    b.suspend("x", {"rule": "r"})
+    a.update("x", AccountUpdate({"n": 1}))                      # reads the record with it
+    assert a.suspended("x") == {"rule": "r"}
+    assert a.suspended("y") is None
+    a.unsuspend("x")
+    assert b.suspended("x") is None
+    assert a.globals("m1", 10.0) == (10.0, {"m1": 10.0})
+    assert b.globals("m2", 20.0) == (10.0, {"m1": 10.0, "m2": 20.0})
+    assert a.globals("m2", 30.0)[1] == {"m1": 10.0, "m2": 20.0}  # unseen here: refreshed

@@ -4,7 +4,8 @@ It answers like a reasoning model: a ``reasoning_content`` field, a ``<think>`` 
 ``content`` (split across SSE chunks when streaming) and usage counting the reasoning tokens
 (600 completion tokens), so output actions and long-answer evidence can be checked.
 Use :class:`StubUpstream` as an ``httpx.MockTransport`` handler, or :func:`stub_app` as a real
-ASGI server (uvicorn) when true HTTP is wanted.
+ASGI server (uvicorn) when true HTTP is wanted; :func:`lean_stub_app` answers the same with a
+fraction of the CPU (raw ASGI, for the load test, where the stub shares the cores).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-__all__ = ["REASONING", "StubUpstream", "completion", "sse_chunks", "stub_app"]
+__all__ = ["REASONING", "StubUpstream", "completion", "lean_stub_app", "sse_chunks", "stub_app"]
 
 REASONING = "secret chain of thought"
 MODELS = ("m1", "frontier-x", "preview-1")
@@ -89,5 +90,47 @@ def stub_app() -> FastAPI:
                 yield b"data: [DONE]\n\n"
             return StreamingResponse(gen(), media_type="text/event-stream")
         return JSONResponse(completion(body["model"]))
+
+    return app
+
+
+def lean_stub_app() -> Any:
+    """The stub's chat completions as a bare ASGI app (no framework, no call recording).
+
+    Same answers as :func:`stub_app` for ``POST /v1/chat/completions`` (streamed or not);
+    404 for anything else. Used by the load test so that the upstream costs little CPU.
+    """
+    import orjson
+
+    plain = {m: orjson.dumps(completion(m)) for m in MODELS}
+    sse = {m: sse_body(m) for m in MODELS}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        if scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
+            body, status, ctype = b'{"error": "not found"}', 404, b"application/json"
+        else:
+            req = orjson.loads(b"".join(chunks))
+            model = req.get("model", "m1")
+            if req.get("stream"):
+                body, status, ctype = sse.get(model) or sse_body(model), 200, b"text/event-stream"
+            else:
+                body = plain.get(model) or orjson.dumps(completion(model))
+                status, ctype = 200, b"application/json"
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     return app

@@ -66,11 +66,18 @@ class AuditLog:
             entry["hash"] = _digest(entry)
             line = orjson.dumps(entry, default=str) + b"\n"
             try:
-                with self.path.open("ab") as fh:
-                    fh.write(line)
+                # One O_APPEND write per entry (no Python file object): the entry is in the
+                # OS's page cache when append returns, as before; reopened every time so a
+                # rotated or replaced file is followed. fsync=True adds a disk flush.
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
                     if self.fsync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise AuditError(f"cannot append to audit log {self.path}: {exc}") from exc
             self._seq += 1

@@ -11,6 +11,7 @@ status and ``error.code`` of :data:`distillguard.respond.policy.ERROR_CODES`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
@@ -121,6 +122,8 @@ class Guard:
             raise ValueError(f"fail_mode must be 'closed' or 'open', got {fail_mode!r}")
         self.policy, self.scorer, self.fail_mode = policy, scorer, fail_mode
         self.directives = directives or DirectiveSet([])
+        # RedisState.batched: float increments ride with the next command (fewer round trips).
+        self._batched = getattr(scorer.state, "batched", contextlib.nullcontext)
 
     @property
     def inline(self) -> bool:
@@ -141,7 +144,8 @@ class Guard:
                        "errors": list(dd.errors)[:3]},
                 directive=dd)
         try:
-            s, d, over, retry = self._score(view)
+            with self._batched():
+                s, d, over, retry = self._score(view)
         except StateStoreError as exc:
             if self.fail_mode == "closed":
                 status, code = ERROR_CODES["state_unavailable"]
@@ -184,7 +188,8 @@ class Guard:
         if not usage:
             return
         try:
-            self.scorer.observe_response(account_id, usage.get("prompt_tokens"),
-                                         usage.get("completion_tokens"))
+            with self._batched():
+                self.scorer.observe_response(account_id, usage.get("prompt_tokens"),
+                                             usage.get("completion_tokens"))
         except StateStoreError:
             pass
