@@ -238,6 +238,9 @@ def bench(
         "STIX indicator sharing")] = False,
     daily: Annotated[bool, typer.Option(
         help="With --two-providers: re-detect at the end of each day (days to detect)")] = False,
+    tactics: Annotated[str | None, typer.Option(
+        help="Attacker tactics to bench, comma-separated or 'all': baseline, no_elicitation, "
+        "paraphrased, own_infra, camouflaged, slow, all_of_the_above")] = None,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -282,6 +285,18 @@ def bench(
                               str(v["shared"] or "not within the week"))
             console.print(t)
         console.print(f"results: {out / 'two_providers.json'}")
+        return
+    if tactics:
+        from distillguard.bench.tactics import markdown as tactics_md
+        from distillguard.bench.tactics import run_tactics
+
+        try:
+            with RichProgress() as prog:
+                rows = run_tactics(out, tactics, progress=prog, **kw)
+        except DistillguardError as exc:
+            _fail(exc)
+        typer.echo(tactics_md(rows))
+        console.print(f"results: {out / 'tactics.json'} and {out / 'tactics.md'}")
         return
     try:
         with RichProgress() as prog:

@@ -899,7 +899,8 @@ def gen_reasoning_hydra(ctx: Ctx, pop: Population, rng: np.random.Generator) -> 
     return b
 
 
-def _agentic_request(ctx: Ctx, voice: Voice, toolsets: list[list[dict]], systems: list[str]):
+def _agentic_request(ctx: Ctx, voice: Voice, toolsets: list[list[dict]], systems: list[str],
+                     cot_suffix: float = 0.2):
     """Factory of one harvested agentic request: tools, scaffold, textbook coding task."""
     def make(rng: np.random.Generator) -> tuple[list, list[dict], str]:
         tl = pick(rng, toolsets)
@@ -907,7 +908,7 @@ def _agentic_request(ctx: Ctx, voice: Voice, toolsets: list[list[dict]], systems
             task = pick(rng, ctx.d_coding).turns[0]
         else:
             task = coding_task(rng)
-        if rng.random() < 0.2:
+        if rng.random() < cot_suffix:
             task = task + "\n\n" + voice.render("cot_trace", rng).split("\n")[-1]
         msgs = [{"role": "user", "content": task}]
         for k in range(int(rng.integers(0, 4)) if rng.random() < 0.4 else 0):
@@ -928,7 +929,8 @@ def gen_agentic_hydra(ctx: Ctx, pop: Population, rng: np.random.Generator) -> Bl
     hourly job windows (``duty`` of each hour). Pivots ``pivot`` (default half) of its traffic
     to the new model within ``pivot_hours`` of release.
 
-    params: ``duty`` (0.75), ``pay_group`` (6), ``sticky_minutes`` (10).
+    params: ``duty`` (0.75), ``pay_group`` (6), ``sticky_minutes`` (10), ``families``
+    (mix dict), ``cot_suffix`` (0.2: share of tasks ending in a reasoning-trace request).
     """
     infra = Infra(rng)
     cid = _campaign_id(pop)
@@ -948,10 +950,12 @@ def gen_agentic_hydra(ctx: Ctx, pop: Population, rng: np.random.Generator) -> Bl
     uas = [ua_sdk(rng, "openai-node"), ua_sdk(rng, "httpx")]
     ua_of = rng.choice(2, size=pop.n_accounts)
     b = _distill_block(ctx, pop, rng, gidx, keys, ts, acct, voice=voice,
-                       families={"agentic": 0.85, "cot_trace": 0.1, "plain": 0.05},
+                       families=dict(pop.params.get("families", {
+                           "agentic": 0.85, "cot_trace": 0.1, "plain": 0.05})),
                        ip_pool=pool, uas=uas, ua_of_acct=ua_of, systems=[None],
                        effort={"high": 5, "medium": 3, "none": 2}, throttle=0.02,
-                       tools=_agentic_request(ctx, voice, sets, systems))
+                       tools=_agentic_request(ctx, voice, sets, systems,
+                                              float(pop.params.get("cot_suffix", 0.2))))
     b.ip = _sticky_ips(pool, acct, ts, float(pop.params.get("sticky_minutes", 10)),
                        int(rng.integers(1 << 30)))
     return b
