@@ -70,3 +70,48 @@ def test_mock_transport_still_uses_httpx(tmp_path: Path) -> None:
         r = c.post("/v1/chat/completions", json={"model": "m1", "messages": [
             {"role": "user", "content": "hi"}]}, headers={"X-Account-Id": "a"})
     assert r.status_code == 200 and len(up.calls) == 1
+
+
+def test_chat_fast_path_answers_like_the_framework_route(tmp_path: Path) -> None:
+    """The chat route skips FastAPI's layers unless middleware is added; answers match."""
+    def answers(app) -> list[tuple[int, str | None, str | None]]:
+        with TestClient(app) as c:
+            out = []
+            for body in (b"{not json", b'{"model": "m1"}',
+                         b'{"model": "m1", "messages": [{"role": "user", "content": "hi"}]}'):
+                r = c.post("/v1/chat/completions", content=body,
+                           headers={"X-Account-Id": "a", "Content-Type": "application/json"})
+                code = r.json().get("error", {}).get("code") if r.status_code != 200 else None
+                out.append((r.status_code, code, r.headers.get("x-mw")))
+            return out
+
+    def make():
+        return create_app("http://u", load_policy(), None, OnlineScorer(),
+                          AuditLog(tmp_path / "a.jsonl"), transport=StubUpstream().transport())
+
+    fast = answers(make())
+    slow_app = make()
+
+    @slow_app.middleware("http")
+    async def mark(request, call_next):
+        resp = await call_next(request)
+        resp.headers["x-mw"] = "1"
+        return resp
+
+    slow = answers(slow_app)
+    assert [a[:2] for a in fast] == [a[:2] for a in slow] == [
+        (400, "invalid_request"), (400, "invalid_request"), (200, None)]
+    assert all(a[2] is None for a in fast) and all(a[2] == "1" for a in slow)
+    assert verify(tmp_path / "a.jsonl").ok
+
+
+def test_freeze_gc_at_startup(tmp_path: Path) -> None:
+    import gc
+
+    app = create_app("http://u", load_policy(), None, OnlineScorer(), None,
+                     transport=StubUpstream().transport(), freeze_gc=True)
+    try:
+        with TestClient(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

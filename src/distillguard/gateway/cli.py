@@ -54,7 +54,7 @@ def gateway(
             upstream, load_policy(policy), load_directives(directives or []),
             OnlineScorer(state), AuditLog(audit), fail_mode=fail_mode,
             keys=KeyStore.from_file(keys, allow_account_header), request_log=request_log,
-            upstream_api_key=upstream_api_key)
+            upstream_api_key=upstream_api_key, freeze_gc=True)
     except (DistillguardError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -7,7 +7,9 @@ process) and the gateway (uvicorn, ``--workers`` processes; packaged policy and 
 directives; audit log and canonical request log written to a temporary directory, one file
 pair per worker; MemoryState for one worker, a private ``redis-server`` shared by the workers
 for more than one) on 127.0.0.1, then for each rate sends the same load **directly to the
-stub** and **through the gateway**, back to back, and prints one table.
+stub** and **through the gateway**, interleaved ``--repeat`` times (default 3), and prints
+one table of medians over the repeats (a burst of other load during one run does not decide
+a row). The temporary directory is removed at the end.
 
 The load generator runs in this process (uvloop when installed, raw HTTP/1.1 keep-alive
 connections, one request in flight per connection, up to ``--max-connections``). It is
@@ -19,9 +21,11 @@ the gateway minus direct, same rate, same generator, percentile by percentile.
 
 Columns: achieved throughput (completed / elapsed), p50/p90/p99/max latency, errors
 (connection errors, non-2xx, no answer within 10 s), the generator's own send lag p99 (due →
-written; large values mean the generator itself was starved of CPU), and CPU milliseconds
-per request of the gateway processes (all workers, from ``/proc``), of Redis, of the stub
-and of the generator. The generator, the stub, Redis and the gateway all share the
+written; large values mean the generator itself was starved of CPU), the run-queue wait of
+the process under test (the stub for "direct", the gateway workers otherwise: milliseconds
+per second spent runnable but without a CPU, from ``/proc/*/schedstat`` — the starvation
+that shows up as p99 on a shared machine), and CPU milliseconds per request of the gateway
+processes (all workers, from ``/proc``), of Redis, of the stub and of the generator. The generator, the stub, Redis and the gateway all share the
 machine's cores: on a 2-core machine that is part of what the figures measure.
 
 ``--gateway-env KEY=VALUE`` passes settings to the gateway processes (see
@@ -33,11 +37,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import os
 import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +98,8 @@ def gateway_app() -> Any:
     pid = os.getpid()
     return create_app(os.environ["DG_UPSTREAM"], load_policy(), ds, OnlineScorer(state),
                       None if no_logs else AuditLog(tmp / f"audit-{pid}.jsonl"),
-                      request_log=None if no_logs else tmp / f"requests-{pid}.jsonl")
+                      request_log=None if no_logs else tmp / f"requests-{pid}.jsonl",
+                      freeze_gc=True)
 
 
 # ------------------------------------------------------------------ processes
@@ -164,6 +171,18 @@ def _cpu_s(pid: int) -> float:
         except OSError:
             continue
         total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _runq_wait_s(pid: int) -> float:
+    """Seconds the threads of a process tree spent runnable but waiting for a CPU (schedstat)."""
+    total = 0.0
+    for p in _pids(pid):
+        for t in Path(f"/proc/{p}/task").glob("*/schedstat"):
+            try:
+                total += int(t.read_text().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                pass
     return total
 
 
@@ -351,9 +370,29 @@ def _run_load(port: int, rate: float, duration: float, max_conns: int) -> dict[s
 
 # ------------------------------------------------------------------ matrix
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per statistic, the median over repeated runs (errors: the sum)."""
+    out: dict[str, Any] = {}
+    for k, v in runs[0].items():
+        vals = [r[k] for r in runs]
+        if k == "errors":
+            out[k] = sum(vals)
+        elif v is None or not isinstance(v, int | float):
+            out[k] = v
+        else:
+            out[k] = statistics.median(vals)
+    return out
+
+
 def run(rates: list[int], workers: list[int], duration: int = 10, max_conns: int = 512,
-        gateway_env: dict[str, str] | None = None, fast: bool = True) -> list[dict[str, Any]]:
-    """Measure every (workers, rate) pair; one row per path (direct, gateway)."""
+        gateway_env: dict[str, str] | None = None, fast: bool = True,
+        repeat: int = 3) -> list[dict[str, Any]]:
+    """Measure every (workers, rate) pair; one row per path (direct, gateway).
+
+    Each pair is measured ``repeat`` times, direct and gateway interleaved, and every figure
+    of a row is the median over the repeats (errors are summed), so that a burst of other
+    load on the machine during one run does not decide the result.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="dg-load-"))
     up_port = _port()
     procs = [_uvicorn("distillguard.gateway.stub:lean_stub_app", up_port, {}, 1, fast)]
@@ -374,19 +413,28 @@ def run(rates: list[int], workers: list[int], duration: int = 10, max_conns: int
             try:
                 _wait(gw_port)
                 for rate in rates:
-                    for path, port in (("direct", up_port), ("gateway", gw_port)):
-                        _run_load(port, rate, 2, max_conns)             # warm-up
-                        c0 = (_cpu_s(gw.pid), sum(_cpu_s(p.pid) for p in extra),
-                              _cpu_s(procs[0].pid), _self_cpu_s())
-                        r = _run_load(port, rate, duration, max_conns)
-                        c1 = (_cpu_s(gw.pid), sum(_cpu_s(p.pid) for p in extra),
-                              _cpu_s(procs[0].pid), _self_cpu_s())
-                        per = [(b - a) * 1000 / max(r["n"], 1) for a, b in zip(c0, c1,
-                                                                              strict=True)]
-                        r.update(workers=w, rate=rate, path=path, gw_cpu=per[0],
-                                 redis_cpu=per[1] if extra else None, stub_cpu=per[2],
-                                 gen_cpu=per[3], load=os.getloadavg()[0])
-                        rows.append(r)
+                    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+                    for k in range(repeat):           # interleaved: direct, gateway, ...
+                        for path, port in (("direct", up_port), ("gateway", gw_port)):
+                            if k == 0:
+                                _run_load(port, rate, 2, max_conns)     # warm-up
+                            target = gw.pid if path == "gateway" else procs[0].pid
+                            c0 = (_cpu_s(gw.pid), sum(_cpu_s(p.pid) for p in extra),
+                                  _cpu_s(procs[0].pid), _self_cpu_s(), _runq_wait_s(target))
+                            t_start = time.perf_counter()
+                            r = _run_load(port, rate, duration, max_conns)
+                            wall = time.perf_counter() - t_start
+                            c1 = (_cpu_s(gw.pid), sum(_cpu_s(p.pid) for p in extra),
+                                  _cpu_s(procs[0].pid), _self_cpu_s(), _runq_wait_s(target))
+                            per = [(y - x) * 1000 / max(r["n"], 1)
+                                   for x, y in zip(c0[:4], c1[:4], strict=True)]
+                            r.update(gw_cpu=per[0], redis_cpu=per[1] if extra else None,
+                                     stub_cpu=per[2], gen_cpu=per[3], load=os.getloadavg()[0],
+                                     runq=(c1[4] - c0[4]) * 1000 / wall)
+                            runs[path].append(r)
+                    for path, rs in runs.items():
+                        rows.append({**_median(rs), "workers": w, "rate": rate, "path": path,
+                                     "repeat": repeat})
             finally:
                 for p in (gw, *extra):
                     p.terminate()
@@ -402,6 +450,7 @@ def run(rates: list[int], workers: list[int], duration: int = 10, max_conns: int
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
@@ -410,9 +459,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         return "–" if v is None or v != v else f"{v:.{d}f}"
 
     out = ["| workers | target rps | path | achieved rps | p50 ms | p90 ms | p99 ms | max ms "
-           "| errors | gen lag p99 ms | gateway CPU ms/req | redis CPU ms/req "
-           "| stub CPU ms/req | generator CPU ms/req | load avg |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| errors | gen lag p99 ms | run-queue wait ms/s | gateway CPU ms/req "
+           "| redis CPU ms/req | stub CPU ms/req | generator CPU ms/req | load avg |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["workers"], r["rate"], r["path"]): r for r in rows}
     for w, rate in dict.fromkeys((r["workers"], r["rate"]) for r in rows):
         for path in ("direct", "gateway"):
@@ -420,13 +469,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             gw = path == "gateway"
             out.append(f"| {w} | {rate} | {path} | {r['rps']:.0f} | {f(r['p50'])} "
                        f"| {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {r['errors']} "
-                       f"| {f(r['lag_p99'])} | {f(r['gw_cpu'], 3) if gw else '–'} "
+                       f"| {f(r['lag_p99'])} | {f(r['runq'], 0)} "
+                       f"| {f(r['gw_cpu'], 3) if gw else '–'} "
                        f"| {f(r['redis_cpu'], 3) if gw else '–'} | {f(r['stub_cpu'], 3)} "
                        f"| {f(r['gen_cpu'], 3)} | {r['load']:.1f} |")
         d, g = by[(w, rate, "direct")], by[(w, rate, "gateway")]
         out.append(f"| {w} | {rate} | **added** | | **{f(g['p50'] - d['p50'])}** "
                    f"| **{f(g['p90'] - d['p90'])}** | **{f(g['p99'] - d['p99'])}** "
-                   "| | | | | | | | |")
+                   "| | | | | | | | | |")
     return "\n".join(out)
 
 
@@ -437,15 +487,20 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="gateway worker processes (>1: shared state in a private Redis)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per (workers, rate, path), interleaved; the table shows medians")
     ap.add_argument("--max-connections", type=int, default=512)
     ap.add_argument("--plain", action="store_true",
                     help="asyncio loop and h11 even when uvloop/httptools are installed")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in a.gateway_env)
-    rows = run(a.rate, a.workers, a.duration, a.max_connections, env, not a.plain)
-    print(f"{os.cpu_count()} CPUs; generator, stub, Redis and gateway share them. "
-          "Latency from each request's due time (open loop).")
+    gc.collect()
+    gc.freeze()                     # the generator's own pauses would show as latency
+    rows = run(a.rate, a.workers, a.duration, a.max_connections, env, not a.plain, a.repeat)
+    print(f"{os.cpu_count()} CPUs; generator, stub, Redis and gateway share them. Latency "
+          f"from each request's due time (open loop); medians of {a.repeat} interleaved runs "
+          f"of {a.duration} s; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}.")
     print(table(rows))
 
 
