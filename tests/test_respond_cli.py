@@ -61,3 +61,24 @@ def test_policy_check_and_replay(tmp_path: Path) -> None:
 def test_gateway_cli_requires_auth_mode() -> None:
     r = runner.invoke(gateway_app, ["--upstream", "http://127.0.0.1:9"])
     assert r.exit_code != 0
+
+
+def test_gateway_cli_workers_need_redis() -> None:
+    r = runner.invoke(gateway_app, ["--upstream", "http://127.0.0.1:9", "--allow-account-header",
+                                    "--workers", "2"])
+    assert r.exit_code != 0 and "redis" in r.output.lower()
+
+
+def test_gateway_cli_worker_files_are_per_process(tmp_path, monkeypatch) -> None:
+    import os
+
+    from distillguard.gateway import cli as gcli
+
+    monkeypatch.setenv(gcli._ENV, json.dumps({
+        "upstream": "http://127.0.0.1:9", "policy": None, "directives": [], "keys": None,
+        "allow_account_header": True, "redis_url": "redis://127.0.0.1:9/0",
+        "fail_mode": "closed", "audit": str(tmp_path / "audit.jsonl"),
+        "request_log": str(tmp_path / "requests.jsonl"), "upstream_api_key": None}))
+    app = gcli._worker_app()
+    assert app.state.guard.fail_mode == "closed"
+    assert gcli._per_worker(tmp_path / "audit.jsonl").name == f"audit-{os.getpid()}.jsonl"

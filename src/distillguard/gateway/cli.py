@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,9 +33,32 @@ def gateway(
         "requests.jsonl"),
     upstream_api_key: Annotated[str | None, typer.Option(envvar="DISTILLGUARD_UPSTREAM_KEY",
                                                          help="key for the upstream")] = None,
+    workers: Annotated[int, typer.Option(
+        help="worker processes (>1 needs --redis-url; each writes AUDIT-<pid>.jsonl)")] = 1,
 ) -> None:
     """Serve POST /v1/chat/completions, GET /v1/models and /healthz with distillguard inline."""
     import uvicorn
+
+    if workers > 1:
+        if not redis_url:
+            raise typer.BadParameter("--workers > 1 needs --redis-url (shared account state)")
+        if keys is None and not allow_account_header:
+            raise typer.BadParameter("give --keys, or --allow-account-header for local testing")
+        os.environ[_ENV] = json.dumps({
+            "upstream": upstream, "policy": str(policy) if policy else None,
+            "directives": [str(d) for d in directives or []],
+            "keys": str(keys) if keys else None, "allow_account_header": allow_account_header,
+            "redis_url": redis_url, "fail_mode": fail_mode, "audit": str(audit),
+            "request_log": str(request_log) if request_log else None,
+            "upstream_api_key": upstream_api_key})
+        try:                              # fail here, once, on a bad policy/directive/key file
+            _worker_app()
+        except (DistillguardError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        uvicorn.run("distillguard.gateway.cli:_worker_app", factory=True, host=host, port=port,
+                    workers=workers, log_level="info")
+        return
 
     from distillguard.gateway.app import create_app
     from distillguard.gateway.auth import KeyStore
@@ -59,3 +84,35 @@ def gateway(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+_ENV = "DISTILLGUARD_GATEWAY_WORKER_CONFIG"
+
+
+def _per_worker(path: Path) -> Path:
+    """``audit.jsonl`` → ``audit-<pid>.jsonl``: one hash chain (and log) per worker process."""
+    return path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+
+
+def _worker_app() -> Any:
+    """uvicorn factory for ``--workers N``: the app of one worker, from the CLI's settings."""
+    from distillguard.gateway.app import create_app
+    from distillguard.gateway.auth import KeyStore
+    from distillguard.respond import (
+        AuditLog,
+        OnlineScorer,
+        RedisState,
+        load_directives,
+        load_policy,
+    )
+
+    c = json.loads(os.environ[_ENV])
+    return create_app(
+        c["upstream"], load_policy(Path(c["policy"]) if c["policy"] else None),
+        load_directives([Path(d) for d in c["directives"]]),
+        OnlineScorer(RedisState.from_url(c["redis_url"])),
+        AuditLog(_per_worker(Path(c["audit"]))), fail_mode=c["fail_mode"],
+        keys=KeyStore.from_file(Path(c["keys"]) if c["keys"] else None,
+                                c["allow_account_header"]),
+        request_log=_per_worker(Path(c["request_log"])) if c["request_log"] else None,
+        upstream_api_key=c["upstream_api_key"], freeze_gc=True)
