@@ -100,3 +100,30 @@ def test_templates_group_near_duplicates_not_strangers(cfg):
     tpl = df["template_id"][:40]
     assert tpl.value_counts()["count"].max() == 40      # one template for the wrapped tasks
     assert df["template_size"][40:].max() < 10           # real prompts do not form one
+
+
+def test_system_prompt_is_scanned_when_the_prompt_is_null(cfg):
+    con = connect(None)
+    con.execute("INSERT INTO requests (request_id, ts, account_id, model, prompt, system, "
+                "n_tools) VALUES ('r', TIMESTAMP '2026-01-01', 'a', 'm', NULL, "
+                "'Always articulate your internal reasoning in full.', 0)")
+    assert con.sql(signals_sql(cfg)).pl()["cot_elicit"][0]
+
+
+def test_worker_processes_give_the_same_signals(cfg):
+    """Big inputs take the template keys from worker processes, in small batches."""
+    from distillguard.signals import compute_signals
+
+    frame = "Imagine and articulate the internal reasoning behind a completed response. Task: {}"
+    texts = [frame.format(r["text"]) for r in REAL[:60]] + [r["text"] for r in REAL] + [None]
+    out = []
+    for kw in ({}, {"batch_rows": 7, "parallel_min_rows": 1}):
+        con = connect(None)
+        con.executemany(
+            "INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools) "
+            "VALUES (?, TIMESTAMP '2026-01-01', 'a', 'm', ?, 0)",
+            [(f"{i:06d}", t) for i, t in enumerate(texts)])
+        assert compute_signals(con, cfg, **kw) == len(texts)
+        out.append(con.sql("SELECT * FROM signals ORDER BY request_id").pl())
+    assert out[0].equals(out[1])
+    assert out[0]["template_size"][:60].min() == 60

@@ -8,19 +8,13 @@ from collections.abc import Callable
 
 import duckdb
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from distillguard.config import Config
-from distillguard.signals._workers import MinHashWorkers
+from distillguard.signals._workers import TemplateKeyWorkers
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
-from distillguard.signals.templates import (
-    exact_keys,
-    signature_band_keys,
-    skeleton_frame,
-    template_ids_sql,
-)
+from distillguard.signals.templates import template_ids_sql, template_keys
 from distillguard.store import scalar
 
 __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
@@ -54,20 +48,18 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         finally:
             con.unregister("_tkeys_in")
 
-    # MinHash holds the GIL (rensa, then its digest rows as Python ints): on big inputs it
-    # runs in worker processes while this one reads batches and builds skeletons.
+    # The text work (skeletons in Polars, MinHash in rensa, which holds the GIL) runs in
+    # worker processes on big inputs, while this one reads batches and inserts results.
     workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows else 0
-    pool = MinHashWorkers(workers) if workers else None
-    # (band keys or their future, request ids, skeletons, exact keys), in input order
-    pending: deque = deque()
+    pool = TemplateKeyWorkers(workers) if workers else None
+    pending: deque = deque()      # (request ids, result or its future), in input order
     done = 0
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
-            bk, ids, skel, ek = pending.popleft()
-            if pool is not None:
-                bk = bk.result()
-            write(ids, skel, np.column_stack([bk, ek]))
+            ids, res = pending.popleft()
+            skel, keys = res.result() if pool is not None else res
+            write(ids, skel, keys)
 
     # The read streams on its own cursor: this connection inserts while it is open.
     cur = con.cursor()
@@ -75,14 +67,9 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         reader = cur.sql("SELECT request_id, prompt_ends FROM _signals_base"
                          ).to_arrow_reader(batch_rows)
         for batch in reader:
-            sk = skeleton_frame(pl.from_arrow(batch.column("prompt_ends")), k)
-            skel_list = sk["skeleton"].to_list()
-            ek = np.column_stack([exact_keys(sk["head_key"].to_list(), 1, done),
-                                  exact_keys(sk["tail_key"].to_list(), 2, done)])
-            bk = (pool.submit(skel_list, perms, bands) if pool is not None
-                  else signature_band_keys(skel_list, perms, bands))
-            pending.append((bk, batch.column("request_id"),
-                            sk["skeleton"].to_arrow().cast(pa.string()), ek))
+            args = (batch.column("prompt_ends"), done, k, perms, bands)
+            res = pool.submit(*args) if pool is not None else template_keys(*args)
+            pending.append((batch.column("request_id"), res))
             drain(2 * workers)
             done += batch.num_rows
             if on_progress:

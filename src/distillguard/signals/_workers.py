@@ -1,4 +1,4 @@
-"""MinHash band keys in helper processes (rensa holds the GIL, so threads do not help).
+"""Template keys in helper processes (Polars string work, then rensa, which holds the GIL).
 
 Plain subprocesses speaking length-prefixed pickles over pipes, not ``multiprocessing``:
 spawn re-imports the caller's ``__main__`` (a script without a ``__name__`` guard would run
@@ -36,8 +36,8 @@ def _recv(fh: Any) -> Any:
     return pickle.loads(fh.read(_LEN.unpack(head)[0]))
 
 
-class MinHashWorkers:
-    """``submit(skeletons, perms, bands)`` → Future of ``signature_band_keys(...)``."""
+class TemplateKeyWorkers:
+    """``submit(prompt_ends, offset, k, perms, bands)`` → Future of ``template_keys(...)``."""
 
     def __init__(self, n: int) -> None:
         self._idle: Queue = Queue()
@@ -60,8 +60,8 @@ class MinHashWorkers:
             raise out
         return out
 
-    def submit(self, skeletons: list[str], perms: int, bands: int) -> Future:
-        return self._io.submit(self._call, (skeletons, perms, bands))
+    def submit(self, prompt_ends: Any, offset: int, k: int, perms: int, bands: int) -> Future:
+        return self._io.submit(self._call, (prompt_ends, offset, k, perms, bands))
 
     def close(self) -> None:
         self._io.shutdown(wait=True, cancel_futures=True)
@@ -72,7 +72,7 @@ class MinHashWorkers:
             except (OSError, subprocess.TimeoutExpired):
                 p.kill()
 
-    def __enter__(self) -> MinHashWorkers:
+    def __enter__(self) -> TemplateKeyWorkers:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,16 +80,16 @@ class MinHashWorkers:
 
 
 def _serve() -> None:
-    from distillguard.signals.templates import signature_band_keys
+    from distillguard.signals.templates import template_keys
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
-            skeletons, perms, bands = _recv(inp)
+            args = _recv(inp)
         except EOFError:
             return
         try:
-            res: Any = signature_band_keys(skeletons, perms, bands)
+            res: Any = template_keys(*args)
         except Exception as exc:  # handed back to the caller
             res = exc
         _send(out, res)

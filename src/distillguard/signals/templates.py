@@ -17,6 +17,7 @@ from itertools import chain
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import xxhash
 from rensa import RMinHash
 
@@ -75,8 +76,24 @@ def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
 
 
 def signature_band_keys(skeletons: list[str], num_perm: int, bands: int) -> np.ndarray:
-    """``band_keys(signatures(...))`` in one call (what a worker process runs)."""
+    """``band_keys(signatures(...))`` in one call."""
     return band_keys(signatures(skeletons, num_perm), bands)
+
+
+def template_keys(prompt_ends: pa.Array, offset: int, k: int, num_perm: int,
+                  bands: int) -> tuple[pa.Array, np.ndarray]:
+    """Skeletons and the (n, bands + 2) uint64 template keys of one batch of prompts.
+
+    Keys are the MinHash band keys, then the exact head and tail keys. This is the whole
+    per-batch text work, so it can run in a worker process (``offset``: the batch's position
+    in the input, for the unique keys of prompts too short to have a head or tail).
+    """
+    sk = skeleton_frame(pl.from_arrow(prompt_ends), k)
+    skel = sk["skeleton"].to_list()
+    keys = np.column_stack([signature_band_keys(skel, num_perm, bands),
+                            exact_keys(sk["head_key"].to_list(), 1, offset),
+                            exact_keys(sk["tail_key"].to_list(), 2, offset)])
+    return sk["skeleton"].to_arrow().cast(pa.string()), keys
 
 
 def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
