@@ -165,25 +165,58 @@ def detect_spark(
     conf: dict[str, str] | None = None,
     config: Config | str | Path | None = None,
     progress: Progress | None = None,
+    intel_key: bytes | None = None,
+    db: str | Path | None = None,
 ) -> DetectResult:
-    """The same detection on Apache Spark (see docs/spark.md); writes accounts.csv and
-    campaigns.json. Paths may be local files/directories or URIs the Spark session reads."""
+    """The same detection on Apache Spark (see docs/spark.md); writes accounts.csv,
+    campaigns.json and report.html. Paths may be local files/directories or URIs the Spark
+    session reads.
+
+    ``intel_key`` matches imported partner indicators, read from the DuckDB store ``db``
+    (where ``distillguard intel import`` put them; opened read-only, nothing else is read
+    from it), as ``detect(..., db=..., intel_key=...)`` does.
+    """
     from distillguard.engines.spark import run_spark, spark_session
     from distillguard.ingest.reader import expand_paths
+    from distillguard.report import write_report
 
     cfg = config if isinstance(config, Config) else load_config(config)
+    t_start = time.perf_counter()
+    paths = list(paths)
     local = [Path(p) for p in paths if "://" not in str(p)]
     uris = [str(p) for p in paths if "://" in str(p)]
     targets = [str(p) for p in expand_paths(local)] + uris
+    out = Path(out_dir) if out_dir is not None else None
     spark = spark_session(master, conf)
     try:
-        run = run_spark(spark, targets, cfg, progress=progress)
+        run = run_spark(spark, targets, cfg, progress=progress, intel_key=intel_key,
+                        partner_indicators=db if intel_key is not None else None,
+                        report=out is not None)
     finally:
         spark.stop()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        # The driver store holds only campaign accounts' requests, so no report.html here.
-        write_outputs(None, out, run.scores, run.campaigns, {})
+    try:
+        if out is not None:
+            t0 = time.perf_counter()
+            scores, campaigns = run.scores, run.campaigns
+            write_outputs(None, out, scores, campaigns, {})
+            summary = {
+                "n_requests": run.report.n_requests,
+                "n_accounts": scores.height,
+                "n_flagged": int(scores["flagged"].sum()),
+                "n_campaigns": len(campaigns),
+                "threshold": float(cfg["scoring"]["threshold"]),
+                "target_fpr": float(cfg["scoring"]["target_fpr"]),
+                "input_files": ", ".join(Path(str(p)).name for p in paths[:20]),
+                "config_version": cfg.version,
+                "engine": "spark",
+                "run_seconds": round(time.perf_counter() - t_start, 1),
+            }
+            write_report(out / "report.html", run.store, campaigns, summary,
+                         aggregates=run.report)
+            run.timings["outputs"] = time.perf_counter() - t0 + run.timings.get(
+                "report_aggregates", 0.0)
+    finally:
+        run.store.close()
     return DetectResult(run.scores, run.campaigns, out, None, run.timings, cfg.version)
 
 

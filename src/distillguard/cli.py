@@ -99,7 +99,9 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
 def detect(
     logs: Annotated[list[Path], typer.Argument(help="Log files or directories: JSONL(.gz), JSON, Parquet, CSV")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory")] = Path("results"),
-    db: Annotated[Path, typer.Option(help="DuckDB store file")] = Path("distillguard.duckdb"),
+    db: Annotated[Path, typer.Option(help="DuckDB store file (--engine spark: only read, for "
+                                     "partner indicators with --intel-key-file)")] = Path(
+        "distillguard.duckdb"),
     config: Annotated[Path | None, typer.Option(help="Config YAML merged over defaults")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="canonical|openai|litellm|otel "
                                             "(default: detected per file)")] = None,
@@ -118,12 +120,18 @@ def detect(
     if engine == "spark":
         try:
             conf = dict(kv.split("=", 1) for kv in (spark_conf or []))
+            key = None
+            if intel_key_file is not None:   # partner indicators: read from --db
+                from distillguard.intel import load_key
+
+                key = load_key(intel_key_file)
             with RichProgress(not quiet) as prog:
                 res = api.detect_spark(logs, out, master=spark_master, conf=conf,
-                                       config=config, progress=prog)
+                                       config=config, progress=prog, intel_key=key, db=db)
         except (DistillguardError, ImportError) as exc:
             _fail(exc)
         _print_summary(res, time.perf_counter() - t0)
+        console.print(f"report: {out / 'report.html'}")
         return
     if engine != "duckdb":
         _fail(ValueError(f"unknown --engine {engine!r}: duckdb or spark"))

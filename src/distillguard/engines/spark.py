@@ -18,6 +18,10 @@ What runs where (see docs/spark.md):
   Leiden/CPM call on an executor (``applyInPandas``); components above ``executor_max_edges``
   keep their connected component as the community. Only edges inside communities and one
   community label per account return to the driver for scoring.
+* **partner intelligence** (``intel_key``): ``intel.match_partner_indicators`` runs unchanged
+  on the executors, per group of accounts; only the accounts that match come to the driver.
+* **report.html** (``report=True``): the report's aggregate SQL (``report._data``) compiled
+  to Spark SQL; only the aggregates come to the driver.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ __all__ = [
     "SparkRun",
     "analyse_spark",
     "connected_components",
+    "load_partner_indicators",
     "read_input",
     "read_requests",
     "run_spark",
@@ -887,6 +892,174 @@ def _distributed_links(v: _Views, cfg: Config, con: duckdb.DuckDBPyConnection,
 
 
 # ------------------------------------------------------------------------------------------
+# partner intelligence
+# ------------------------------------------------------------------------------------------
+
+_PARTNER_COLS = ("kind", "value", "source", "confidence", "campaign_ref")
+
+
+def load_partner_indicators(source: Any) -> pa.Table | None:
+    """The imported partner indicators (``partner_indicators``: kind, value, source,
+    confidence, campaign_ref) from ``source``: a DuckDB store file (opened read-only), a DuckDB
+    connection, an Arrow table or a polars frame. None when there are none (no table)."""
+    if source is None:
+        return None
+    if isinstance(source, pl.DataFrame):
+        source = source.to_arrow()
+    if isinstance(source, pa.Table):
+        return source.select(list(_PARTNER_COLS))
+    from distillguard.store import table_exists
+
+    own = isinstance(source, str | os.PathLike)
+    if own and not Path(source).exists():
+        from distillguard.errors import StoreError
+
+        raise StoreError(f"no DuckDB store at {source} (partner indicators)")
+    con = duckdb.connect(str(source), read_only=True) if own else source.cursor()
+    try:
+        if not table_exists(con, "partner_indicators"):
+            return None
+        return con.sql(f"SELECT {', '.join(_PARTNER_COLS)} FROM partner_indicators"
+                       ).to_arrow_table()
+    finally:
+        con.close()
+
+
+_PARTNER_OUT = "account_id string, partner_hits bigint, reasons string, max_confidence bigint"
+
+
+def _partner_fn(key: bytes, partner: pa.Table):
+    """applyInPandas body: ``intel.match_partner_indicators`` unchanged, on an in-memory
+    store of one group of accounts' distinct identifiers, IPs and skeletons (every account's
+    rows are in one group, and a match depends only on the account's own rows)."""
+
+    def fn(pdf):
+        import pandas as pd
+
+        from distillguard.intel.partner import match_partner_indicators
+
+        con = duckdb.connect()
+        try:
+            con.register("_rows", pa.Table.from_pandas(pdf, preserve_index=False))
+            con.register("_partner", partner)
+            con.execute("CREATE TABLE requests AS SELECT account_id, ip, payment_fingerprint, "
+                        "extra FROM _rows WHERE skeleton IS NULL")
+            con.execute("CREATE TABLE signals AS SELECT account_id, skeleton FROM _rows "
+                        "WHERE skeleton IS NOT NULL")
+            con.execute("CREATE TABLE partner_indicators AS SELECT * FROM _partner")
+            m = match_partner_indicators(con, key).filter(pl.col("partner_hits") > 0)
+        finally:
+            con.close()
+        if m.height == 0:
+            return pd.DataFrame({c: pd.Series(dtype=object if c in ("account_id", "reasons")
+                                              else "int64")
+                                 for c in ("account_id", "partner_hits", "reasons",
+                                           "max_confidence")})
+        return m.select("account_id", "partner_hits", "reasons", "max_confidence").to_pandas()
+
+    return fn
+
+
+def spark_partner_hits(v: _Views, key: bytes, partner: pa.Table) -> pa.Table:
+    """Accounts that match partner indicators (account_id, partner_hits, reasons,
+    max_confidence), as ``features._partner_hits`` finds them on a DuckDB store.
+
+    Spark reduces the requests and signals to the distinct values the matcher reads (per
+    account: its id, IPs, payment fingerprints, ``extra`` texts that may hold an email, prompt
+    skeletons; each only if the partner shared indicators of that kind), groups them by
+    account hash and runs the matcher per group on the executors; only hits reach the driver.
+    """
+    kinds = set(partner.column("kind").to_pylist())
+    req, sig = v.names["requests"], v.names["signals"]
+    ident = bool(kinds & {"account_hmac", "payment_hmac"})
+    null = "CAST(NULL AS STRING)"
+    parts = [f"SELECT DISTINCT account_id, {null} AS ip, {null} AS payment_fingerprint, "
+             f"{null} AS extra, {null} AS skeleton FROM {req} WHERE account_id IS NOT NULL"]
+    if kinds & {"ip", "ip_prefix"}:
+        parts.append(f"SELECT DISTINCT account_id, ip, {null}, {null}, {null} FROM {req} "
+                     "WHERE account_id IS NOT NULL AND ip IS NOT NULL AND ip <> ''")
+    if ident:
+        parts.append(f"SELECT DISTINCT account_id, {null}, payment_fingerprint, {null}, {null} "
+                     f"FROM {req} WHERE account_id IS NOT NULL "
+                     "AND payment_fingerprint IS NOT NULL AND payment_fingerprint <> ''")
+    if "template_minhash" in kinds:
+        parts.append(f"SELECT DISTINCT account_id, {null}, {null}, {null}, skeleton FROM {sig} "
+                     "WHERE account_id IS NOT NULL AND skeleton IS NOT NULL")
+    rows = v.spark.sql(" UNION ALL ".join(parts))
+    if ident:
+        # ``extra`` JSON that may carry an email: "email" in it, or written with \u escapes
+        # (a superset; the matcher itself applies json_valid / json_extract_string).
+        ex = v.spark.table(req).filter(
+            F.col("account_id").isNotNull() & F.col("extra").isNotNull()
+            & (F.col("extra").contains("mail") | F.col("extra").contains("\\u")))
+        rows = rows.unionByName(ex.select(
+            "account_id", F.lit(None).cast("string").alias("ip"),
+            F.lit(None).cast("string").alias("payment_fingerprint"), "extra",
+            F.lit(None).cast("string").alias("skeleton")).distinct())
+    n = max(int(v.spark.conf.get("spark.sql.shuffle.partitions", "200")), 1)
+    hits = (rows.withColumn("_g", F.pmod(F.xxhash64("account_id"), F.lit(n)))
+            .groupBy("_g").applyInPandas(_partner_fn(key, partner), _PARTNER_OUT))
+    return _to_arrow(hits)
+
+
+def _set_partner_features(con: duckdb.DuckDBPyConnection, hits: pa.Table) -> int:
+    """Put the partner hits into the driver's ``features`` as ``compute_features`` joins them
+    (accounts without a hit keep 0, 0 and NULL)."""
+    if hits.num_rows == 0:
+        return 0
+    con.register("_dg_partner", hits)
+    try:
+        con.execute("""
+            UPDATE features SET partner_hits = p.partner_hits::DOUBLE,
+                                partner_confidence = p.max_confidence::DOUBLE,
+                                partner_reasons = p.reasons
+            FROM _dg_partner p WHERE features.account_id = p.account_id""")
+    finally:
+        con.unregister("_dg_partner")
+    return hits.num_rows
+
+
+# ------------------------------------------------------------------------------------------
+# report aggregates
+# ------------------------------------------------------------------------------------------
+
+
+def _report_aggregates(v: _Views, con: duckdb.DuckDBPyConnection,
+                       campaigns: list[dict[str, Any]], linking: str) -> Any:
+    """``report.report_aggregates`` with its aggregate SQL compiled to Spark SQL and run on
+    the executors; only the small results come to the driver. With distributed linking the
+    driver's ``edges`` holds only edges inside communities, so the edges among campaign
+    accounts and their direct neighbours are fetched for the link graph."""
+    from distillguard.report import report_aggregates
+
+    def query(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+        names = {}
+        for k, t in tables.items():
+            v.put(f"_rep_{k}", F.broadcast(_from_arrow(v.spark, t)))
+            names[k] = v.names[f"_rep_{k}"]
+        return _to_arrow(v.sql(sql.format(**names)))
+
+    agg = report_aggregates(con, campaigns, query)
+    if linking == "distributed":
+        seeds = agg.campaign_map.table().select(["account_id"])
+        v.put("_rep_seeds", F.broadcast(_from_arrow(v.spark, seeds)))
+        e, s = v.names["_edges"], v.names["_rep_seeds"]
+        v.put("_rep_nodes", v.spark.sql(f"""
+            SELECT account_id FROM {s}
+            UNION SELECT e.b FROM {e} e JOIN {s} x ON e.a = x.account_id
+            UNION SELECT e.a FROM {e} e JOIN {s} x ON e.b = x.account_id"""), persist=True)
+        nodes = v.names["_rep_nodes"]
+        around = _to_arrow(v.spark.sql(f"""
+            SELECT e.a, e.b, e.weight FROM {e} e
+            JOIN {nodes} na ON e.a = na.account_id JOIN {nodes} nb ON e.b = nb.account_id"""))
+        con.register("_dg_re", around)
+        con.execute("CREATE OR REPLACE TABLE _dg_report_edges AS SELECT * FROM _dg_re")
+        con.unregister("_dg_re")
+        agg.edges = "_dg_report_edges"
+    return agg
+
+
+# ------------------------------------------------------------------------------------------
 # the whole analysis
 # ------------------------------------------------------------------------------------------
 
@@ -902,14 +1075,25 @@ class SparkRun:
     linking: str                       # "driver" or "distributed"
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: With ``run_spark(..., report=True)``: what report.html shows of the per-request tables
+    #: (``distillguard.report.Aggregates``), for ``write_report(..., aggregates=run.report)``.
+    report: Any = None
 
 
 def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Iterable[str],
               cfg: Config | None = None, *, calibrator: Calibrator | None = None,
               progress: Any = None, driver_max_edges: int = DRIVER_MAX_EDGES,
               driver_max_tokens: int = DRIVER_MAX_TOKENS,
-              executor_max_edges: int = EXECUTOR_MAX_EDGES) -> SparkRun:
-    """signals -> features -> links -> scores on Spark; see the module docstring."""
+              executor_max_edges: int = EXECUTOR_MAX_EDGES, intel_key: bytes | None = None,
+              partner_indicators: Any = None, report: bool = False) -> SparkRun:
+    """signals -> features -> links -> scores on Spark; see the module docstring.
+
+    ``intel_key`` (the sharing group's HMAC key) with ``partner_indicators`` (what
+    :func:`load_partner_indicators` takes: the DuckDB store file ``distillguard intel import``
+    wrote, a connection to it, or the ``partner_indicators`` table as Arrow / polars) gives
+    the partner features, matched on the executors by ``intel.match_partner_indicators``.
+    ``report=True`` also computes the report's aggregates (``SparkRun.report``).
+    """
     from distillguard.api import Progress
 
     cfg = cfg or load_config()
@@ -924,6 +1108,13 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
         timings[name] = time.perf_counter() - t0
         progress.done(name, timings[name])
 
+    partner = None
+    if intel_key is not None:
+        from distillguard.intel.hashing import check_key
+
+        check_key(intel_key)
+        partner = load_partner_indicators(partner_indicators)
+    report_agg = None
     v = _Views(spark)
     con = _typed_driver_store(cfg)
     try:
@@ -949,6 +1140,9 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                 compute_features(drv, cfg)
                 drv.check("features", [features_sql(cfg)])
                 con.execute("DROP TABLE IF EXISTS _req")
+                if partner is not None and partner.num_rows:
+                    stats["partner_accounts"] = _set_partner_features(
+                        con, spark_partner_hits(v, intel_key, partner))
             with timed("linking"):
                 keys = v.put("_keys", v.sql(account_keys_sql(cfg)), checkpoint=True)
                 min_b = int(cfg["linking"]["sync_min_buckets"])
@@ -981,12 +1175,16 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                 scores, flagged = score_accounts(con, cfg, calibrator)
                 stats["campaign_rows"] = _load_campaign_rows(v, con, scores)
                 campaigns = describe_campaigns(con, cfg, flagged, scores)
+            if report:
+                t0 = time.perf_counter()
+                report_agg = _report_aggregates(v, con, campaigns, stats["linking"])
+                timings["report_aggregates"] = time.perf_counter() - t0
     except BaseException:
         con.close()
         raise
     finally:
         v.drop()
-    return SparkRun(scores, campaigns, con, stats["linking"], stats, timings)
+    return SparkRun(scores, campaigns, con, stats["linking"], stats, timings, report_agg)
 
 
 def _edge_estimate(v: _Views, cfg: Config) -> dict[str, int]:
@@ -1008,6 +1206,7 @@ def analyse_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike |
                   cfg: Config | None = None, *, calibrator: Calibrator | None = None,
                   progress: Any = None, timings: dict[str, float] | None = None,
                   stats: dict[str, Any] | None = None, intel_key: bytes | None = None,
+                  partner_indicators: Any = None,
                   **limits: int) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Mirror of :func:`distillguard.api.analyse` on Spark: (scores, campaigns).
 
@@ -1015,12 +1214,12 @@ def analyse_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike |
     path(s) / URIs for :func:`read_requests`. ``limits`` are the boundaries of
     :func:`run_spark` (``driver_max_edges``, ``driver_max_tokens``, ``executor_max_edges``).
     ``timings`` / ``stats`` (dicts) receive per-stage seconds and run facts (row counts, edge
-    estimate, ``linking``: "driver" or "distributed"). ``intel_key`` (partner-indicator
-    features) is not supported on Spark yet.
+    estimate, ``linking``: "driver" or "distributed"). ``intel_key`` and
+    ``partner_indicators`` (the imported partner intelligence, see :func:`run_spark`) give the
+    partner features, as ``analyse(..., intel_key=...)`` does on the store holding them.
     """
-    if intel_key is not None:
-        raise NotImplementedError("partner intelligence (intel_key) needs the duckdb engine")
-    run = run_spark(spark, requests, cfg, calibrator=calibrator, progress=progress, **limits)
+    run = run_spark(spark, requests, cfg, calibrator=calibrator, progress=progress,
+                    intel_key=intel_key, partner_indicators=partner_indicators, **limits)
     run.store.close()
     if timings is not None:
         timings.update(run.timings)

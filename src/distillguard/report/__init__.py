@@ -4,6 +4,7 @@
 >>> write_report(Path("results/report.html"), con, campaigns, summary)  # doctest: +SKIP
 """
 
-from ._html import rank_campaigns, write_report
+from ._data import Aggregates
+from ._html import rank_campaigns, report_aggregates, write_report
 
-__all__ = ["rank_campaigns", "write_report"]
+__all__ = ["Aggregates", "rank_campaigns", "report_aggregates", "write_report"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 #: Capability classes of ``signals.capability`` in display order; anything else is "other".
 CAPABILITIES: tuple[str, ...] = (
@@ -87,12 +88,106 @@ def build_campaign_map(
     return cmap
 
 
-def store_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    n_req = _one(con, "SELECT count(*), count(DISTINCT account_id) FROM requests")
+# ----------------------------------------------------------------------- aggregates
+#
+# The report reads the per-request tables (``requests``, ``signals``) only through the
+# aggregate queries below, written once in DuckDB's dialect: the DuckDB engine runs them on
+# its store, the Spark engine compiles them to Spark SQL (``engines.sqlcompile.to_spark``) and
+# runs them on the executors. Their results are small (one row, the shown accounts, per-hour
+# rows of the shown campaigns, capability counts per campaign), so only they reach the
+# driver. ``{top}`` / ``{map}`` are small helper tables the report passes along.
+
+TOTALS_SQL = "SELECT count(*) AS n_requests, count(DISTINCT account_id) AS n_accounts FROM requests"
+
+#: Requests, first and last seen of the accounts in ``{top}`` (account_id).
+ACCOUNTS_SQL = """
+SELECT r.account_id, count(*) AS n, min(r.ts) AS first_ts, max(r.ts) AS last_ts
+FROM requests r JOIN {top} t ON r.account_id = t.account_id
+GROUP BY r.account_id
+"""
+
+#: Requests per campaign rank, model and hour of the accounts in ``{map}`` (account_id, rank).
+ACTIVITY_SQL = """
+SELECT m.rank, r.model, date_trunc('hour', r.ts) AS t, count(*) AS n,
+       min(r.ts) AS first_ts, max(r.ts) AS last_ts
+FROM requests r JOIN {map} m ON r.account_id = m.account_id
+WHERE r.ts IS NOT NULL
+GROUP BY m.rank, r.model, date_trunc('hour', r.ts)
+"""
+
+_KNOWN = ", ".join(f"'{c}'" for c in CAPABILITIES)
+
+#: Requests per campaign rank (``{map}``; -1: every account outside it) and capability class.
+CAPABILITY_SQL = f"""
+SELECT coalesce(m.rank, -1) AS rank,
+       CASE WHEN lower(s.capability) IN ({_KNOWN}) THEN lower(s.capability) ELSE 'other' END
+         AS capability,
+       count(*) AS n
+FROM signals s LEFT JOIN {{map}} m ON s.account_id = m.account_id
+GROUP BY 1, 2
+"""
+
+#: ``query(sql, tables)``: run one of the aggregate texts above with its ``{name}``
+#: placeholders bound to the helper Arrow tables in ``tables``; the result as Arrow.
+Query = Callable[[str, dict[str, pa.Table]], pa.Table]
+
+
+def duckdb_query(con: duckdb.DuckDBPyConnection) -> Query:
+    """The aggregate queries on a DuckDB store that holds ``requests`` and ``signals``."""
+
+    def run(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+        with contextlib.ExitStack() as stack:
+            names = {k: stack.enter_context(registered(con, t)) for k, t in tables.items()}
+            return con.sql(sql.format(**names)).to_arrow_table()
+
+    return run
+
+
+@dataclass
+class Aggregates:
+    """Everything the report needs from the per-request tables (see the SQL above)."""
+
+    n_requests: int
+    n_accounts: int
+    accounts: pa.Table       # account_id, n, first_ts, last_ts (the top flagged accounts)
+    activity: pa.Table       # rank, model, t, n, first_ts, last_ts (the timeline campaigns)
+    capabilities: pa.Table   # rank, capability, n
+    campaign_map: CampaignMap
+    edges: str = "edges"     # table with the link edges around campaign accounts
+
+
+def _rank_map(cmap: CampaignMap, max_rank: int) -> pa.Table:
+    t = cmap.table()
+    return t.filter(pa.compute.less(t.column("rank"), max_rank))
+
+
+def aggregates(con: duckdb.DuckDBPyConnection, ranked: Sequence[dict[str, Any]],
+               query: Query, *, max_accounts: int, max_timeline: int,
+               max_capability: int) -> Aggregates:
+    """Run the aggregate queries through ``query``; ``con`` holds ``scores`` (for the campaign
+    map and the top flagged accounts)."""
+    cmap = build_campaign_map(con, ranked)
+    tot = query(TOTALS_SQL, {}).to_pylist()
+    top = con.sql(
+        "SELECT account_id FROM scores WHERE flagged ORDER BY score DESC NULLS LAST, account_id "
+        f"LIMIT {int(max_accounts)}").to_arrow_table()
+    return Aggregates(
+        n_requests=int(tot[0]["n_requests"] or 0) if tot else 0,
+        n_accounts=int(tot[0]["n_accounts"] or 0) if tot else 0,
+        accounts=query(ACCOUNTS_SQL, {"top": top}),
+        activity=query(ACTIVITY_SQL, {"map": _rank_map(cmap, max_timeline)}),
+        capabilities=query(CAPABILITY_SQL, {"map": _rank_map(cmap, max_capability)}),
+        campaign_map=cmap)
+
+
+# ----------------------------------------------------------------------- figures
+
+
+def store_counts(con: duckdb.DuckDBPyConnection, agg: Aggregates) -> dict[str, int]:
     n_flag = _one(con, "SELECT count(*) FILTER (WHERE flagged) FROM scores")
     return {
-        "n_requests": int(n_req[0]) if n_req else 0,
-        "n_accounts": int(n_req[1]) if n_req else 0,
+        "n_requests": agg.n_requests,
+        "n_accounts": agg.n_accounts,
         "n_flagged": int(n_flag[0] or 0) if n_flag else 0,
     }
 
@@ -106,49 +201,35 @@ class Timeline:
     models: dict[int, list[tuple[str, dt.datetime]]]   # rank -> [(model, first seen)]
 
 
-def timeline(
-    con: duckdb.DuckDBPyConnection, map_table: str, max_campaigns: int, max_models: int = 12
-) -> Timeline:
-    span = _one(
-        con, f"SELECT min(r.ts), max(r.ts) FROM requests r JOIN {map_table} m USING (account_id) "
-        f"WHERE m.rank < ?", [max_campaigns]
-    )
-    start, end = (span or (None, None))
-    if start is None or end is None:
-        return Timeline("hour", None, None, {}, {})
-    unit = "hour" if (end - start) <= dt.timedelta(days=45) else "day"
-    counts: dict[int, list[tuple[dt.datetime, int]]] = {}
-    for rank, t, n in con.execute(
-        f"SELECT m.rank, date_trunc('{unit}', r.ts) AS t, count(*) FROM requests r "
-        f"JOIN {map_table} m USING (account_id) WHERE m.rank < ? AND r.ts IS NOT NULL "
-        f"GROUP BY 1, 2 ORDER BY 1, 2", [max_campaigns]
-    ).fetchall():
-        counts.setdefault(int(rank), []).append((t, int(n)))
-    models: dict[int, list[tuple[str, dt.datetime]]] = {}
-    for rank, model, first in con.execute(
-        f"SELECT rank, model, first FROM (SELECT m.rank, r.model, min(r.ts) AS first, "
-        f"row_number() OVER (PARTITION BY m.rank ORDER BY min(r.ts), r.model) AS k "
-        f"FROM requests r JOIN {map_table} m USING (account_id) "
-        f"WHERE m.rank < ? AND r.ts IS NOT NULL GROUP BY 1, 2) WHERE k <= ? ORDER BY 1, 3",
-        [max_campaigns, max_models],
-    ).fetchall():
-        models.setdefault(int(rank), []).append((str(model), first))
+def timeline(con: duckdb.DuckDBPyConnection, agg: Aggregates, max_models: int = 12) -> Timeline:
+    with registered(con, agg.activity) as act:
+        span = _one(con, f"SELECT min(first_ts), max(last_ts) FROM {act}")
+        start, end = (span or (None, None))
+        if start is None or end is None:
+            return Timeline("hour", None, None, {}, {})
+        unit = "hour" if (end - start) <= dt.timedelta(days=45) else "day"
+        counts: dict[int, list[tuple[dt.datetime, int]]] = {}
+        for rank, t, n in con.execute(
+            f"SELECT rank, date_trunc('{unit}', t) AS b, sum(n) FROM {act} "
+            f"GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall():
+            counts.setdefault(int(rank), []).append((t, int(n)))
+        models: dict[int, list[tuple[str, dt.datetime]]] = {}
+        for rank, model, first in con.execute(
+            f"SELECT rank, model, first FROM (SELECT rank, model, min(first_ts) AS first, "
+            f"row_number() OVER (PARTITION BY rank ORDER BY min(first_ts), model) AS k "
+            f"FROM {act} GROUP BY 1, 2) WHERE k <= ? ORDER BY 1, 3, 2", [max_models],
+        ).fetchall():
+            models.setdefault(int(rank), []).append((str(model), first))
     return Timeline(unit, start, end, counts, models)
 
 
-def capability_mix(
-    con: duckdb.DuckDBPyConnection, map_table: str, max_campaigns: int
-) -> dict[int, dict[str, int]]:
+def capability_mix(agg: Aggregates) -> dict[int, dict[str, int]]:
     """rank -> {capability: requests}; rank -1 is all traffic outside campaigns."""
-    known = ", ".join(f"'{c}'" for c in CAPABILITIES)
     out: dict[int, dict[str, int]] = {}
-    for rank, cap, n in con.execute(
-        f"SELECT coalesce(m.rank, -1) AS rk, "
-        f"CASE WHEN lower(s.capability) IN ({known}) THEN lower(s.capability) ELSE 'other' END, "
-        f"count(*) FROM signals s LEFT JOIN {map_table} m USING (account_id) "
-        f"WHERE coalesce(m.rank, -1) < ? GROUP BY 1, 2", [max_campaigns]
-    ).fetchall():
-        out.setdefault(int(rank), {})[str(cap)] = int(n)
+    for r in agg.capabilities.to_pylist():
+        d = out.setdefault(int(r["rank"]), {})
+        d[str(r["capability"])] = d.get(str(r["capability"]), 0) + int(r["n"])
     return out
 
 
@@ -166,18 +247,18 @@ def min_flagged_score(con: duckdb.DuckDBPyConnection) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def top_flagged(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
-    cur = con.execute(
-        "WITH top AS (SELECT account_id, score, campaign_id, reasons FROM scores "
-        "WHERE flagged ORDER BY score DESC NULLS LAST, account_id LIMIT ?), "
-        "cnt AS (SELECT account_id, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts "
-        "FROM requests WHERE account_id IN (SELECT account_id FROM top) GROUP BY 1) "
-        "SELECT top.account_id, top.score, top.campaign_id, top.reasons, cnt.n, cnt.first_ts, "
-        "cnt.last_ts FROM top LEFT JOIN cnt USING (account_id) "
-        "ORDER BY top.score DESC NULLS LAST, top.account_id", [limit]
-    )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+def top_flagged(con: duckdb.DuckDBPyConnection, agg: Aggregates,
+                limit: int) -> list[dict[str, Any]]:
+    with registered(con, agg.accounts) as cnt:
+        cur = con.execute(
+            "WITH top AS (SELECT account_id, score, campaign_id, reasons FROM scores "
+            "WHERE flagged ORDER BY score DESC NULLS LAST, account_id LIMIT ?) "
+            "SELECT top.account_id, top.score, top.campaign_id, top.reasons, cnt.n, "
+            f"cnt.first_ts, cnt.last_ts FROM top LEFT JOIN {cnt} cnt USING (account_id) "
+            "ORDER BY top.score DESC NULLS LAST, top.account_id", [limit]
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 _ROUND = 40
@@ -193,14 +274,17 @@ class Graph:
 
 
 def link_graph(
-    con: duckdb.DuckDBPyConnection, cmap: CampaignMap, max_nodes: int, max_edges: int
+    con: duckdb.DuckDBPyConnection, cmap: CampaignMap, max_nodes: int, max_edges: int,
+    edges: str = "edges",
 ) -> Graph:
     """Accounts of the ranked campaigns plus their direct neighbours in ``edges``.
 
     Deterministic under the cap: campaign accounts in rounds of ``_ROUND`` per campaign (so a
     huge top campaign cannot crowd out the others), by campaign rank then id, keeping a quarter
     of the nodes for neighbours; then neighbours by strongest link weight, then id.
-    Neighbours that are flagged get group -1, the others -2.
+    Neighbours that are flagged get group -1, the others -2. ``edges`` names the table of
+    links (a, b, weight): the store's ``edges``, or the Spark engine's edges around campaign
+    accounts.
     """
     by_rank: dict[int, list[str]] = {}
     for acc, rank in cmap.account_rank.items():
@@ -216,8 +300,8 @@ def link_graph(
         seeds = seeds[: max(max_nodes * 3 // 4, 1)]
     seed_tbl = pa.table({"account_id": pa.array([a for a, _ in seeds], pa.string())})
     with registered(con, seed_tbl) as st:
-        nbq = (f"SELECT nb, max(w) AS w FROM (SELECT e.b AS nb, e.weight AS w FROM edges e "
-               f"JOIN {st} s ON e.a = s.account_id UNION ALL SELECT e.a, e.weight FROM edges e "
+        nbq = (f"SELECT nb, max(w) AS w FROM (SELECT e.b AS nb, e.weight AS w FROM {edges} e "
+               f"JOIN {st} s ON e.a = s.account_id UNION ALL SELECT e.a, e.weight FROM {edges} e "
                f"JOIN {st} s ON e.b = s.account_id) WHERE nb IS NOT NULL AND nb NOT IN "
                f"(SELECT account_id FROM {st}) GROUP BY nb")
         row = _one(con, f"SELECT count(*) FROM ({nbq})")
@@ -234,11 +318,11 @@ def link_graph(
     with registered(con, pa.table({"account_id": pa.array(nodes, pa.string())})) as nt:
         where = (f"a IN (SELECT account_id FROM {nt}) AND b IN (SELECT account_id FROM {nt}) "
                  f"AND a <> b")
-        row = _one(con, f"SELECT count(*) FROM edges WHERE {where}")
+        row = _one(con, f"SELECT count(*) FROM {edges} WHERE {where}")
         n_edges_total = int(row[0]) if row else 0
         erows = con.execute(
-            f"SELECT a, b, weight FROM edges WHERE {where} "
+            f"SELECT a, b, weight FROM {edges} WHERE {where} "
             f"ORDER BY weight DESC NULLS LAST, a, b LIMIT ?", [max_edges]
         ).fetchall()
-    edges = [(index[a], index[b], float(w) if w is not None else 0.0) for a, b, w in erows]
-    return Graph(nodes, group, edges, n_seeds_total + n_nb_total, n_edges_total)
+    drawn = [(index[a], index[b], float(w) if w is not None else 0.0) for a, b, w in erows]
+    return Graph(nodes, group, drawn, n_seeds_total + n_nb_total, n_edges_total)

@@ -364,20 +364,38 @@ def rank_campaigns(campaigns: Sequence[Any]) -> list[dict[str, Any]]:
     return sorted(valid, key=key)
 
 
+def report_aggregates(con: duckdb.DuckDBPyConnection, campaigns: list[dict[str, Any]],
+                      query: _data.Query | None = None) -> _data.Aggregates:
+    """The per-request aggregates the report shows (``_data.Aggregates``), computed by
+    ``query`` (default: DuckDB over ``con``'s ``requests`` and ``signals``).
+
+    ``con`` needs ``scores``. Another engine passes its own ``query`` that runs the same
+    aggregate SQL on its tables (the Spark engine: compiled to Spark SQL, on the executors).
+    """
+    return _data.aggregates(con, rank_campaigns(campaigns or []),
+                            query or _data.duckdb_query(con), max_accounts=MAX_ACCOUNT_ROWS,
+                            max_timeline=MAX_TIMELINE_CAMPAIGNS,
+                            max_capability=MAX_CAPABILITY_CAMPAIGNS)
+
+
 def write_report(path: Path | str, con: duckdb.DuckDBPyConnection,
-                 campaigns: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+                 campaigns: list[dict[str, Any]], summary: dict[str, Any],
+                 aggregates: _data.Aggregates | None = None) -> Path:
     """Write the analyst report as ONE self-contained HTML file and return its path.
 
-    ``con`` must hold the ``requests``, ``signals``, ``scores`` and ``edges`` tables of
-    docs/CONTRACTS.md; ``campaigns`` is the campaigns.json list; ``summary`` is any dict of
-    run facts (known keys such as ``n_requests``, ``threshold``, ``target_fpr`` get friendly
-    labels; missing basic counts are computed from the store).
+    ``con`` must hold the ``scores`` and ``edges`` tables of docs/CONTRACTS.md, and the
+    ``requests`` and ``signals`` tables unless ``aggregates`` (:func:`report_aggregates`,
+    computed elsewhere, e.g. by the Spark engine) is given; ``campaigns`` is the
+    campaigns.json list; ``summary`` is any dict of run facts (known keys such as
+    ``n_requests``, ``threshold``, ``target_fpr`` get friendly labels; missing basic counts
+    are computed from the store).
     """
     path = Path(path)
     ranked = rank_campaigns(campaigns or [])
     labels = [clean(c.get("campaign_id", ""), L_ID) for c in ranked]
     summary = dict(summary or {})
-    counts = _data.store_counts(con)
+    agg = aggregates if aggregates is not None else report_aggregates(con, campaigns)
+    counts = _data.store_counts(con, agg)
     for k, v in counts.items():
         summary.setdefault(k, v)
     summary.setdefault("n_campaigns", len(ranked))
@@ -386,13 +404,12 @@ def write_report(path: Path | str, con: duckdb.DuckDBPyConnection,
     if thr is None:
         thr = _data.min_flagged_score(con)
 
-    cmap = _data.build_campaign_map(con, ranked)
-    with _data.registered(con, cmap.table()) as mt:
-        tl = _data.timeline(con, mt, MAX_TIMELINE_CAMPAIGNS)
-        mix = _data.capability_mix(con, mt, MAX_CAPABILITY_CAMPAIGNS)
-    graph = _data.link_graph(con, cmap, MAX_GRAPH_NODES, MAX_GRAPH_EDGES)
+    cmap = agg.campaign_map
+    tl = _data.timeline(con, agg)
+    mix = _data.capability_mix(agg)
+    graph = _data.link_graph(con, cmap, MAX_GRAPH_NODES, MAX_GRAPH_EDGES, agg.edges)
     hist = _data.score_histogram(con, HIST_BINS)
-    top = _data.top_flagged(con, MAX_ACCOUNT_ROWS)
+    top = _data.top_flagged(con, agg, MAX_ACCOUNT_ROWS)
 
     timeline_png = _plots.timeline_plot(tl, labels)
     caps_png = _plots.capability_plot(mix, labels)
