@@ -127,7 +127,8 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
                          f"({sizes[row['campaign_id']]} linked accounts)")
         reasons.append("; ".join(rs[:k]))
     out = df.select("account_id", "score", "flagged", "campaign_id", "raw", "final_raw").with_columns(
-        pl.Series("reasons", reasons, dtype=pl.Utf8)).sort("score", descending=True)
+        pl.Series("reasons", reasons, dtype=pl.Utf8)
+    ).sort(["score", "account_id"], descending=[True, False])   # ties: a stable, engine-free order
     # Campaign reasons: the evidence of its members on average, with average feature values.
     ev_cols = [c for c in df.columns if c.startswith("ev_")]
     camp_reasons = {}

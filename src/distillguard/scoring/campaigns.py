@@ -39,7 +39,7 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
         # Templates the campaign owns: most of the template's traffic comes from its members.
         # A popular prompt some members also sent (camouflage) is not the campaign's template.
         skel = con.sql("""
-            SELECT m.campaign_id, s.template_id, any_value(s.skeleton) AS skeleton,
+            SELECT m.campaign_id, s.template_id, min(s.skeleton) AS skeleton,
                    count(*) AS requests, count(DISTINCT s.account_id) AS accounts
             FROM signals s JOIN _members m USING (account_id)
             GROUP BY 1, 2
