@@ -71,7 +71,7 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
     timings = timings if timings is not None else {}
     n = scalar(con, "SELECT count(*) FROM requests")
     with _timed(timings, "signals", progress):
-        compute_signals(con, cfg, on_progress=progress.stage("signals", n))
+        compute_signals(con, cfg, on_progress=progress.stage("signals", n), timings=timings)
     with _timed(timings, "features", progress):
         compute_features(con, cfg, intel_key)
     with _timed(timings, "linking", progress):

@@ -83,7 +83,7 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
         t.add_row("duplicates skipped", f"{res.ingest.rows_dup:,}")
         t.add_row("rows quarantined", f"{res.ingest.rows_bad:,}")
     t.add_row("time", f"{seconds:.1f} s (" + ", ".join(
-        f"{k} {v:.1f}" for k, v in res.timings.items()) + ")")
+        f"{k} {v:.1f}" for k, v in res.timings.items() if "." not in k) + ")")
     if res.out_dir:
         t.add_row("outputs", str(res.out_dir))
     console.print(t)

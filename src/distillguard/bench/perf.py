@@ -331,6 +331,8 @@ class _StageRSS:
         from distillguard.api import Progress
 
         self.peaks: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}   # CPU seconds per stage, this process and its workers
+        self._cpu0 = _cpu_seconds()
         self._cur = self._rss()
         self.overall = self._cur
         self._stop = threading.Event()
@@ -342,6 +344,9 @@ class _StageRSS:
                 cur = outer._rss()
                 outer.peaks[name] = max(outer._cur, cur)
                 outer._cur = cur
+                cpu = _cpu_seconds()
+                outer.cpu[name] = cpu - outer._cpu0
+                outer._cpu0 = cpu
 
         self.progress = P()
 
@@ -362,6 +367,19 @@ class _StageRSS:
         self._t.join()
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (the MinHash workers).
+
+    Unlike wall time it does not grow when other jobs share the cores, so the two together
+    say how much of a slow stage was the stage and how much was the machine.
+    """
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
 def _detect_one(files: list[str], db: str, profile: str | None, q: Any) -> None:
     """Child process: one detection run; puts its figures on ``q``."""
     try:
@@ -378,7 +396,8 @@ def _detect_one(files: list[str], db: str, profile: str | None, q: Any) -> None:
             else:
                 res = detect(files, None, db=db, progress=m.progress)
             total = time.perf_counter() - t0
-        q.put({"timings": res.timings, "peak_rss": m.peaks, "overall_peak_rss": m.overall,
+        q.put({"timings": res.timings, "cpu_s": m.cpu, "load_avg": os.getloadavg(),
+               "peak_rss": m.peaks, "overall_peak_rss": m.overall,
                "total_s": total, "accounts": res.accounts.height, "flagged": res.n_flagged,
                "campaigns": len(res.campaigns), "rows_ok": res.ingest.rows_ok,
                "rows_bad": res.ingest.rows_bad})
@@ -414,14 +433,19 @@ def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float |
 
 def _fmt_markdown(results: list[dict[str, Any]], exps: dict[str, float | None]) -> str:
     gb = 1 << 30
-    lines = ["| requests | accounts | stage | seconds | requests/s | peak RSS (GB) |",
-             "|---:|---:|---|---:|---:|---:|"]
+    lines = ["| requests | accounts | stage | seconds | CPU seconds | requests/s | "
+             "peak RSS (GB) |", "|---:|---:|---|---:|---:|---:|---:|"]
     for r in results:
-        for st in (*STAGES, "total"):
+        cpu = r.get("cpu_s", {})
+        subs = [k for k in r["timings"] if "." in k]
+        for st in (*STAGES, *subs, "total"):
             sec = r["total_s"] if st == "total" else r["timings"].get(st, 0.0)
             rss = r["overall_peak_rss"] if st == "total" else r["peak_rss"].get(st, 0)
+            c = sum(cpu.get(x, 0.0) for x in STAGES) if st == "total" else cpu.get(st)
             lines.append(f"| {r['n']:,} | {r['accounts']:,} | {st} | {sec:.1f} | "
-                         f"{r['n'] / sec if sec else 0:,.0f} | {rss / gb:.2f} |")
+                         f"{'–' if c is None else f'{c:.1f}'} | "
+                         f"{r['n'] / sec if sec else 0:,.0f} | "
+                         f"{'–' if st in subs else f'{rss / gb:.2f}'} |")
     lines += ["", "| stage | growth exponent (time ~ size^k) |", "|---|---:|"]
     for st, k in exps.items():
         lines.append(f"| {st} | {'n/a' if k is None else f'{k:.2f}'} |")
@@ -449,9 +473,10 @@ def perf(sizes: Sequence[float] = (1e6, 4e6, 16e6), out_dir: str | Path = "perf-
         r = run_detect(files, d / "store.duckdb", (d / "profile.pstats") if profile else None)
         r.update(n=n, generate_s=gen_s, parquet_mb=size_mb)
         results.append(r)
-        for st in STAGES:
+        for st in (*STAGES, *(k for k in r["timings"] if "." in k)):
             sec = r["timings"].get(st, 0.0)
-            print(f"[perf] n={n:,} {st:9s} {sec:8.1f}s {n / sec if sec else 0:12,.0f} req/s "
+            print(f"[perf] n={n:,} {st:18s} {sec:8.1f}s (CPU {r['cpu_s'].get(st, 0.0):7.1f}s) "
+                  f"{n / sec if sec else 0:12,.0f} req/s "
                   f"peak {r['peak_rss'].get(st, 0) / (1 << 30):.2f} GB", flush=True)
         print(f"[perf] n={n:,} total     {r['total_s']:8.1f}s  overall peak "
               f"{r['overall_peak_rss'] / (1 << 30):.2f} GB  accounts={r['accounts']:,} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -22,13 +23,18 @@ __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
 
 def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
                     on_progress: Callable[[int], None] | None = None,
-                    batch_rows: int = 100_000, parallel_min_rows: int = 400_000) -> int:
+                    batch_rows: int = 100_000, parallel_min_rows: int = 400_000,
+                    timings: dict[str, float] | None = None) -> int:
     """Build the ``signals`` table; returns the number of requests processed.
 
     Each batch's skeletons and template keys go straight into a store table (``_tkeys``) and
     the template of each request is picked in SQL (``template_ids_sql``), so this process
     holds a few batches at a time, not every request's keys and skeleton.
     """
+    # Sub-stage wall times (``signals.rules``, ``signals.keys``, ``signals.templates``) for
+    # the scaling benchmark.
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
     perms = int(cfg["signals"]["minhash_perms"])
@@ -48,6 +54,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         finally:
             con.unregister("_tkeys_in")
 
+    timings["signals.rules"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     # The text work (skeletons in Polars, MinHash in rensa, which holds the GIL) runs in
     # worker processes on big inputs, while this one reads batches and inserts results.
     workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows else 0
@@ -79,6 +87,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         cur.close()
         if pool is not None:
             pool.close()
+    timings["signals.keys"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     con.execute(f"""
         CREATE OR REPLACE TABLE signals AS
         SELECT s.* EXCLUDE (prompt_ends), t.skeleton,
@@ -88,4 +98,5 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     """)
     con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")
+    timings["signals.templates"] = time.perf_counter() - t0
     return n
