@@ -27,6 +27,7 @@ What runs where (see docs/spark.md):
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -118,6 +119,11 @@ def spark_session(master: str | None = "local[2]", conf: dict[str, Any] | None =
     if master is not None and master.startswith("local"):
         defaults.update({"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8",
                          "spark.driver.memory": "2g"})
+        # Local Python workers must be this interpreter (the one with pyarrow and
+        # distillguard), not whatever `python3` is first on PATH: a venv that is not activated
+        # otherwise fails in the first Arrow UDF. PySpark reads only the environment variable
+        # for this; clusters set their own.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     b = SparkSession.builder.appName(app_name)
     if master is not None:
         b = b.master(master)
