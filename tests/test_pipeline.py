@@ -120,3 +120,25 @@ def test_detect_reads_a_directory_of_every_format(tmp_path):
     assert res.ingest.rows_bad == 0
     assert res.ingest.rows_ok >= res.accounts.height > 0
     assert (tmp_path / "out" / "accounts.csv").exists()
+
+
+def test_output_tokens_fall_back_to_the_logged_response(cfg):
+    """Logs without usage fields: output tokens are estimated from the response text, in
+    batch features and in the online replay alike."""
+    from distillguard.features import compute_features
+    from distillguard.respond.online import iter_store_rows
+    from distillguard.signals import compute_signals
+    from distillguard.store import connect
+
+    con = connect(None)
+    con.executemany(
+        "INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools, "
+        "output_tokens, response) VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'hi', 0, ?, ?)",
+        [("r1", "a", 30, None), ("r2", "a", None, "x" * 398), ("r3", "b", None, None)])
+    compute_signals(con, cfg)
+    compute_features(con, cfg)
+    got = dict(con.execute("SELECT account_id, mean_output_tokens FROM features").fetchall())
+    assert got["a"] == pytest.approx((30 + 100) / 2)    # 398 characters: 100 tokens
+    assert got["b"] is None                             # nothing logged: unknown, not 0
+    rows = {r["request_id"]: r["output_tokens"] for r in iter_store_rows(con)}
+    assert rows == {"r1": 30, "r2": 100, "r3": None}

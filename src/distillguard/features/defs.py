@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 from distillguard.config import Config
 
+#: Output tokens of a request: the logged count, else estimated from the logged response text
+#: (about 4 characters a token), so logs without usage fields still show short or long
+#: answers. One expression for batch features and the online replay.
+OUTPUT_TOKENS_SQL = ("coalesce(r.output_tokens, CASE WHEN r.response IS NOT NULL "
+                     "THEN CAST(ceil(length(r.response) / 4.0) AS BIGINT) END)")
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -118,7 +124,8 @@ islands AS (
 ),
 spans AS (SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island)
 SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
-       r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
+       r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
+       r.account_created,
        r.signup_channel, r.ip, r.api_key_id,
        coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,

@@ -569,11 +569,13 @@ def _epoch(v: Any) -> float | None:
 
 def iter_store_rows(con: Any, batch_rows: int = 50_000) -> Iterator[dict[str, Any]]:
     """Stored requests in time order, streamed in Arrow record batches (bounded memory)."""
-    reader = con.sql("""
+    from distillguard.features.defs import OUTPUT_TOKENS_SQL
+
+    reader = con.sql(f"""
         SELECT request_id, ts, account_id, model, prompt, system, n_user_turns, context_chars,
                n_tools, reasoning_effort, account_created, signup_channel, input_tokens,
-               output_tokens
-        FROM requests ORDER BY ts, request_id""").to_arrow_reader(batch_rows)
+               {OUTPUT_TOKENS_SQL} AS output_tokens
+        FROM requests r ORDER BY ts, request_id""").to_arrow_reader(batch_rows)
     for batch in reader:
         yield from batch.to_pylist()
 
