@@ -142,3 +142,33 @@ def test_output_tokens_fall_back_to_the_logged_response(cfg):
     assert got["b"] is None                             # nothing logged: unknown, not 0
     rows = {r["request_id"]: r["output_tokens"] for r in iter_store_rows(con)}
     assert rows == {"r1": 30, "r2": 100, "r3": None}
+
+
+def test_cli_default_store_is_per_output_folder(run, tmp_path, monkeypatch):
+    """Two detections in one working directory do not mix: each --out has its own store."""
+    sim, _, _, _ = run
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    half = len(sim.logs) // 2
+    for name, logs in (("a", sim.logs[:half]), ("b", sim.logs[half:])):
+        r = runner.invoke(app, ["detect", *map(str, logs), "--out", name, "--quiet"])
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / name / "store.duckdb").exists()
+    assert not list(tmp_path.glob("*.duckdb"))
+    ids = {n: set(pl.read_csv(tmp_path / n / "accounts.csv")["account_id"]) for n in "ab"}
+    seen = {n: {json.loads(x)["account_id"] for f in (sim.logs[:half] if n == "a"
+                                                      else sim.logs[half:])
+                for x in _lines(f)} for n in "ab"}
+    assert ids == seen
+    # a re-run into the same folder adds nothing
+    r = runner.invoke(app, ["detect", *map(str, sim.logs[:half]), "--out", "a", "--quiet"])
+    assert r.exit_code == 0 and set(pl.read_csv(tmp_path / "a" / "accounts.csv")[
+        "account_id"]) == ids["a"]
+
+
+def _lines(path):
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return fh.readlines()

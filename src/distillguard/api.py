@@ -100,11 +100,15 @@ def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: 
         write_report(out_dir / "report.html", con, campaigns, summary)
 
 
+#: ``detect``'s default store: ``store.duckdb`` in the output folder.
+STORE_IN_OUT = "<out_dir>/store.duckdb"
+
+
 def detect(
     paths: Iterable[str | Path],
     out_dir: str | Path | None = "results",
     *,
-    db: str | Path | None = "distillguard.duckdb",
+    db: str | Path | None = STORE_IN_OUT,
     config: Config | str | Path | None = None,
     fmt: str | None = None,
     strict: bool = False,
@@ -118,12 +122,21 @@ def detect(
 
     With ``out_dir`` set, writes accounts.csv, campaigns.json, report.html and (when rows
     were rejected) quarantine.jsonl there.
+
+    ``db``: the DuckDB store file; by default ``store.duckdb`` inside ``out_dir`` (in memory
+    when ``out_dir`` is None), so results in one output folder cover the logs given for it
+    (re-running adds only new requests); ``None`` for an in-memory store. The analysis covers
+    everything the store holds, so pass the same ``db`` to accumulate logs over time.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     progress = progress or Progress()
     timings: dict[str, float] = {}
     paths = [Path(p) for p in paths]
     out = Path(out_dir) if out_dir is not None else None
+    if db == STORE_IN_OUT:
+        db = (out / "store.duckdb") if out is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     con = connect(db)
     try:

@@ -99,9 +99,10 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
 def detect(
     logs: Annotated[list[Path], typer.Argument(help="Log files or directories: JSONL(.gz), JSON, Parquet, CSV")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory")] = Path("results"),
-    db: Annotated[Path, typer.Option(help="DuckDB store file (--engine spark: only read, for "
-                                     "partner indicators with --intel-key-file)")] = Path(
-        "distillguard.duckdb"),
+    db: Annotated[Path | None, typer.Option(
+        help="DuckDB store file [default: OUT/store.duckdb]; pass the same one to accumulate "
+        "logs across runs (--engine spark: only read, for partner indicators with "
+        "--intel-key-file)")] = None,
     config: Annotated[Path | None, typer.Option(help="Config YAML merged over defaults")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="canonical|openai|litellm|otel "
                                             "(default: detected per file)")] = None,
@@ -124,6 +125,10 @@ def detect(
             if intel_key_file is not None:   # partner indicators: read from --db
                 from distillguard.intel import load_key
 
+                if db is None:
+                    raise DistillguardError("--intel-key-file with --engine spark needs --db, "
+                                            "the store the partner indicators were imported into")
+
                 key = load_key(intel_key_file)
             with RichProgress(not quiet) as prog:
                 res = api.detect_spark(logs, out, master=spark_master, conf=conf,
@@ -142,7 +147,8 @@ def detect(
 
             key = load_key(intel_key_file)
         with RichProgress(not quiet) as prog:
-            res = api.detect(logs, out, db=db, config=config, fmt=fmt, strict=strict,
+            res = api.detect(logs, out, db=db if db is not None else api.STORE_IN_OUT,
+                             config=config, fmt=fmt, strict=strict,
                              progress=prog, intel_key=key)
     except DistillguardError as exc:
         _fail(exc)
