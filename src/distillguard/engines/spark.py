@@ -659,6 +659,9 @@ def _key_edges_sql(keys: str, cfg: Config) -> str:
     lc = cfg["linking"]
     full, k, mx = int(lc["max_group_full"]), int(lc["group_sample_k"]), int(lc["max_group"])
     weights = " ".join(f"WHEN '{kind}' THEN {float(w)!r}" for kind, w in lc["weights"].items())
+    dense = ", ".join(f"'{kind}'" for kind in lc.get("sampled_as_clique", ())) or "NULL"
+    scale = (f"CASE WHEN n > {full} AND kind IN ({dense}) THEN (n - 1) / {2.0 * k!r} "
+             "ELSE 1.0 END")
     return f"""
 WITH g AS (
   SELECT kind, key, account_id,
@@ -677,7 +680,8 @@ pairs AS (
   JOIN g2 y ON x.kind = y.kind AND x.key = y.key AND y.pos = (x.pos + x.j) % x.n
 )
 SELECT least(a, b) AS a, greatest(a, b) AS b, kind,
-       (CASE kind {weights} END) / log2(1 + n) AS w, substr(key, 1, 80) AS key
+       (CASE kind {weights} END) / log2(1 + n) * {scale} AS w, substr(key, 1, 80) AS key,
+       {scale} AS scale
 FROM pairs
 """
 
@@ -752,7 +756,7 @@ jac AS (
                JOIN {v.names['_sync_sig']} sb ON p.b = sb.account_id
 )
 SELECT a, b, 'sync' AS kind, {float(lc['weights']['sync'])!r} * j AS w,
-       format_string('jaccard=%.2f', j) AS key
+       format_string('jaccard=%.2f', j) AS key, 1.0D AS scale
 FROM jac WHERE j >= {float(lc['sync_min_jaccard'])!r}
 """)
 
@@ -765,7 +769,8 @@ def _spark_edges(v: _Views, cfg: Config) -> DataFrame:
           .unionByName(_sync_edges(v, cfg)))
     return v.spark.sql(f"""
 WITH per_kind AS (
-  SELECT a, b, kind, least(sum(w), CASE kind {caps} END) AS w, first(key) AS key
+  SELECT a, b, kind, least(sum(w), (CASE kind {caps} END) * max(scale)) AS w,
+         first(key) AS key
   FROM {v.names['_edge_parts']} WHERE a <> b GROUP BY a, b, kind
 )
 SELECT a, b, sum(w) AS weight,

@@ -43,25 +43,34 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     groups = (keys.group_by("kind", "key").agg(pl.col("idx").sort())
               .filter(pl.col("idx").list.len().is_between(2, int(lc["max_group"]))))
     weights = lc["weights"]
-    a_parts, b_parts, kinds, ws, kk = [], [], [], [], []
+    dense = set(lc.get("sampled_as_clique", ()))
+    a_parts, b_parts, kinds, ws, scales, kk = [], [], [], [], [], []
     full, k = int(lc["max_group_full"]), int(lc["group_sample_k"])
     for kind, key, members in groups.iter_rows():
+        n = len(members)
         a, b = _group_pairs(np.asarray(members, dtype=np.int64), full, k)
         # Sharing a key with 3 others says more than sharing it with 3,000 (IDF-like).
-        w = float(weights[kind]) / np.log2(1 + len(members))
+        w = float(weights[kind]) / np.log2(1 + n)
+        # A sampled group stands for all its n(n-1)/2 pairs. For the kinds that mean "the
+        # same operator" the sampled edges carry the clique's total weight, so community
+        # detection sees a big shared-template group as dense as a small one instead of
+        # splitting it into pieces; other kinds (user agents, IP prefixes) stay thin.
+        scale = (n - 1) / (2 * k) if n > full and kind in dense else 1.0
         a_parts.append(a)
         b_parts.append(b)
         kinds.append(np.full(len(a), kind, dtype=object))
-        ws.append(np.full(len(a), w))
+        ws.append(np.full(len(a), w * scale))
+        scales.append(np.full(len(a), scale))
         kk.append(np.full(len(a), str(key)[:80], dtype=object))
     if not a_parts:
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8,
-                                    "w": pl.Float64, "key": pl.Utf8})
+                                    "w": pl.Float64, "key": pl.Utf8, "scale": pl.Float64})
     a = np.concatenate(a_parts)
     b = np.concatenate(b_parts)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     return pl.DataFrame({"a": lo, "b": hi, "kind": np.concatenate(kinds),
-                         "w": np.concatenate(ws), "key": np.concatenate(kk)})
+                         "w": np.concatenate(ws), "key": np.concatenate(kk),
+                         "scale": np.concatenate(scales)})
 
 
 def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
@@ -118,18 +127,23 @@ def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[pl.DataFra
         "SELECT DISTINCT account_id FROM requests ORDER BY 1").fetchall()]
     acc_index = {a: i for i, a in enumerate(accounts)}
     parts = [key_edges(con, cfg, acc_index), sync_edges(con, cfg, acc_index)]
-    e = pl.concat([p for p in parts if not p.is_empty()]) if any(
+    e = pl.concat([p for p in parts if not p.is_empty()], how="diagonal_relaxed") if any(
         not p.is_empty() for p in parts) else parts[0]
     if e.is_empty():
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64,
                                     "kinds": pl.Utf8, "evidence": pl.Utf8}), accounts
     e = e.filter(pl.col("a") != pl.col("b"))
+    if "scale" not in e.columns:
+        e = e.with_columns(pl.lit(1.0).alias("scale"))
+    e = e.with_columns(pl.col("scale").fill_null(1.0))
     caps = {k: float(v) for k, v in cfg["linking"]["weights"].items()}
+    # The cap scales with a sampled clique's edges (see key_edges).
     per_kind = (e.group_by("a", "b", "kind")
-                .agg(pl.col("w").sum(), pl.col("key").first())
+                .agg(pl.col("w").sum(), pl.col("key").first(), pl.col("scale").max())
                 .with_columns(pl.min_horizontal(
-                    pl.col("w"), pl.col("kind").replace_strict(caps, return_dtype=pl.Float64)
-                ).alias("w")))
+                    pl.col("w"),
+                    pl.col("kind").replace_strict(caps, return_dtype=pl.Float64)
+                    * pl.col("scale")).alias("w")))
     edges = (per_kind.sort("kind").group_by("a", "b")
              .agg(pl.col("w").sum().alias("weight"),
                   pl.col("kind").str.join(",").alias("kinds"),
