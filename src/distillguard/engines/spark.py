@@ -654,14 +654,15 @@ def _load_campaign_rows(v: _Views, con: duckdb.DuckDBPyConnection, scores: pl.Da
 
 
 def _key_edges_sql(keys: str, cfg: Config) -> str:
-    """Spark SQL twin of ``linking.graph.key_edges``: all pairs in small key groups, a
-    circulant sample of ``k`` neighbours each in large ones, weight / log2(1 + group size)."""
+    """Spark SQL twin of ``linking.graph.key_edges``: all pairs in small key groups; in large
+    ones a circulant sample of ``k`` neighbours each, or for ``sampled_as_clique`` kinds ``k``
+    md5-ordered cycles with the clique's weight; weight / log2(1 + group size)."""
     lc = cfg["linking"]
     full, k, mx = int(lc["max_group_full"]), int(lc["group_sample_k"]), int(lc["max_group"])
     weights = " ".join(f"WHEN '{kind}' THEN {float(w)!r}" for kind, w in lc["weights"].items())
     dense = ", ".join(f"'{kind}'" for kind in lc.get("sampled_as_clique", ())) or "NULL"
-    scale = (f"CASE WHEN n > {full} AND kind IN ({dense}) THEN (n - 1) / {2.0 * k!r} "
-             "ELSE 1.0 END")
+    scale = (f"CASE WHEN n > {full} AND kind IN ({dense}) "
+             f"THEN CAST(n - 1 AS DOUBLE) / CAST({2 * k} AS DOUBLE) ELSE CAST(1 AS DOUBLE) END")
     return f"""
 WITH g AS (
   SELECT kind, key, account_id,
@@ -670,14 +671,26 @@ WITH g AS (
   FROM (SELECT DISTINCT kind, key, account_id FROM {keys})
 ),
 g2 AS (SELECT * FROM g WHERE n BETWEEN 2 AND {mx}),
+cyc AS (
+  SELECT kind, key, n, account_id, j,
+         row_number() OVER (PARTITION BY kind, key, j
+                            ORDER BY md5(concat(account_id, '|', CAST(j AS STRING)))) - 1 AS rpos
+  FROM (SELECT *, explode(sequence(1, {k})) AS j FROM g2
+        WHERE n > {full} AND kind IN ({dense}))
+),
 pairs AS (
   SELECT x.kind, x.key, x.n, x.account_id AS a, y.account_id AS b
   FROM g2 x JOIN g2 y ON x.kind = y.kind AND x.key = y.key AND x.pos < y.pos
   WHERE x.n <= {full}
   UNION ALL
   SELECT x.kind, x.key, x.n, x.account_id, y.account_id
-  FROM (SELECT *, explode(sequence(1, {k})) AS j FROM g2 WHERE n > {full}) x
+  FROM (SELECT *, explode(sequence(1, {k})) AS j FROM g2
+        WHERE n > {full} AND NOT coalesce(kind IN ({dense}), false)) x
   JOIN g2 y ON x.kind = y.kind AND x.key = y.key AND y.pos = (x.pos + x.j) % x.n
+  UNION ALL
+  SELECT x.kind, x.key, x.n, x.account_id, y.account_id
+  FROM cyc x JOIN cyc y ON x.kind = y.kind AND x.key = y.key AND x.j = y.j
+                       AND y.rpos = (x.rpos + 1) % x.n
 )
 SELECT least(a, b) AS a, greatest(a, b) AS b, kind,
        (CASE kind {weights} END) / log2(1 + n) * {scale} AS w, substr(key, 1, 80) AS key,
@@ -756,7 +769,7 @@ jac AS (
                JOIN {v.names['_sync_sig']} sb ON p.b = sb.account_id
 )
 SELECT a, b, 'sync' AS kind, {float(lc['weights']['sync'])!r} * j AS w,
-       format_string('jaccard=%.2f', j) AS key, 1.0D AS scale
+       format_string('jaccard=%.2f', j) AS key, CAST(1 AS DOUBLE) AS scale
 FROM jac WHERE j >= {float(lc['sync_min_jaccard'])!r}
 """)
 

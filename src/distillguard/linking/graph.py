@@ -9,6 +9,8 @@ edge count stays linear in the group size.
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 import igraph as ig
 import numpy as np
@@ -32,6 +34,31 @@ def _group_pairs(members: np.ndarray, full: int, k: int) -> tuple[np.ndarray, np
     return members[src], members[dst]
 
 
+def _cycle_pairs(members: np.ndarray, order_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` pseudo-random Hamiltonian cycles through ``members`` (``order_keys[m, j]`` orders
+    cycle j): about n·k edges, like the circulant, but an expander, so no cut of the group is
+    cheap. A circulant ring is cut into arcs by community detection at a few edges' cost."""
+    k = order_keys.shape[1]
+    src, dst = [], []
+    for j in range(k):
+        cyc = members[np.argsort(order_keys[members, j], kind="stable")]
+        src.append(cyc)
+        dst.append(np.roll(cyc, -1))
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def cycle_order_keys(accounts: list[str], k: int) -> np.ndarray:
+    """(n_accounts, k) ordering keys: the first 64 bits of md5("<account_id>|<j>"), j = 1..k.
+
+    md5 of the same text is available in every engine's SQL, so Spark builds the same cycles.
+    """
+    out = np.empty((len(accounts), k), dtype=np.uint64)
+    for i, a in enumerate(accounts):
+        for j in range(k):
+            out[i, j] = int(hashlib.md5(f"{a}|{j + 1}".encode()).hexdigest()[:16], 16)
+    return out
+
+
 def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
               acc_index: dict[str, int]) -> pl.DataFrame:
     lc = cfg["linking"]
@@ -46,9 +73,16 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     dense = set(lc.get("sampled_as_clique", ()))
     a_parts, b_parts, kinds, ws, scales, kk = [], [], [], [], [], []
     full, k = int(lc["max_group_full"]), int(lc["group_sample_k"])
+    order_keys = None
     for kind, key, members in groups.iter_rows():
         n = len(members)
-        a, b = _group_pairs(np.asarray(members, dtype=np.int64), full, k)
+        m = np.asarray(members, dtype=np.int64)
+        if n > full and kind in dense:
+            if order_keys is None:
+                order_keys = cycle_order_keys(sorted(acc_index, key=acc_index.__getitem__), k)
+            a, b = _cycle_pairs(m, order_keys)
+        else:
+            a, b = _group_pairs(m, full, k)
         # Sharing a key with 3 others says more than sharing it with 3,000 (IDF-like).
         w = float(weights[kind]) / np.log2(1 + n)
         # A sampled group stands for all its n(n-1)/2 pairs. For the kinds that mean "the
