@@ -2,9 +2,11 @@
 
 Edges come from keys two accounts share (blocking by key, never all pairs of accounts) and
 from synchronized activity found by MinHash LSH over per-account action sets. Groups sharing
-one key are linked all-pairs when small; larger ones get a circulant sample of ``k``
-neighbours each, which keeps them connected and dense enough for community detection while the
-edge count stays linear in the group size.
+one key are linked all-pairs when small; larger ones get about ``k`` edges per member, so the
+edge count stays linear in the group size: a circulant sample for weak kinds (user agents, IP
+prefixes), and for the kinds that mean one operator (``sampled_as_clique``: templates,
+payment) ``k`` pseudo-random cycles carrying the whole clique's weight, so community detection
+keeps a large group together as it would the clique.
 """
 
 from __future__ import annotations
