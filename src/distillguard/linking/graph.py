@@ -23,6 +23,9 @@ from distillguard.linking.keys import account_keys_sql, sync_tokens_sql
 from distillguard.signals.templates import _MULT  # same folding constants as templates
 
 _SYNC_SEED = 7
+#: Columns of key_edges and sync_edges: ``scale`` is how many pairs a sampled edge stands for.
+_PART_SCHEMA = {"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8, "w": pl.Float64,
+                "key": pl.Utf8, "scale": pl.Float64}
 
 
 def _group_pairs(members: np.ndarray, full: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +69,7 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     lc = cfg["linking"]
     keys = con.sql(account_keys_sql(cfg)).pl()
     if keys.is_empty():
-        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8,
-                                    "w": pl.Float64, "key": pl.Utf8})
+        return pl.DataFrame(schema=_PART_SCHEMA)
     keys = keys.with_columns(pl.col("account_id").replace_strict(acc_index).alias("idx"))
     groups = (keys.group_by("kind", "key").agg(pl.col("idx").sort())
               .filter(pl.col("idx").list.len().is_between(2, int(lc["max_group"]))))
@@ -99,14 +101,13 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
         scales.append(np.full(len(a), scale))
         kk.append(np.full(len(a), str(key)[:80], dtype=object))
     if not a_parts:
-        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8,
-                                    "w": pl.Float64, "key": pl.Utf8, "scale": pl.Float64})
+        return pl.DataFrame(schema=_PART_SCHEMA)
     a = np.concatenate(a_parts)
     b = np.concatenate(b_parts)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     return pl.DataFrame({"a": lo, "b": hi, "kind": np.concatenate(kinds),
                          "w": np.concatenate(ws), "key": np.concatenate(kk),
-                         "scale": np.concatenate(scales)})
+                         "scale": np.concatenate(scales)}, schema=_PART_SCHEMA)
 
 
 def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
@@ -115,8 +116,7 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     from rensa import RMinHash
 
     lc = cfg["linking"]
-    empty = pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "kind": pl.Utf8,
-                                 "w": pl.Float64, "key": pl.Utf8})
+    empty = pl.DataFrame(schema=_PART_SCHEMA)
     tok = (con.sql(sync_tokens_sql(cfg)).pl()
            .group_by("account_id").agg(pl.col("token"))
            .filter(pl.col("token").list.len() >= int(lc["sync_min_buckets"])))
@@ -150,7 +150,8 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     return pl.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b),
                          "kind": np.full(int(keep.sum()), "sync", dtype=object),
                          "w": float(lc["weights"]["sync"]) * jac[keep],
-                         "key": np.char.mod("jaccard=%.2f", jac[keep]).astype(object)})
+                         "key": np.char.mod("jaccard=%.2f", jac[keep]).astype(object),
+                         "scale": np.ones(int(keep.sum()))}, schema=_PART_SCHEMA)
 
 
 def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[pl.DataFrame, list[str]]:
@@ -163,15 +164,11 @@ def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[pl.DataFra
         "SELECT DISTINCT account_id FROM requests ORDER BY 1").fetchall()]
     acc_index = {a: i for i, a in enumerate(accounts)}
     parts = [key_edges(con, cfg, acc_index), sync_edges(con, cfg, acc_index)]
-    e = pl.concat([p for p in parts if not p.is_empty()], how="diagonal_relaxed") if any(
-        not p.is_empty() for p in parts) else parts[0]
+    e = pl.concat(parts)
     if e.is_empty():
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64,
                                     "kinds": pl.Utf8, "evidence": pl.Utf8}), accounts
     e = e.filter(pl.col("a") != pl.col("b"))
-    if "scale" not in e.columns:
-        e = e.with_columns(pl.lit(1.0).alias("scale"))
-    e = e.with_columns(pl.col("scale").fill_null(1.0))
     caps = {k: float(v) for k, v in cfg["linking"]["weights"].items()}
     # The cap scales with a sampled clique's edges (see key_edges).
     per_kind = (e.group_by("a", "b", "kind")
