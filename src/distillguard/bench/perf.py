@@ -475,9 +475,12 @@ def perf(sizes: Sequence[float] = (1e6, 4e6, 16e6), out_dir: str | Path = "perf-
         results.append(r)
         for st in (*STAGES, *(k for k in r["timings"] if "." in k)):
             sec = r["timings"].get(st, 0.0)
-            print(f"[perf] n={n:,} {st:18s} {sec:8.1f}s (CPU {r['cpu_s'].get(st, 0.0):7.1f}s) "
-                  f"{n / sec if sec else 0:12,.0f} req/s "
-                  f"peak {r['peak_rss'].get(st, 0) / (1 << 30):.2f} GB", flush=True)
+            # CPU and peak RSS are sampled per stage only, not per sub-stage
+            cpu = f" (CPU {r['cpu_s'][st]:7.1f}s)" if st in r["cpu_s"] else " " * 16
+            peak = (f" peak {r['peak_rss'][st] / (1 << 30):.2f} GB"
+                    if st in r["peak_rss"] else "")
+            print(f"[perf] n={n:,} {st:18s} {sec:8.1f}s{cpu} "
+                  f"{n / sec if sec else 0:12,.0f} req/s{peak}", flush=True)
         print(f"[perf] n={n:,} total     {r['total_s']:8.1f}s  overall peak "
               f"{r['overall_peak_rss'] / (1 << 30):.2f} GB  accounts={r['accounts']:,} "
               f"flagged={r['flagged']:,} campaigns={r['campaigns']}", flush=True)
