@@ -190,27 +190,30 @@ def bench(
                                                           "campaign_id"),
                              time.perf_counter() - t0 + ours.seconds, mem.peak)
 
-    runs = [ours, as_shipped]
+    base_runs: list[DetectorRun] = []
     if baselines:
         t0 = time.perf_counter()
         tune_req, rep_req = _with_embeddings([requests_frame(tune_con), requests_frame(rep_con)])
         say("embed", time.perf_counter() - t0)
-        runs += run_baselines(baselines, tune_req, tune.labels, rep_req,
-                              float(cfg["scoring"]["target_fpr"]))
-        say("baselines", sum(r.seconds for r in runs[2:]))
+        base_runs = run_baselines(baselines, tune_req, tune.labels, rep_req,
+                                  float(cfg["scoring"]["target_fpr"]))
+        say("baselines", sum(r.seconds for r in base_runs))
+    runs = [ours, as_shipped, *base_runs]
     for r in runs:
         r.metrics = evaluate(rep.labels, r.accounts)
     ttd = None
     if time_to_detect:
-        from distillguard.bench.baselines import VolumeBaseline
         from distillguard.bench.ttd import time_to_detect as _ttd
 
         t0 = time.perf_counter()
-        benign = tune.labels.filter(pl.col("label") != "distill").select("account_id")
-        vol = VolumeBaseline(contamination=float(cfg["scoring"]["target_fpr"])).fit(
-            requests_frame(tune_con).join(benign, on="account_id"))
-        # the embedding baselines replay with the models (thresholds) fitted above
-        models = {r.name: r.model for r in runs[2:] if r.name != "volume"}
+        # every baseline replays with the model (threshold) fitted above
+        fitted = {r.name: r.model for r in base_runs}
+        vol = fitted.pop("volume", None)
+        if vol is None:
+            benign = tune.labels.filter(pl.col("label") != "distill").select("account_id")
+            vol = make_baseline("volume", float(cfg["scoring"]["target_fpr"])).fit(
+                requests_frame(tune_con).join(benign, on="account_id"))
+        models = fitted
         ttd = _ttd(rep.logs, rep.labels, out / "replay", volume_threshold=vol.threshold_,
                    baselines=models, requests=rep_req if models else None, config=cfg)
         say("time-to-detect", time.perf_counter() - t0)
