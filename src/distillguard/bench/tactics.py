@@ -22,35 +22,34 @@ from typing import Any
 from distillguard.errors import ConfigError
 
 _PLAIN = {"plain": 1.0}
+_NO_ELICITATION = {
+    "reasoning_hydra__families": _PLAIN, "proxy_reseller__families": _PLAIN,
+    "low_and_slow__families": _PLAIN, "agentic_hydra__families": {"agentic": 1.0},
+    "agentic_hydra__cot_suffix": 0.0}
+_OWN_INFRA = {
+    "reasoning_hydra__pay_group": 1, "agentic_hydra__pay_group": 1,
+    "proxy_reseller__pay_group": 1, "ip_pool": 5000,
+    "reasoning_hydra__sticky_minutes": 0, "agentic_hydra__sticky_minutes": 0}
 
 #: name -> (what the attacker does, simulator knobs)
 TACTICS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline": ("the default scenario's campaigns, unchanged", {}),
     "no_elicitation": (
         "no chain-of-thought, rubric or censorship phrasing: plain instruction prompts only",
-        {"reasoning_hydra__families": _PLAIN, "proxy_reseller__families": _PLAIN,
-         "low_and_slow__families": _PLAIN, "agentic_hydra__families": {"agentic": 1.0},
-         "agentic_hydra__cot_suffix": 0.0}),
+        _NO_ELICITATION),
     "paraphrased": ("every prompt paraphrased: no stable template wording",
                     {"paraphrase": 1.0}),
     "own_infra": (
         "one card and a large exit pool per account: no shared payment or IP prefix",
-        {"reasoning_hydra__pay_group": 1, "agentic_hydra__pay_group": 1,
-         "proxy_reseller__pay_group": 1, "ip_pool": 5000,
-         "reasoning_hydra__sticky_minutes": 0, "agentic_hydra__sticky_minutes": 0}),
+        _OWN_INFRA),
     "camouflaged": ("half of every campaign's traffic is replayed ordinary prompts",
                     {"camouflage": 0.5}),
     "slow": ("a third of the per-account rate (more accounts' worth of evasion)",
              {"rate": 0.33}),
     "all_of_the_above": (
         "plain prompts, paraphrased, own infrastructure, 30% camouflage, a third of the rate",
-        {"reasoning_hydra__families": _PLAIN, "proxy_reseller__families": _PLAIN,
-         "low_and_slow__families": _PLAIN, "agentic_hydra__families": {"agentic": 1.0},
-         "agentic_hydra__cot_suffix": 0.0, "paraphrase": 1.0,
-         "reasoning_hydra__pay_group": 1, "agentic_hydra__pay_group": 1,
-         "proxy_reseller__pay_group": 1, "ip_pool": 5000,
-         "reasoning_hydra__sticky_minutes": 0, "agentic_hydra__sticky_minutes": 0,
-         "camouflage": 0.3, "rate": 0.33}),
+        {**_NO_ELICITATION, "paraphrase": 1.0, **_OWN_INFRA, "camouflage": 0.3,
+         "rate": 0.33}),
 }
 
 
