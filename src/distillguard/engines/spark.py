@@ -404,36 +404,27 @@ def _to_arrow(df: DataFrame) -> pa.Table:
 def _template_keys_fn(perms: int, bands: int, k: int):
     """mapInArrow body: (request_id, prompt_ends) -> (request_id, skeleton, keys).
 
-    The per-batch step of ``signals.compute_signals``, with its functions: the skeleton,
-    head and tail keys (``templates.skeleton_frame``), then the request's row of the key
-    matrix: MinHash band keys (``signature_band_keys``) followed by the exact head and tail
-    keys (``exact_keys``, salts 1 and 2). A missing head/tail gives a NULL key: the DuckDB
-    stage gives it a key unique to the row, which never groups either.
+    The per-batch step of ``signals.compute_signals``, the same function
+    (``templates.template_keys``): MinHash band keys, then the exact head and tail keys. A
+    missing head/tail is stored as a NULL key here; the DuckDB stage keeps a key unique to
+    the row, which never groups either.
     """
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from distillguard.signals.templates import exact_keys, signature_band_keys, skeleton_frame
+        from distillguard.signals.templates import template_keys
 
         for b in batches:
             if b.num_rows == 0:
                 continue
             ends = b.column(b.schema.get_field_index("prompt_ends"))
-            sk = skeleton_frame(pl.from_arrow(ends), k)
-            n = sk.height
-            parts = [signature_band_keys(sk["skeleton"].to_list(), perms, bands)]
-            masks = [np.zeros((n, bands), dtype=bool)]
-            for name, salt in (("head_key", 1), ("tail_key", 2)):
-                texts = sk[name].to_list()
-                parts.append(exact_keys(texts, salt)[:, None])
-                masks.append(np.array([t is None for t in texts], dtype=bool)[:, None])
-            width = sum(p.shape[1] for p in parts)
-            keys = np.hstack(parts).view(np.int64).reshape(-1)
-            mask = np.hstack(masks).reshape(-1)
+            skel, keys, missing = template_keys(ends, 0, k, perms, bands)
+            n, width = keys.shape
+            mask = np.hstack([np.zeros((n, bands), dtype=bool), missing]).reshape(-1)
             offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(
-                [b.column(b.schema.get_field_index("request_id")),
-                 sk["skeleton"].to_arrow().cast(pa.string()),
-                 pa.ListArray.from_arrays(offsets, pa.array(keys, mask=mask))],
+                [b.column(b.schema.get_field_index("request_id")), skel,
+                 pa.ListArray.from_arrays(offsets, pa.array(keys.view(np.int64).reshape(-1),
+                                                            mask=mask))],
                 names=["request_id", "skeleton", "keys"])
 
     return fn

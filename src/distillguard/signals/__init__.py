@@ -66,7 +66,7 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     def drain(limit: int) -> None:
         while len(pending) > limit:
             ids, res = pending.popleft()
-            skel, keys = res.result() if pool is not None else res
+            skel, keys, _ = res.result() if pool is not None else res
             write(ids, skel, keys)
 
     # The read streams on its own cursor: this connection inserts while it is open.

@@ -81,19 +81,23 @@ def signature_band_keys(skeletons: list[str], num_perm: int, bands: int) -> np.n
 
 
 def template_keys(prompt_ends: pa.Array, offset: int, k: int, num_perm: int,
-                  bands: int) -> tuple[pa.Array, np.ndarray]:
+                  bands: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Skeletons and the (n, bands + 2) uint64 template keys of one batch of prompts.
 
     Keys are the MinHash band keys, then the exact head and tail keys. This is the whole
-    per-batch text work, so it can run in a worker process (``offset``: the batch's position
-    in the input, for the unique keys of prompts too short to have a head or tail).
+    per-batch text work of both engines, so it can run in a worker process or an executor.
+    A prompt too short to have a head or tail gets a key unique to it (``offset``: the
+    batch's position in the input); the (n, 2) ``missing`` mask says which, for engines
+    that store NULL instead.
     """
     sk = skeleton_frame(pl.from_arrow(prompt_ends), k)
     skel = sk["skeleton"].to_list()
+    heads, tails = sk["head_key"].to_list(), sk["tail_key"].to_list()
     keys = np.column_stack([signature_band_keys(skel, num_perm, bands),
-                            exact_keys(sk["head_key"].to_list(), 1, offset),
-                            exact_keys(sk["tail_key"].to_list(), 2, offset)])
-    return sk["skeleton"].to_arrow().cast(pa.string()), keys
+                            exact_keys(heads, 1, offset), exact_keys(tails, 2, offset)])
+    missing = np.column_stack([sk["head_key"].is_null().to_numpy(),
+                               sk["tail_key"].is_null().to_numpy()])
+    return sk["skeleton"].to_arrow().cast(pa.string()), keys, missing
 
 
 def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
