@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -255,6 +255,13 @@ def bench(
     tactics: Annotated[str | None, typer.Option(
         help="Attacker tactics to bench, comma-separated or 'all': baseline, no_elicitation, "
         "paraphrased, own_infra, camouflaged, slow, all_of_the_above")] = None,
+    worlds: Annotated[int | None, typer.Option(
+        help="Cross-world benchmark: draw N worlds (a quarter tune, the rest report)")] = None,
+    worlds_seed: Annotated[int, typer.Option(help="Seed of the world draw")] = 0,
+    world_size: Annotated[str, typer.Option(help="bench | ci (small worlds)")] = "bench",
+    replay: Annotated[bool, typer.Option(
+        help="With --worlds: replay every report world through the online scorer")] = True,
+    jobs: Annotated[int, typer.Option(help="With --worlds: report worlds run in parallel")] = 2,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -264,6 +271,10 @@ def bench(
         distill_corpus = distill_corpus or [shared_data / "distill"]
         timing = timing or [shared_data / "traces"]
     names = [b for b in baselines.split(",") if b]
+    if worlds is not None:
+        _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
+                      timing, names, replay, jobs)
+        return
     kw = dict(scenario=scenario, seed=seed, legit=legit_corpus or None,
               distill=distill_corpus or None, timing=timing or None, baselines=names,
               knobs=_parse_set(knob or []), time_to_detect=ttd)
@@ -363,6 +374,36 @@ def bench(
     if result.get("time_to_detect"):
         console.print((out / "bench.md").read_text().split("Time to detect", 1)[1][:4000])
     console.print(f"results: {out / 'bench.json'} and {out / 'bench.md'}")
+
+
+def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
+                  timing: Any, baselines: list[str], replay: bool, jobs: int) -> None:
+    from distillguard.bench.worlds import AGG_METRICS, bench_worlds
+
+    try:
+        with RichProgress() as prog:
+            res = bench_worlds(out, n_worlds=n, worlds_seed=seed, size=size,
+                               legit=legit or None, distill=distill or None,
+                               timing=timing or None, baselines=baselines, replay=replay,
+                               jobs=jobs, progress=prog)
+    except (DistillguardError, ValueError) as exc:
+        _fail(exc)
+    agg = res["aggregate"]
+    t = Table(title=f"cross-world benchmark: {res['n_report']} report worlds "
+                    f"({res['n_tune']} tune), mean / p10 / worst")
+    t.add_column("metric")
+    for d in agg:
+        t.add_column(d, justify="right")
+    for key, (_, label) in AGG_METRICS.items():
+        cells = [agg[d].get(key) for d in agg]
+        if all(c is None for c in cells):
+            continue
+        t.add_row(label, *["-" if c is None else
+                           f"{c['mean']:.3f} / {c['p10']:.3f} / {c['worst']:.3f}" for c in cells])
+    console.print(t)
+    console.print(f"results: {out / 'worlds.md'}, {out / 'worlds.csv'}, "
+                  f"{out / 'campaigns.csv'}, plots {', '.join(res['plots'])} "
+                  f"({res['seconds']:.0f} s)")
 
 
 @app.command()

@@ -1,0 +1,599 @@
+"""Cross-world benchmark: detection judged on worlds, tactics and text it was never tuned on.
+
+``distillguard bench --worlds N`` draws N simulated worlds from a distribution over world
+*structure* (:func:`distillguard.sim.draw_world`: population mix and sizes, models and
+releases, campaigns drawn from a tactic space, text from corpus groups). A quarter of them
+(at least one) are **tune** worlds, the rest **report** worlds.
+
+Protocol:
+
+1. Everything a detector fits is fitted on the tune worlds only (:func:`fit_tune`): our
+   calibration (the benign raw-score quantile) and every baseline's threshold and reference
+   sample. :func:`fit_tune` is given the tune worlds' traffic and nothing else, and what it
+   fitted is written to ``fitted.json`` before any report world is simulated;
+   ``tests/test_bench_worlds.py`` checks that changing the report worlds leaves it unchanged.
+2. Tune and report worlds draw their text from disjoint corpus groups and template
+   phrasings (``corpus_group`` in each ``world.json``).
+3. Every figure is measured on report worlds, per world and aggregated (mean, 10th
+   percentile, worst).
+
+Per report world: PR-AUC, recall at 0.1% and 1% FPR, flagged precision, flagged FPR (promised
+vs measured), FPR per legitimate kind, campaigns recovered (>= 90% of accounts flagged) and
+recovered as one (purity, ARI), the purity of every reported campaign, the community size
+distribution (largest community and its label mix), and, with ``replay``, time to detect from
+the online scorer and its alerts per legitimate kind. The same for the baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from distillguard.api import Progress
+from distillguard.config import Config, load_config
+
+__all__ = ["Fitted", "bench_worlds", "fit_tune", "run_report_world", "world_seeds"]
+
+#: Detectors whose figures the tables show, in order (baselines appended when run).
+OURS = ("distillguard", "as-shipped")
+
+
+def world_seeds(worlds_seed: int, role: str, n: int) -> list[int]:
+    """Seeds of the ``n`` worlds of one role: independent streams per role, so the report
+    worlds can change without touching the tune worlds (and vice versa)."""
+    return [zlib.crc32(f"distillguard-worlds:{worlds_seed}:{role}:{i}".encode())
+            for i in range(n)]
+
+
+@dataclass
+class Fitted:
+    """What the detectors fitted on the tune worlds (and nothing else)."""
+
+    tune_worlds: list[str]
+    calibration: dict[str, Any]
+    baselines: dict[str, Any] = field(default_factory=dict)   # name -> fitted estimator
+    baseline_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tune_worlds": self.tune_worlds, "calibration": self.calibration,
+                "baselines": self.baseline_params}
+
+
+# ---------------------------------------------------------------------------------------
+# tune
+# ---------------------------------------------------------------------------------------
+
+
+def _simulate(spec: Any, out: Path, corpora: dict[str, Any]) -> tuple[list[Path], pl.DataFrame]:
+    from distillguard.sim import simulate_world
+
+    res = simulate_world(spec, out, **corpora)
+    return list(res.logs), pl.read_csv(res.labels, infer_schema_length=0)
+
+
+def _store(logs: list[Path], cfg: Config):
+    from distillguard.ingest import ingest_files
+    from distillguard.store import connect
+
+    con = connect(None)
+    ingest_files(logs, con, limits=cfg["ingest"])
+    return con
+
+
+def _baseline_params(det: Any) -> dict[str, Any]:
+    out = {}
+    for k, v in vars(det).items():
+        if k.endswith("_") and not k.startswith("_") and isinstance(v, int | float | str):
+            out[k] = v
+    return out
+
+
+def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = (),
+             progress: Progress | None = None) -> Fitted:
+    """Fit our calibration and the baselines on the benign accounts of the tune worlds.
+
+    Each tune world runs the whole pipeline; the raw scores of its legitimate accounts are
+    pooled and the calibrator is fitted on them (the same Calibrator ``distillguard
+    calibrate`` fits on known-good accounts). Baselines fit on the pooled legitimate requests.
+    """
+    from distillguard.api import calibrate_store
+    from distillguard.bench.run import make_baseline, requests_frame
+    from distillguard.scoring import Calibrator
+
+    say = progress.done if progress else (lambda *a, **k: None)
+    raws: list[np.ndarray] = []
+    req_frames: list[pl.DataFrame] = []
+    names = []
+    for d in tune_dirs:
+        d = Path(d)
+        t0 = time.perf_counter()
+        logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
+        labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
+        con = _store(logs, cfg)
+        try:
+            benign = labels.filter(pl.col("label") != "distill")["account_id"].to_list()
+            cal = calibrate_store(con, cfg, benign)
+            raws.append(np.asarray(cal.benign_sorted_))
+            if baselines:
+                req_frames.append(requests_frame(con).join(
+                    labels.filter(pl.col("label") != "distill").select("account_id"),
+                    on="account_id"))
+        finally:
+            con.close()
+        names.append(d.name)
+        say(f"tune {d.name}", time.perf_counter() - t0)
+    target = float(cfg["scoring"]["target_fpr"])
+    cal = Calibrator(target).fit(np.concatenate(raws))
+    fitted = Fitted(names, {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": target})
+    if baselines:
+        from distillguard.bench.run import _with_embeddings
+
+        fit_req = _with_embeddings([pl.concat(req_frames)])[0]
+        for name in baselines:
+            det = make_baseline(name, target).fit(fit_req)
+            fitted.baselines[name] = det
+            fitted.baseline_params[name] = _baseline_params(det)
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+
+def community_summary(con: Any, labels: pl.DataFrame) -> dict[str, Any]:
+    """Sizes of the link communities and the label mix of the largest one."""
+    comm = con.sql("SELECT account_id, community FROM communities WHERE community >= 0").pl()
+    if comm.is_empty():
+        return {"n_communities": 0, "largest": 0, "largest_mix": {}, "sizes_p50": None,
+                "sizes_p90": None, "sizes_max": 0}
+    lab = labels.select("account_id", pl.when(pl.col("label") == "distill")
+                        .then(pl.col("campaign_id")).otherwise(pl.col("kind")).alias("who"))
+    sizes = comm.group_by("community").len()
+    big = sizes.sort(["len", "community"], descending=[True, False])["community"][0]
+    mix = (comm.filter(pl.col("community") == big).join(lab, on="account_id", how="left")
+           .group_by("who").len().sort("len", descending=True))
+    s = sizes["len"].to_numpy()
+    return {"n_communities": int(sizes.height), "largest": int(s.max()),
+            "largest_mix": {str(r["who"]): int(r["len"]) for r in mix.head(8).iter_rows(named=True)},
+            "sizes_p50": float(np.median(s)), "sizes_p90": float(np.quantile(s, 0.9)),
+            "sizes_max": int(s.max())}
+
+
+def reported_purity(labels: pl.DataFrame, accounts: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per reported campaign: size and the share of its accounts from its majority true
+    campaign (legitimate accounts count as foreign)."""
+    if "campaign_id" not in accounts.columns:
+        return []
+    rep = accounts.filter(pl.col("campaign_id").is_not_null() & (pl.col("campaign_id") != ""))
+    if rep.is_empty():
+        return []
+    df = rep.select("account_id", pl.col("campaign_id").alias("pred")).join(
+        labels.select("account_id", "label", pl.col("campaign_id").alias("true")),
+        on="account_id", how="left")
+    df = df.with_columns(pl.when(pl.col("label") == "distill").then(pl.col("true"))
+                         .otherwise(pl.lit("\x00benign")).alias("true"))
+    out = []
+    for (pred,), g in df.group_by("pred"):
+        counts = g.group_by("true").len().sort("len", descending=True)
+        top, n_top = counts["true"][0], int(counts["len"][0])
+        out.append({"campaign": pred, "n_accounts": g.height,
+                    "purity": n_top / g.height if top != "\x00benign" else 0.0,
+                    "majority": None if top == "\x00benign" else top,
+                    "n_benign": int(g.filter(pl.col("true") == "\x00benign").height)})
+    return sorted(out, key=lambda r: -r["n_accounts"])
+
+
+def _online_by_kind(alerts_path: Path, labels: pl.DataFrame, threshold: float) -> list[dict]:
+    """Legitimate accounts that crossed the flag threshold at any point of the replay."""
+    import orjson
+
+    hit: set[str] = set()
+    if alerts_path.exists():
+        with alerts_path.open("rb") as fh:
+            for line in fh:
+                a = orjson.loads(line)
+                if a["score"] >= threshold:
+                    hit.add(a["account_id"])
+    ben = labels.filter(pl.col("label") != "distill")
+    ben = ben.with_columns(pl.col("account_id").is_in(list(hit)).alias("alerted"))
+    return (ben.group_by("kind").agg(pl.len().alias("n"), pl.col("alerted").sum().alias("n_alerted"))
+            .with_columns((pl.col("n_alerted") / pl.col("n")).alias("share")).sort("kind")
+            .to_dicts())
+
+
+def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitted,
+                     cfg: Config, *, replay: bool = True) -> dict[str, Any]:
+    """Simulate one report world, run every detector on it, return its figures."""
+    from distillguard.api import analyse
+    from distillguard.bench.metrics import evaluate
+    from distillguard.bench.run import _with_embeddings, requests_frame
+    from distillguard.scoring import Calibrator, score_accounts
+    from distillguard.store import scalar
+
+    out.mkdir(parents=True, exist_ok=True)
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    logs, labels = _simulate(spec, out / "traffic", corpora)
+    secs["simulate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    con = _store(logs, cfg)
+    cal = Calibrator.from_params(fitted.calibration["raw_threshold"],
+                                 fitted.calibration["raw_scale"],
+                                 fitted.calibration["target_fpr"])
+    scores, campaigns = analyse(con, cfg, calibrator=cal)
+    secs["detect"] = time.perf_counter() - t0
+    n_requests = scalar(con, "SELECT count(*) FROM requests")
+    runs: dict[str, pl.DataFrame] = {
+        "distillguard": scores.select("account_id", "score", "flagged", "campaign_id")}
+    shipped, _ = score_accounts(con, cfg, None)
+    runs["as-shipped"] = shipped.select("account_id", "score", "flagged", "campaign_id")
+    comm = community_summary(con, labels)
+    if fitted.baselines:
+        t0 = time.perf_counter()
+        req = _with_embeddings([requests_frame(con)])[0]
+        for name, det in fitted.baselines.items():
+            runs[name] = det.predict(req).select("account_id", "score", "flagged")
+        secs["baselines"] = time.perf_counter() - t0
+    con.close()
+    scores.join(labels, on="account_id", how="left").write_csv(out / "accounts_scored.csv")
+
+    detectors = {}
+    for name, acc in runs.items():
+        m = evaluate(labels, acc)
+        m["reported_campaigns"] = reported_purity(labels, acc)
+        detectors[name] = m
+    ttd = None
+    if replay:
+        from distillguard.bench.ttd import time_to_detect
+
+        t0 = time.perf_counter()
+        ttd = time_to_detect(logs, labels, out / "replay", config=cfg)
+        ttd["online_by_kind"] = _online_by_kind(out / "replay" / "alerts.jsonl", labels,
+                                                float(cfg["scoring"]["threshold"]))
+        secs["replay"] = time.perf_counter() - t0
+    spec_json = spec.to_json() if hasattr(spec, "to_json") else dict(spec)
+    res = {"world_id": spec_json.get("world_id"), "spec": spec_json,
+           "n_requests": int(n_requests), "n_accounts": labels.height,
+           "target_fpr": fitted.calibration["target_fpr"], "communities": comm,
+           "detectors": detectors, "time_to_detect": ttd,
+           "seconds": {k: round(v, 2) for k, v in secs.items()}}
+    (out / "world_result.json").write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def _report_job(args: tuple) -> dict[str, Any]:
+    spec, out, corpora, fitted, cfg, replay, threads = args
+    if threads:
+        os.environ["DISTILLGUARD_THREADS"] = str(threads)
+    return run_report_world(spec, out, corpora, fitted, cfg, replay=replay)
+
+
+# ---------------------------------------------------------------------------------------
+# aggregate, tables, plots
+# ---------------------------------------------------------------------------------------
+
+
+def _fin(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def world_row(res: dict[str, Any], name: str) -> dict[str, Any]:
+    """One flat row of figures for one detector on one world."""
+    m = res["detectors"][name]
+    r = m["recall_at_fpr"]
+    legit_kinds = [k for k in m["fpr_by_kind"] if k["n"]]
+    worst = max(legit_kinds, key=lambda k: (k["fpr"] or 0.0), default=None)
+    camps = m["campaigns"]
+    rep = m.get("reported_campaigns") or []
+    row: dict[str, Any] = {
+        "world_id": res["world_id"], "detector": name, "n_accounts": res["n_accounts"],
+        "n_requests": res["n_requests"], "n_campaigns": m["n_campaigns"],
+        "pr_auc": _fin(m["pr_auc"]),
+        "recall_at_0.1%": _fin(r["0.001"]["recall"]), "recall_at_1%": _fin(r["0.01"]["recall"]),
+        "flag_precision": _fin(m["flagged"]["precision"]),
+        "flag_recall": _fin(m["flagged"]["recall"]),
+        "flag_fpr": _fin(m["flagged"]["fpr"]),
+        "promised_fpr": res["target_fpr"] if name in OURS else None,
+        "worst_kind": worst["kind"] if worst else None,
+        "worst_kind_fpr": _fin(worst["fpr"]) if worst else None,
+        "campaigns_recovered": sum(1 for c in camps if (c["flagged_share"] or 0) >= 0.9),
+        "campaigns_recovered_share": (sum(1 for c in camps if (c["flagged_share"] or 0) >= 0.9)
+                                      / len(camps)) if camps else None,
+        "recovered_as_one": sum(1 for c in camps if c["recovered_as_one"]),
+        "ari": _fin(m["campaign_ari"]),
+        "n_reported_campaigns": len(rep),
+        "min_reported_purity": min((c["purity"] for c in rep), default=None),
+    }
+    if name == "distillguard":
+        row["largest_community"] = res["communities"]["largest"]
+        ttd = res.get("time_to_detect")
+        if ttd:
+            shares = [c["share_served_before"] for c in ttd["online"]]
+            row["ttd_worst_share"] = max(shares) if shares else None
+            row["ttd_mean_share"] = float(np.mean(shares)) if shares else None
+            kinds = [k for k in ttd["online_by_kind"] if k["n"]]
+            row["online_alerted_legit"] = sum(k["n_alerted"] for k in kinds)
+            row["online_worst_kind_share"] = max((k["share"] for k in kinds), default=None)
+    return row
+
+
+#: metric -> (direction of "worse", shown name); aggregated as mean, 10th percentile, worst.
+AGG_METRICS = {
+    "pr_auc": ("low", "PR-AUC"),
+    "recall_at_0.1%": ("low", "recall at 0.1% FPR"),
+    "recall_at_1%": ("low", "recall at 1% FPR"),
+    "flag_precision": ("low", "flagged precision"),
+    "flag_fpr": ("high", "flagged FPR"),
+    "worst_kind_fpr": ("high", "worst legitimate kind's FPR"),
+    "campaigns_recovered_share": ("low", "campaigns recovered (>=90% flagged)"),
+    "ari": ("low", "campaign ARI"),
+    "min_reported_purity": ("low", "lowest reported-campaign purity"),
+    "largest_community": ("high", "largest community (accounts)"),
+    "ttd_worst_share": ("high", "replay: worst share served before first alert"),
+    "online_worst_kind_share": ("high", "replay: worst legitimate kind's share alerted"),
+}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """detector -> metric -> {mean, p10, worst, n} over report worlds (None values skipped).
+
+    ``p10`` is the 10th percentile on the bad side (the 90th for metrics where high is bad).
+    """
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for det in dict.fromkeys(r["detector"] for r in rows):
+        rs = [r for r in rows if r["detector"] == det]
+        out[det] = {}
+        for key, (bad, _) in AGG_METRICS.items():
+            vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=float)
+            if not vals.size:
+                continue
+            q = 10 if bad == "low" else 90
+            out[det][key] = {"mean": float(vals.mean()),
+                             "p10": float(np.percentile(vals, q)),
+                             "worst": float(vals.min() if bad == "low" else vals.max()),
+                             "n": int(vals.size)}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The cross-world table (aggregates per detector) and the per-world table."""
+    agg = result["aggregate"]
+    dets = list(agg)
+
+    def f(v: float | None) -> str:
+        return "–" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}")
+
+    lines = [f"{result['n_report']} report worlds ({result['n_tune']} tune worlds fitted "
+             f"first), worlds seed {result['worlds_seed']}, size {result['size']}, config "
+             f"{result['config_version']}; mean / 10th percentile / worst over report worlds:",
+             "", "| metric | " + " | ".join(dets) + " |", "|---|" + "---:|" * len(dets)]
+    for key, (_, label) in AGG_METRICS.items():
+        cells = []
+        for d in dets:
+            a = agg[d].get(key)
+            cells.append("–" if a is None else f"{f(a['mean'])} / {f(a['p10'])} / {f(a['worst'])}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Per report world (distillguard):", "",
+              "| world | accounts | requests | campaigns | PR-AUC | recall@0.1% | recall@1% | "
+              "flag prec | flag FPR | worst kind (FPR) | recovered | as one | ARI | largest comm. "
+              "| replay worst share | online legit alerted |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if r["detector"] != "distillguard":
+            continue
+        lines.append(
+            f"| {r['world_id']} | {r['n_accounts']:,} | {r['n_requests']:,} | {r['n_campaigns']} "
+            f"| {f(r['pr_auc'])} | {f(r['recall_at_0.1%'])} | {f(r['recall_at_1%'])} | "
+            f"{f(r['flag_precision'])} | {f(r['flag_fpr'])} | {r['worst_kind']} "
+            f"({f(r['worst_kind_fpr'])}) | {r['campaigns_recovered']}/{r['n_campaigns']} | "
+            f"{r['recovered_as_one']} | {f(r['ari'])} | {r.get('largest_community', '–')} | "
+            f"{f(r.get('ttd_worst_share'))} | {r.get('online_alerted_legit', '–')} |")
+    lines += ["", "FPR per legitimate kind (distillguard; max over report worlds, and worlds "
+              "where the kind is present):", "", "| kind | worlds | accounts | max FPR | "
+              "mean FPR | online alerted (max share) |", "|---|---:|---:|---:|---:|---:|"]
+    for k in result["kinds"]:
+        lines.append(f"| {k['kind']} | {k['worlds']} | {k['accounts']:,} | {f(k['max_fpr'])} | "
+                     f"{f(k['mean_fpr'])} | {f(k.get('max_online_share'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def kinds_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by: dict[str, dict[str, Any]] = {}
+    for res in results:
+        online = {k["kind"]: k for k in (res.get("time_to_detect") or {}).get("online_by_kind", [])}
+        for k in res["detectors"]["distillguard"]["fpr_by_kind"]:
+            if not k["n"]:
+                continue
+            e = by.setdefault(k["kind"], {"kind": k["kind"], "worlds": 0, "accounts": 0,
+                                          "fprs": [], "online": []})
+            e["worlds"] += 1
+            e["accounts"] += k["n"]
+            e["fprs"].append(k["fpr"] or 0.0)
+            if k["kind"] in online:
+                e["online"].append(online[k["kind"]]["share"])
+    out = []
+    for e in sorted(by.values(), key=lambda e: e["kind"]):
+        out.append({"kind": e["kind"], "worlds": e["worlds"], "accounts": e["accounts"],
+                    "max_fpr": max(e["fprs"]), "mean_fpr": float(np.mean(e["fprs"])),
+                    "max_online_share": max(e["online"]) if e["online"] else None})
+    return out
+
+
+def campaign_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (report world, campaign): its drawn tactic knobs and how it fared."""
+    rows = []
+    for res in results:
+        knobs = res["spec"].get("campaigns", {})
+        ttd = {c["campaign_id"]: c for c in (res.get("time_to_detect") or {}).get("online", [])}
+        for c in res["detectors"]["distillguard"]["campaigns"]:
+            row = {"world_id": res["world_id"], "campaign_id": c["campaign_id"],
+                   "n_accounts": c["n_accounts"], "flagged_share": c["flagged_share"],
+                   "purity": c["purity"], "recovered_as_one": c["recovered_as_one"],
+                   "share_served_before_alert": ttd.get(c["campaign_id"], {}).get(
+                       "share_served_before")}
+            for k, v in (knobs.get(c["campaign_id"]) or {}).items():
+                if isinstance(v, bool):
+                    row[f"knob_{k}"] = float(v)
+                elif isinstance(v, int | float):
+                    row[f"knob_{k}"] = float(v)
+                elif isinstance(v, str):
+                    row[f"knob_{k}"] = v
+            rows.append(row)
+    return rows
+
+
+def _plots(out: Path, result: dict[str, Any], camp: list[dict[str, Any]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    # promised vs measured FPR, per world and detector
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for det in OURS:
+        rs = [r for r in result["rows"] if r["detector"] == det and r["flag_fpr"] is not None]
+        ax.scatter([r["promised_fpr"] for r in rs], [r["flag_fpr"] for r in rs], label=det,
+                   alpha=0.7)
+    lim = max([r["flag_fpr"] or 0 for r in result["rows"]] + [0.004]) * 1.1
+    ax.plot([0, lim], [0, lim], "k--", lw=0.8, label="measured = promised")
+    ax.plot([0, lim / 2], [0, lim], "r:", lw=0.8, label="2x promised")
+    ax.set_xlabel("promised FPR (calibration target)")
+    ax.set_ylabel("measured flagged FPR on the world")
+    ax.set_xlim(0, lim)
+    ax.set_ylim(0, lim)
+    ax.legend(fontsize=8)
+    ax.set_title("Promised vs measured false-positive rate per report world")
+    fig.tight_layout()
+    p = out / "fpr-promised-vs-measured.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    # flagged share per campaign against each numeric tactic knob
+    knobs = sorted({k for r in camp for k, v in r.items()
+                    if k.startswith("knob_") and isinstance(v, float)})
+    if knobs:
+        ncol = 4
+        nrow = -(-len(knobs) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+        for ax, k in zip(axes.flat, knobs, strict=False):
+            xs = [r[k] for r in camp if isinstance(r.get(k), float)]
+            ys = [r["flagged_share"] for r in camp if isinstance(r.get(k), float)]
+            ax.scatter(xs, ys, s=14, alpha=0.6)
+            ax.set_title(k[5:], fontsize=9)
+            ax.set_ylim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+            if len(set(xs)) > 1 and min(xs) > 0 and max(xs) / min(xs) > 50:
+                ax.set_xscale("log")
+        for ax in list(axes.flat)[len(knobs):]:
+            ax.axis("off")
+        fig.suptitle("Share of each campaign's accounts flagged, against its tactic knobs "
+                     "(distillguard, report worlds)", fontsize=10)
+        fig.tight_layout()
+        p = out / "recall-vs-knobs.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# the whole run
+# ---------------------------------------------------------------------------------------
+
+
+def bench_worlds(
+    out_dir: str | Path,
+    *,
+    n_worlds: int = 16,
+    worlds_seed: int = 0,
+    report_seed: int | None = None,
+    n_tune: int | None = None,
+    size: str = "bench",
+    legit: Any = None,
+    distill: Any = None,
+    timing: Any = None,
+    baselines: Sequence[str] = (),
+    replay: bool = True,
+    jobs: int = 1,
+    config: Config | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Draw, fit on tune worlds, report on the others; write tables, CSVs and plots.
+
+    ``report_seed`` (default ``worlds_seed``) seeds the report worlds alone, so the report set
+    can change while the tune set, and therefore everything fitted, stays the same.
+    """
+    from distillguard.sim import draw_world
+
+    cfg = config or load_config()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress()
+    n_tune = n_tune if n_tune is not None else max(1, n_worlds // 4)
+    n_report = n_worlds - n_tune
+    if n_tune < 1 or n_report < 1:
+        raise ValueError("need at least one tune and one report world")
+    corpora = {"legit_corpus": legit, "distill_corpus": distill, "timing": timing}
+    t_start = time.perf_counter()
+
+    tick = progress.stage("worlds", n_worlds)
+    tune_specs = [draw_world(s, "tune", size=size)
+                  for s in world_seeds(worlds_seed, "tune", n_tune)]
+    tune_dirs = []
+    for spec in tune_specs:
+        d = out / "tune" / spec.world_id
+        _simulate(spec, d, corpora)
+        tune_dirs.append(d)
+    fitted = fit_tune(tune_dirs, cfg, baselines)
+    tick(n_tune)
+    (out / "fitted.json").write_text(json.dumps(fitted.to_json(), indent=2, sort_keys=True,
+                                                default=str))
+
+    rseed = worlds_seed if report_seed is None else report_seed
+    rep_specs = [draw_world(s, "report", size=size)
+                 for s in world_seeds(rseed, "report", n_report)]
+    jobs_args = [(spec, out / "report" / spec.world_id, corpora, fitted, cfg, replay,
+                  1 if jobs > 1 else 0) for spec in rep_specs]
+    results: list[dict[str, Any]] = []
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            for res in ex.map(_report_job, jobs_args):
+                results.append(res)
+                tick(1)
+    else:
+        for a in jobs_args:
+            results.append(_report_job(a))
+            tick(1)
+
+    rows = [world_row(res, d) for res in results for d in res["detectors"]]
+    result = {
+        "worlds_seed": worlds_seed, "report_seed": rseed, "size": size, "n_tune": n_tune,
+        "n_report": n_report, "config_version": cfg.version, "fitted": fitted.to_json(),
+        "aggregate": aggregate(rows), "rows": rows, "kinds": kinds_table(results),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    camp = campaign_rows(results)
+    pl.DataFrame(rows, infer_schema_length=None).write_csv(out / "worlds.csv")
+    if camp:
+        pl.DataFrame(camp, infer_schema_length=None).write_csv(out / "campaigns.csv")
+    result["plots"] = [str(p) for p in _plots(out, result, camp)]
+    (out / "worlds.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "worlds.md").write_text(markdown(result))
+    return result

@@ -1,0 +1,70 @@
+"""Cross-world benchmark: the protocol (fit on tune worlds only) and its outputs, on small
+"ci" worlds from the bundled corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distillguard.bench.worlds import aggregate, bench_worlds, world_seeds
+
+
+def test_world_seeds_independent_per_role():
+    assert world_seeds(3, "tune", 2) == world_seeds(3, "tune", 2)
+    assert set(world_seeds(3, "tune", 4)).isdisjoint(world_seeds(3, "report", 4))
+    assert world_seeds(3, "report", 2) != world_seeds(4, "report", 2)
+
+
+def test_aggregate_directions():
+    rows = [{"detector": "d", "pr_auc": v, "flag_fpr": f}
+            for v, f in ((1.0, 0.0), (0.5, 0.01), (0.8, 0.002))]
+    a = aggregate(rows)["d"]
+    assert a["pr_auc"]["worst"] == 0.5 and a["flag_fpr"]["worst"] == 0.01
+    assert a["pr_auc"]["mean"] == pytest.approx(2.3 / 3)
+    assert a["pr_auc"]["p10"] < a["pr_auc"]["mean"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same tune worlds with two different sets of report worlds."""
+    out = []
+    for rs in (11, 12):
+        d = tmp_path_factory.mktemp(f"worlds{rs}")
+        res = bench_worlds(d, n_worlds=3, n_tune=1, worlds_seed=5, report_seed=rs, size="ci",
+                           baselines=("volume",), replay=(rs == 11), jobs=1)
+        out.append((d, res))
+    return out
+
+
+def test_fit_does_not_depend_on_report_worlds(two_runs):
+    (d1, r1), (d2, r2) = two_runs
+    assert (d1 / "fitted.json").read_text() == (d2 / "fitted.json").read_text()
+    ids1 = {r["world_id"] for r in r1["rows"]}
+    ids2 = {r["world_id"] for r in r2["rows"]}
+    assert ids1.isdisjoint(ids2)  # the report worlds did change
+    fitted = json.loads((d1 / "fitted.json").read_text())
+    assert fitted["tune_worlds"] and all(t not in ids1 for t in fitted["tune_worlds"])
+    assert fitted["calibration"]["n_benign"] > 0
+
+
+def test_tune_and_report_text_groups_disjoint(two_runs):
+    (d1, _), _ = two_runs
+    tune = [json.loads(p.read_text()) for p in (d1 / "tune").glob("*/world.json")]
+    rep = [json.loads(p.read_text()) for p in (d1 / "report").glob("*/traffic/world.json")]
+    assert tune and rep
+    assert {w["corpus_group"] for w in tune}.isdisjoint({w["corpus_group"] for w in rep})
+
+
+def test_outputs_written(two_runs):
+    (d1, r1), _ = two_runs
+    for name in ("worlds.csv", "worlds.md", "worlds.json", "campaigns.csv",
+                 "fpr-promised-vs-measured.png"):
+        assert (d1 / name).exists(), name
+    assert {"distillguard", "as-shipped", "volume"} <= set(r1["aggregate"])
+    agg = r1["aggregate"]["distillguard"]
+    assert 0.0 <= agg["pr_auc"]["worst"] <= agg["pr_auc"]["mean"] <= 1.0
+    row = next(r for r in r1["rows"] if r["detector"] == "distillguard")
+    assert row["largest_community"] is not None and "ttd_worst_share" in row
+    md = (d1 / "worlds.md").read_text()
+    assert "recall at 0.1% FPR" in md and "Per report world" in md
