@@ -8,17 +8,24 @@ the message text is assembled per request.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
 from distillguard.sim._corpus import Corpus, Item
+from distillguard.sim._infra import Infra
 from distillguard.sim._scenario import Population, Scenario
 from distillguard.sim._text import TemplateBank
 from distillguard.sim._timing import DAY, TimingTrace
 
-__all__ = ["Accounts", "Block", "Ctx", "iso_seconds"]
+__all__ = ["LINEUP_AWARE", "Accounts", "Block", "Ctx", "iso_seconds"]
+
+#: Kinds whose generators write model indices of the full ``Scenario.models`` line-up
+#: themselves; every other kind writes 0 (established) / 1 (new) and is lifted onto the
+#: line-up by :meth:`Ctx.lift_models` when the scenario has ``release_days``.
+LINEUP_AWARE: set[str] = set()
 
 
 def iso_seconds(ts: np.ndarray | float) -> list[str]:
@@ -112,6 +119,7 @@ class Ctx:
     bank: TemplateBank
     trace: TimingTrace | None
     accounts: Accounts
+    seed: int = 0
 
     def __post_init__(self) -> None:
         s = self.scenario
@@ -119,6 +127,16 @@ class Ctx:
             UTC).timestamp()
         self.t_end = self.t0 + s.days * DAY
         self.t_release = self.t0 + s.release_day * DAY
+        # model line-up: established indices, and (release ts, index) in release order
+        if s.release_days:
+            self.established = [i for i, d in enumerate(s.release_days) if d is None]
+            self.releases = sorted((self.t0 + d * DAY, i) for i, d in enumerate(s.release_days)
+                                   if d is not None)
+            self.t_release = self.releases[0][0]
+        else:
+            self.established = [0]
+            self.releases = [(self.t_release, 1)]
+        self._pools: dict[str, list[str]] = {}
         # pools used by many generators
         self.chat_items: list[Item] = [it for it in self.legit.items
                                        if it.category not in ("benchmark", "meta_generation")]
@@ -193,6 +211,57 @@ class Ctx:
         med, sig = {"chat": (180, 0.9), "cot": (750, 0.6), "code": (220, 0.9),
                     "short": (35, 0.6), "grade": (140, 0.7)}[profile]
         return np.maximum(1, rng.lognormal(np.log(med), sig, size=n)).astype(np.int64)
+
+    def shared_pool(self, name: str) -> list[str]:
+        """A world-level pool from ``Scenario.shared_pools`` (same list for every caller).
+
+        Built from ``(seed, name)`` only, so populations drawing from one pool meet on the
+        same addresses or cards whatever order they run in.
+        """
+        if name not in self._pools:
+            spec = {p[0]: p for p in self.scenario.shared_pools}.get(name)
+            if spec is None:
+                raise KeyError(f"scenario has no shared pool {name!r}")
+            _, kind, size, n_blocks = spec
+            infra = Infra(np.random.default_rng([self.seed, zlib.crc32(name.encode()), 0x9001]))
+            if kind == "residential":
+                pool = infra.residential(size)
+            elif kind == "datacenter":
+                pool = infra.cloud(size, n_blocks=max(1, n_blocks))
+            elif kind == "cgnat":
+                pool = []
+                for _ in range(max(1, n_blocks)):
+                    pool += infra.in_block(infra.block24(cloud=False), -(-size // max(1, n_blocks)))
+                pool = pool[:size]
+            else:
+                pool = infra.payment(size)
+            self._pools[name] = pool
+        return self._pools[name]
+
+    def lift_models(self, b: Block, rng: np.random.Generator) -> Block:
+        """Map a two-model block (0 = established, 1 = new) onto the scenario's line-up.
+
+        0 becomes one of the established models (each account keeps a preference: mostly the
+        first, a minority the second, e.g. a smaller sibling); 1 becomes a released model
+        available at that time, the newest one with probability 0.6 once it is out.
+        """
+        if not len(b) or len(self.established) == 1 and len(self.releases) == 1 and \
+                self.established[0] == 0 and self.releases[0][1] == 1:
+            return b
+        est = np.array(self.established)
+        n_acc = max(len(self.accounts), int(b.acct.max()) + 1)
+        pref = np.where(rng.random(n_acc) < 0.3, len(est) - 1, 0)
+        use_pref = rng.random(len(b)) < 0.85
+        e_idx = np.where(use_pref, pref[b.acct], rng.integers(0, len(est), size=len(b)))
+        out = est[e_idx]
+        rel_ts = np.array([t for t, _ in self.releases])
+        rel_ix = np.array([i for _, i in self.releases])
+        newest = np.maximum(np.searchsorted(rel_ts, b.ts, side="right") - 1, 0)
+        pick_any = rng.integers(0, newest + 1)
+        r = np.where(rng.random(len(b)) < 0.6, newest, pick_any)
+        out = np.where(b.model == 1, rel_ix[r], out)
+        b.model = out.astype(np.int8)
+        return b
 
     def status(self, rng: np.random.Generator, n: int, throttle: float = 0.0) -> np.ndarray:
         """HTTP status per request: rare 500s, ``throttle`` share of 429s."""

@@ -14,12 +14,16 @@ from typing import Any
 from distillguard.errors import ConfigError
 
 __all__ = [
+    "ALL_BENIGN_KINDS",
+    "ALL_CAMPAIGN_KINDS",
     "BENIGN_KINDS",
     "CAMPAIGN_KINDS",
     "GLOBAL_KNOBS",
     "Population",
     "SCENARIOS",
     "Scenario",
+    "WORLD_BENIGN_KINDS",
+    "WORLD_CAMPAIGN_KINDS",
 ]
 
 #: Population kinds labelled ``benign`` (ordinary use and hard negatives).
@@ -28,6 +32,18 @@ BENIGN_KINDS = ("ordinary", "eval_harness", "enterprise_batch", "app_backend", "
 #: Population kinds labelled ``distill`` (each population is one or more campaigns).
 CAMPAIGN_KINDS = ("naive_harvester", "reasoning_hydra", "agentic_hydra", "proxy_reseller",
                   "low_and_slow")
+#: Benign kinds added for the cross-world benchmark (``distillguard.sim.worlds``); generators
+#: in ``_world_kinds``. Kept apart from :data:`BENIGN_KINDS` so the fixed presets, which do
+#: not use them, still cover every kind of that tuple.
+WORLD_BENIGN_KINDS = ("power_user", "fast_adopter", "agent_framework", "tutoring_app",
+                      "eval_cot", "judge_lab", "translation_batch", "cgnat_users",
+                      "corporate_proxy", "startup_shared_card", "reseller_customers",
+                      "proxy_pool_user")
+#: Campaign kinds of the cross-world benchmark: one general tactic-space generator, the
+#: adaptive attacker that drops published evidence, and the imitator of a benign kind.
+WORLD_CAMPAIGN_KINDS = ("tactic_campaign", "adaptive_attacker", "imitator")
+ALL_BENIGN_KINDS = BENIGN_KINDS + WORLD_BENIGN_KINDS
+ALL_CAMPAIGN_KINDS = CAMPAIGN_KINDS + WORLD_CAMPAIGN_KINDS
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,10 @@ class Population:
 
     @property
     def label(self) -> str:
-        return "distill" if self.kind in CAMPAIGN_KINDS else "benign"
+        return "distill" if self.kind in ALL_CAMPAIGN_KINDS else "benign"
 
     def validate(self) -> None:
-        if self.kind not in BENIGN_KINDS + CAMPAIGN_KINDS:
+        if self.kind not in ALL_BENIGN_KINDS + ALL_CAMPAIGN_KINDS:
             raise ConfigError(f"unknown population kind {self.kind!r}")
         if self.n_accounts < 0 or self.rate < 0:
             raise ConfigError(f"{self.kind}: n_accounts and rate must be >= 0")
@@ -117,32 +133,59 @@ class Scenario:
         weekday/weekend structure is visible).
     days : float
         Length of the window.
-    models : (str, str)
-        The established model and the newly released one.
+    models : tuple of str
+        The established model and the newly released one (two names), or a longer line-up
+        when ``release_days`` is given.
     release_day : float
         Days after ``start`` at which the new model is released (3.7 = day 4, ~17:00 UTC);
-        no request uses it earlier.
+        no request uses it earlier. With ``release_days`` it must be the earliest release.
     tune_fraction : float
         Share of every corpus (by conversation) that goes to ``split="tune"``.
     max_reply_chars : int
         Assistant turns carried in multi-turn ``messages`` are cut to this length (file size).
     gzip_level : int
         Compression level of the output files.
+    release_days : tuple of (float or None)
+        Optional model line-up, aligned with ``models``: ``None`` = available from the start
+        (established), a number = released that many days after ``start``. Empty (default):
+        ``models[0]`` established, ``models[1]`` released at ``release_day``. Kinds written
+        for two models are lifted onto the line-up (``Ctx.lift_models``).
+    shared_pools : tuple of (name, kind, size, n_blocks)
+        World-level pools several populations draw from, built deterministically from the
+        simulation seed and the pool name: ``residential`` (proxy exits, one /24 each),
+        ``datacenter`` (VPN / cloud exits over ``n_blocks`` /24s), ``cgnat`` (a few carrier
+        addresses in one /24) and ``card`` (payment fingerprints).
     """
 
     name: str
     populations: tuple[Population, ...]
     start: str = "2026-03-02T00:00:00Z"
     days: float = 7.0
-    models: tuple[str, str] = ("model-a", "model-b")
+    models: tuple[str, ...] = ("model-a", "model-b")
     release_day: float = 3.7
     tune_fraction: float = 0.5
     max_reply_chars: int = 900
     gzip_level: int = 4
+    release_days: tuple[float | None, ...] = ()
+    shared_pools: tuple[tuple[str, str, int, int], ...] = ()
 
     def validate(self) -> None:
         if self.days <= 0 or not 0 < self.release_day < self.days:
             raise ConfigError("need days > 0 and 0 < release_day < days")
+        if len(self.models) < 2:
+            raise ConfigError("need at least two models")
+        if self.release_days:
+            rel = [d for d in self.release_days if d is not None]
+            if len(self.release_days) != len(self.models) or not rel or \
+                    len(rel) == len(self.release_days):
+                raise ConfigError("release_days must align with models and hold at least one "
+                                  "established (None) and one released model")
+            if not all(0 < d < self.days for d in rel) or abs(min(rel) - self.release_day) > 1e-9:
+                raise ConfigError("release days must lie in (0, days); release_day must equal "
+                                  "the earliest of them")
+        for name, kind, size, _ in self.shared_pools:
+            if kind not in ("residential", "datacenter", "cgnat", "card") or size < 1:
+                raise ConfigError(f"shared pool {name!r}: bad kind {kind!r} or size {size}")
         for p in self.populations:
             p.validate()
 
@@ -162,7 +205,7 @@ class Scenario:
                 continue
             if "__" in key:
                 kind, attr = key.split("__", 1)
-                if kind not in BENIGN_KINDS + CAMPAIGN_KINDS:
+                if kind not in ALL_BENIGN_KINDS + ALL_CAMPAIGN_KINDS:
                     raise ConfigError(f"unknown population kind in knob {key!r}")
                 for i, p in enumerate(pops):
                     if p.kind != kind:

@@ -17,7 +17,7 @@ import orjson
 
 from distillguard.errors import ConfigError
 from distillguard.sim._corpus import Corpus, bundled_corpus, load_corpus
-from distillguard.sim._engine import Accounts, Block, Ctx, iso_seconds
+from distillguard.sim._engine import LINEUP_AWARE, Accounts, Block, Ctx, iso_seconds
 from distillguard.sim._populations import KINDS, _concat
 from distillguard.sim._scenario import SCENARIOS, Scenario
 from distillguard.sim._text import TemplateBank
@@ -138,20 +138,44 @@ def simulate(
     distill = _corpus(distill_corpus, "distill", split, scen.tune_fraction, sources,
                       exclude_sources)
     trace = timing if isinstance(timing, TimingTrace) or timing is None else load_timing(timing)
-    ctx = Ctx(scen, legit, distill, TemplateBank(split), trace, Accounts())
-
-    blocks: list[Block] = []
-    for i, pop in enumerate(scen.populations):
-        if pop.n_accounts > 0:
-            blocks.append(KINDS[pop.kind](ctx, pop, _seed_for(seed, i, pop.kind)))
-    allb = _concat(blocks)
-    keep = np.flatnonzero((allb.ts >= ctx.t0) & (allb.ts < ctx.t_end))
-    order = keep[np.argsort(allb.ts[keep], kind="stable")]
+    ctx = Ctx(scen, legit, distill, TemplateBank(split), trace, Accounts(), seed)
+    allb, order = _generate(ctx, seed)
     return _write(Path(out_dir), scen, seed, split, ctx, allb, order)
 
 
+def _generate(ctx: Ctx, seed: int) -> tuple[Block, np.ndarray]:
+    """Run every population of ``ctx.scenario``; returns all requests and their time order."""
+    scen = ctx.scenario
+    blocks: list[Block] = []
+    for i, pop in enumerate(scen.populations):
+        if pop.n_accounts > 0:
+            b = KINDS[pop.kind](ctx, pop, _seed_for(seed, i, pop.kind))
+            if scen.release_days and pop.kind not in LINEUP_AWARE:
+                # own stream: lifting never reshuffles the population's other draws
+                b = ctx.lift_models(b, np.random.default_rng(
+                    [seed, i, zlib.crc32(pop.kind.encode()), 0x4D4F44]))
+            blocks.append(b)
+    allb = _concat(blocks)
+    keep = np.flatnonzero((allb.ts >= ctx.t0) & (allb.ts < ctx.t_end))
+    order = keep[np.argsort(allb.ts[keep], kind="stable")]
+    return allb, order
+
+
+#: Scenario fields added after the presets were frozen; left out of manifest.json while at
+#: their defaults so the presets' files stay byte-identical.
+_NEW_SCENARIO_FIELDS = {"release_days": (), "shared_pools": ()}
+
+
+def _scenario_json(scen: Scenario) -> dict[str, Any]:
+    d = asdict(scen)
+    for k, default in _NEW_SCENARIO_FIELDS.items():
+        if tuple(d.get(k, ())) == default:
+            d.pop(k, None)
+    return d
+
+
 def _write(out: Path, scen: Scenario, seed: int, split: str, ctx: Ctx, b: Block,
-           order: np.ndarray) -> SimResult:
+           order: np.ndarray, extra: dict[str, Any] | None = None) -> SimResult:
     logdir = out / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     for old in logdir.glob("requests-*.jsonl.gz"):
@@ -231,9 +255,9 @@ def _write(out: Path, scen: Scenario, seed: int, split: str, ctx: Ctx, b: Block,
             w.writerow([acc.ids[a], acc.label[a], acc.campaign[a], acc.kind[a]])
     manifest = out / "manifest.json"
     manifest.write_bytes(orjson.dumps({
-        "scenario": asdict(scen), "seed": seed, "split": split,
+        "scenario": _scenario_json(scen), "seed": seed, "split": split,
         "legit_sources": ctx.legit.sources(), "distill_sources": ctx.distill.sources(),
         "timing_trace": ctx.trace is not None, "n_requests": n,
-        "n_accounts": int(used.sum()), "files": [p.name for p in logs],
+        "n_accounts": int(used.sum()), "files": [p.name for p in logs], **(extra or {}),
     }, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return SimResult(logs, labels, n, int(used.sum()), manifest)
