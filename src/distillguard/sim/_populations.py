@@ -1087,7 +1087,14 @@ KINDS: dict[str, Generator] = {
 
 def describe_kinds() -> dict[str, tuple[str, str]]:
     """``{kind: (label, one-line summary)}`` taken from the generators' docstrings."""
-    from distillguard.sim._scenario import CAMPAIGN_KINDS
+    from distillguard.sim._scenario import ALL_CAMPAIGN_KINDS
 
-    return {k: ("distill" if k in CAMPAIGN_KINDS else "benign",
+    return {k: ("distill" if k in ALL_CAMPAIGN_KINDS else "benign",
                 (g.__doc__ or "").strip().splitlines()[0]) for k, g in KINDS.items()}
+
+
+# Kinds of the cross-world benchmark (``distillguard.sim.worlds``), kept in their own module.
+# Imported last: ``_world_kinds`` builds on the helpers above.
+from distillguard.sim._world_kinds import WORLD_KINDS  # noqa: E402
+
+KINDS.update(WORLD_KINDS)
