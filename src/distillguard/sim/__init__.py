@@ -21,6 +21,12 @@ distill (campaigns)
     ``naive_harvester``, ``reasoning_hydra``, ``agentic_hydra``, ``proxy_reseller``,
     ``low_and_slow``.
 
+Cross-world benchmark (:mod:`distillguard.sim.worlds`; generators in ``_world_kinds``):
+:func:`draw_world` draws a whole world — line-up, sizes, hard negatives (the kinds above plus
+:data:`WORLD_BENIGN_KINDS`) and campaigns from a tactic space (:data:`WORLD_CAMPAIGN_KINDS`)
+— and :func:`simulate_world` writes it, with disjoint text sources for tune and report
+worlds.
+
 Attack strength is set per :class:`Population` or, for every campaign at once, with the
 knobs ``camouflage``, ``paraphrase``, ``accounts``, ``rate``, ``ip_pool`` and ``pivot``
 passed to :func:`simulate`.
@@ -31,17 +37,24 @@ from __future__ import annotations
 from distillguard.sim._corpus import Corpus, Item, bundled_corpus, load_corpus
 from distillguard.sim._populations import KINDS, describe_kinds
 from distillguard.sim._scenario import (
+    ALL_BENIGN_KINDS,
+    ALL_CAMPAIGN_KINDS,
     BENIGN_KINDS,
     CAMPAIGN_KINDS,
     GLOBAL_KNOBS,
     SCENARIOS,
+    WORLD_BENIGN_KINDS,
+    WORLD_CAMPAIGN_KINDS,
     Population,
     Scenario,
 )
 from distillguard.sim._simulate import SimResult, simulate
 from distillguard.sim._timing import TimingTrace, load_timing
+from distillguard.sim.worlds import WorldSpec, draw_world, simulate_world, world_corpora
 
 __all__ = [
+    "ALL_BENIGN_KINDS",
+    "ALL_CAMPAIGN_KINDS",
     "BENIGN_KINDS",
     "CAMPAIGN_KINDS",
     "Corpus",
@@ -53,9 +66,15 @@ __all__ = [
     "Scenario",
     "SimResult",
     "TimingTrace",
+    "WORLD_BENIGN_KINDS",
+    "WORLD_CAMPAIGN_KINDS",
+    "WorldSpec",
     "bundled_corpus",
     "describe_kinds",
+    "draw_world",
     "load_corpus",
     "load_timing",
     "simulate",
+    "simulate_world",
+    "world_corpora",
 ]
