@@ -836,7 +836,7 @@ def draw_world(seed: int, role: str, size: str = "bench") -> WorldSpec:
     scen = Scenario(world_id, tuple(pops), start=f"{start.isoformat()}T00:00:00Z",
                     days=float(days), models=models, release_day=r1,
                     release_days=release_days, shared_pools=tuple(pools),
-                    max_reply_chars=S.max_reply_chars)
+                    max_reply_chars=S.max_reply_chars, gzip_level=2)
     scen.validate()
     Vb = sum(_benign_volume(k, v, params.get(k, {}), days, models, release_days)
              for k, v in benign.items())
