@@ -774,7 +774,7 @@ def draw_world(seed: int, role: str, size: str = "bench") -> WorldSpec:
     for c in carriers:
         pools.append((c, "cgnat", int(rng.integers(2, 9)), 1))
     framework = int(rng.integers(0, len(half(FRAMEWORKS, side))))
-    heldout_share = _r(rng.uniform(0.3, 1.0)) if side == "report" else 0.0
+    heldout_share = _r(rng.uniform(0.15, 0.6)) if side == "report" else 0.0
     world = {"framework": framework, "heldout_share": heldout_share, "cgnat": carriers}
     # ---- campaigns ------------------------------------------------------------------
     drafts = _draw_campaigns(rng, S, side, days, max(3, int(round(cshare * A))), world,
