@@ -89,10 +89,10 @@ class _Size:
 #: requests, ci ~150-400 and ~5k-15k): accounts that end up sending nothing are not in the
 #: logs, and bursty streams scatter request counts by about +-10 %.
 SIZES: dict[str, _Size] = {
-    "bench": _Size((1650, 4300), (85_000, 235_000), (3, 8),
+    "bench": _Size((1800, 4300), (85_000, 235_000), (3, 8),
                    {"resi_proxy": (800, 12_000), "vpn_dc": (30, 300), "card_pool": (6, 60)},
                    (3, 40), 900),
-    "ci": _Size((165, 430), (5_500, 14_000), (2, 4),
+    "ci": _Size((180, 430), (5_500, 14_000), (2, 4),
                 {"resi_proxy": (100, 1500), "vpn_dc": (10, 60), "card_pool": (3, 15)},
                 (2, 8), 500),
 }
