@@ -1,0 +1,266 @@
+"""Training and leave-one-family-out evaluation of the elicitation model.
+
+``train`` rebuilds the shipped weights from the shipped labelled set (same bytes on a rerun:
+fixed data order, deterministic lbfgs, fixed-point weights). ``lofo`` trains once per
+held-out elicitation family on the train split of every other family and reports, on the
+eval split, the held-out family's recall at the threshold that flags at most ``fpr`` of the
+benign reasoning-talk set, with the false-positive rate on ordinary prompts at that
+threshold and the rules' recall on the same rows.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from distillguard.signals.elicit_data import load_families, scan_text
+from distillguard.signals.elicit_model import (
+    _FOLD,
+    ElicitModel,
+    Spec,
+    gram_buckets,
+    normalise,
+    windows,
+)
+
+HEADS = ("extract", "rubric")
+_SLOT = re.compile(r"\{(\w+)\}")
+#: Default training parameters (chosen by LOFO, docs/elicitation.md).
+DEFAULT_SPEC = Spec()
+DEFAULT_C = 4.0
+DEFAULT_HEADS: tuple[str, ...] = ("elicit",)
+#: A window of a positive text is a positive example when it holds at least this share of
+#: the instruction characters the best window of that text holds.
+COVER = 0.8
+
+
+@dataclass
+class Windows:
+    """Training windows: sparse features, owning row, and per-head labels (or -1: unused)."""
+
+    X: sp.csr_matrix
+    row: np.ndarray
+    y: np.ndarray            # (n_windows, heads) int8: 1, 0, or -1 (not an example)
+
+
+def _norm(s: str) -> str:
+    return s.replace("\x00", " ").lower().translate(_FOLD)
+
+
+def _fragments(template: str) -> list[str]:
+    parts = _SLOT.split(template)[::2]          # literal pieces between slots
+    out = []
+    for p in parts:
+        p = _norm(p.replace("{{", "{").replace("}}", "}"))
+        if len(p.strip()) >= 3:
+            out.append(p)
+    return out
+
+
+def instruction_mask(row: dict[str, Any], scan: str, templates: dict[str, str]) -> np.ndarray:
+    """Boolean per character of the normalised ``scan``: part of the template's text."""
+    norm = _norm(scan)
+    mask = np.zeros(len(norm), dtype=bool)
+    tref = row["provenance"].split(" ", 2)[1]
+    tpl = templates.get(tref)
+    if tpl is None:
+        return mask
+    if row.get("system") and tpl.strip() == row["system"].strip():       # system-kind
+        at = len(norm) - len(_norm(row["system"]))
+        mask[max(at, 0):] = True
+        return mask
+    pos = 0
+    for frag in _fragments(tpl):
+        i = norm.find(frag, pos)
+        if i < 0:
+            i = norm.find(frag)
+        if i >= 0:
+            mask[i:i + len(frag)] = True
+            pos = i + len(frag)
+    return mask
+
+
+def template_index(families: dict[str, Any] | None = None) -> dict[str, str]:
+    fam = families or load_families()
+    return {f"{f['name']}/{lang}/{i}": t for f in fam["families"]
+            for lang, ts in f["templates"].items() for i, t in enumerate(ts)}
+
+
+def training_windows(rows: Sequence[dict[str, Any]], spec: Spec,
+                     templates: dict[str, str] | None = None) -> Windows:
+    """Windows of ``rows`` with labels: every window of a benign row is a negative for each
+    head; of a positive row, the windows holding most of its instruction are positives of its
+    head (and negatives of the other head), the rest are not used."""
+    templates = templates if templates is not None else template_index()
+    scans = [scan_text(r["text"], r.get("system")) for r in rows]
+    cp, starts, lens = normalise(scans)
+    masks = [None if r["label"] == "benign" else instruction_mask(r, scans[i], templates)
+             for i, r in enumerate(rows)]
+    parts = []
+    for w, s in spec.scales:
+        ws, we, first = windows(starts, lens, w, s)
+        nwin = np.diff(np.concatenate([first, [ws.size]]))
+        y = np.zeros((ws.size, len(HEADS)), dtype=np.int8)
+        for i, r in enumerate(rows):
+            m = masks[i]
+            if m is None:
+                continue
+            lo, hi = first[i], first[i] + nwin[i]
+            if m.size != lens[i]:        # lower() changed the length: not used
+                y[lo:hi] = -1
+                continue
+            cm = np.concatenate([[0], np.cumsum(m)])
+            cov = cm[we[lo:hi] - starts[i]] - cm[ws[lo:hi] - starts[i]]
+            best = cov.max()
+            pos = cov >= COVER * best if best > 0 else np.ones(hi - lo, bool)
+            y[lo:hi] = np.where(pos, 0, -1)[:, None]
+            y[lo:hi, HEADS.index(r["label"])] = np.where(pos, 1, -1)
+        parts.append((window_matrix(cp, ws, we, spec), np.repeat(np.arange(len(rows)), nwin), y))
+    return Windows(sp.vstack([p[0] for p in parts], format="csr"),
+                   np.concatenate([p[1] for p in parts]), np.vstack([p[2] for p in parts]))
+
+
+def window_matrix(cp: np.ndarray, ws: np.ndarray, we: np.ndarray, spec: Spec) -> sp.csr_matrix:
+    """(windows, 2**bits) CSR: each n-gram starting in a window counts 1 / sqrt(count), as
+    ``ElicitModel.window_scores`` sums them."""
+    zero = 1 << spec.bits
+    ln = we - ws
+    pos = np.repeat(ws - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(ln.sum())
+    wid = np.repeat(np.arange(ws.size), ln)
+    cols, rws = [], []
+    for idx in gram_buckets(cp, spec):
+        sel = pos < idx.size
+        c = idx[pos[sel]]
+        good = c != zero
+        cols.append(c[good])
+        rws.append(wid[sel][good])
+    col = np.concatenate(cols)
+    rw = np.concatenate(rws)
+    cnt = np.bincount(rw, minlength=ws.size).astype(np.float64)
+    val = 1.0 / np.sqrt(np.maximum(cnt, 1.0))[rw]
+    X = sp.csr_matrix((val, (rw, col)), shape=(ws.size, zero))
+    X.sum_duplicates()
+    X.sort_indices()
+    return X
+
+
+def fit(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
+        templates: dict[str, str] | None = None, meta: dict[str, Any] | None = None,
+        heads: tuple[str, ...] = DEFAULT_HEADS) -> ElicitModel:
+    """One logistic regression per head over training windows; int16 weights."""
+    return fit_windows(training_windows(rows, spec, templates), spec, C, None, meta, heads)
+
+
+def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray | None = None,
+                meta: dict[str, Any] | None = None, heads: tuple[str, ...] = HEADS
+                ) -> ElicitModel:
+    """Fit on the windows of rows where ``keep[row]`` (all rows without ``keep``).
+
+    ``heads``: ``HEADS`` (extract, rubric) or one merged head (``("elicit",)``).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y = win.y
+    if len(heads) == 1:
+        y = np.where((y == 1).any(axis=1), 1, np.where((y == 0).all(axis=1), 0, -1))[:, None]
+    sel = np.ones(y.shape[0], dtype=bool) if keep is None else keep[win.row]
+    nb = 1 << spec.bits
+    W = np.zeros((len(heads), nb), dtype=np.int16)
+    scale = np.ones(len(heads))
+    bias = np.zeros(len(heads))
+    for h in range(len(heads)):
+        use = sel & (y[:, h] >= 0)
+        yh = y[use, h]
+        if yh.min() == yh.max():
+            bias[h] = -20.0                      # no positives: this head never fires
+            continue
+        clf = LogisticRegression(C=C, max_iter=5000, tol=1e-6, solver="lbfgs")
+        clf.fit(win.X[use], yh)
+        w = clf.coef_[0]
+        s = float(np.abs(w).max()) / 32767.0 or 1.0
+        W[h] = np.round(w / s).astype(np.int16)
+        scale[h] = s
+        bias[h] = float(clf.intercept_[0])
+    return ElicitModel(spec, W, scale, bias, tuple(heads), dict(meta or {}, C=C))
+
+
+# ------------------------------------------------------------------------ evaluation
+
+def threshold_at(benign: np.ndarray, fpr: float) -> float:
+    """Flag ``p > t``: at most floor(fpr * n) benign values are above ``t``."""
+    b = np.sort(np.asarray(benign, dtype=np.float64))[::-1]
+    if b.size == 0:
+        return 0.5
+    return float(b[min(int(np.floor(fpr * b.size)), b.size - 1)])
+
+
+def rules_flags(scans: Sequence[str]) -> np.ndarray:
+    """Whether the rule flags cot_elicit or rubric_grading fire (online scorer's regexes)."""
+    from distillguard.respond.online import OnlineScorer
+
+    sc = OnlineScorer()
+    out = np.zeros(len(scans), dtype=bool)
+    for i, s in enumerate(scans):
+        out[i] = any(rx.search(s) for n, rx in sc._flags if n in ("cot_elicit",
+                                                                   "rubric_grading"))
+    return out
+
+
+def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
+         fpr: float = 0.01, families: Sequence[str] | None = None,
+         extra_benign: Sequence[str] | None = None,
+         heads: tuple[str, ...] = DEFAULT_HEADS) -> list[dict[str, Any]]:
+    """Leave-one-family-out table, one dict per held-out family, then ``(all)``: the model
+    trained on every family (held-out families' eval split still unseen)."""
+    templates = template_index()
+    split = np.array([r["split"] for r in rows])
+    fam = np.array([r["family"] for r in rows])
+    grp = np.array([r["group"] for r in rows])
+    ev = split == "eval"
+    scans = [scan_text(r["text"], r.get("system")) for r in rows]
+    rules = rules_flags([s for s, e in zip(scans, ev, strict=True) if e])
+    rule_of = np.zeros(len(rows), dtype=bool)
+    rule_of[ev] = rules
+    elicit = sorted(set(fam[grp == "elicit"]))
+    held = list(families) if families is not None else elicit + ["(all)"]
+    eval_idx = np.flatnonzero(ev)
+    eval_scans = [scans[i] for i in eval_idx]
+    train_idx = np.flatnonzero(~ev)
+    win = training_windows([rows[i] for i in train_idx], spec, templates)
+    out = []
+    for F in held:
+        model = fit_windows(win, spec, C, fam[train_idx] != F, heads=heads)
+        p = np.zeros(len(rows))
+        p[eval_idx] = model.predict_proba(eval_scans)
+        t = threshold_at(p[ev & (grp == "reasoning_talk")], fpr)
+        target = ev & ((grp == "elicit") if F == "(all)" else (fam == F))
+        res = {"family": F, "n": int(target.sum()),
+               "label": "" if F == "(all)" else rows[int(np.flatnonzero(fam == F)[0])]["label"],
+               "recall": float(np.mean(p[target] > t)), "threshold": t,
+               "fpr_reasoning_talk": float(np.mean(p[ev & (grp == "reasoning_talk")] > t)),
+               "fpr_ordinary": float(np.mean(p[ev & (grp == "ordinary")] > t)),
+               "rules_recall": float(np.mean(rule_of[target])),
+               "rules_fpr_reasoning_talk": float(np.mean(rule_of[ev & (grp == "reasoning_talk")])),
+               "rules_fpr_ordinary": float(np.mean(rule_of[ev & (grp == "ordinary")]))}
+        if extra_benign:
+            res["fpr_extra"] = float(np.mean(model.predict_proba(list(extra_benign)) > t))
+        out.append(res)
+    return out
+
+
+def throughput(model: ElicitModel, texts: Sequence[str], batch: int = 20_000,
+               repeat: int = 3) -> float:
+    """Prompts per second of ``predict_proba`` in this process (best of ``repeat``)."""
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            model.predict_proba(texts[i:i + batch])
+        best = max(best, len(texts) / (time.perf_counter() - t0))
+    return best
