@@ -464,6 +464,8 @@ def _missing_extra(name: str, extra: str, exc: ImportError) -> None:
 
 def _mount_subapps() -> None:
     """Sub-apps live with their modules; a missing optional extra only disables its verbs."""
+    from distillguard.signals.elicit_cli import app as elicit_app
+    app.add_typer(elicit_app, name="elicit")
     try:
         from distillguard.intel import cli as intel_cli
 

@@ -402,30 +402,33 @@ def _to_arrow(df: DataFrame) -> pa.Table:
 
 
 def _template_keys_fn(perms: int, bands: int, k: int):
-    """mapInArrow body: (request_id, prompt_ends) -> (request_id, skeleton, keys).
+    """mapInArrow body: (request_id, prompt_ends, scan) -> (request_id, skeleton, keys,
+    elicit_p).
 
     The per-batch step of ``signals.compute_signals``, the same function
-    (``templates.template_keys``): MinHash band keys, then the exact head and tail keys. A
-    missing head/tail is stored as a NULL key here; the DuckDB stage keeps a key unique to
-    the row, which never groups either.
+    (``_workers.batch_work``): MinHash band keys, then the exact head and tail keys, and the
+    elicitation model's probability of the scan text. A missing head/tail is stored as a
+    NULL key here; the DuckDB stage keeps a key unique to the row, which never groups either.
     """
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from distillguard.signals.templates import template_keys
+        from distillguard.signals._workers import batch_work
 
         for b in batches:
             if b.num_rows == 0:
                 continue
             ends = b.column(b.schema.get_field_index("prompt_ends"))
-            skel, keys, missing = template_keys(ends, 0, k, perms, bands)
+            scan = b.column(b.schema.get_field_index("scan"))
+            skel, keys, missing, p = batch_work(ends, 0, k, perms, bands, scan)
             n, width = keys.shape
             mask = np.hstack([np.zeros((n, bands), dtype=bool), missing]).reshape(-1)
             offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(
                 [b.column(b.schema.get_field_index("request_id")), skel,
                  pa.ListArray.from_arrays(offsets, pa.array(keys.view(np.int64).reshape(-1),
-                                                            mask=mask))],
-                names=["request_id", "skeleton", "keys"])
+                                                            mask=mask)),
+                 pa.array(p, pa.float64())],
+                names=["request_id", "skeleton", "keys", "elicit_p"])
 
     return fn
 
@@ -447,7 +450,7 @@ best AS (
   GROUP BY b.request_id
 )
 SELECT s.*, k.skeleton, 't' || lower(hex(best.m.key)) AS template_id,
-       best.m.size AS template_size
+       best.m.size AS template_size, k.elicit_p
 FROM {base} s JOIN {keys} k ON s.request_id = k.request_id
 JOIN best ON s.request_id = best.request_id
 """
@@ -502,9 +505,9 @@ def spark_signals(v: _Views, cfg: Config, columns: list[str] | None = None) -> D
     sc = cfg["signals"]
     perms, bands, k = int(sc["minhash_perms"]), int(sc["lsh_bands"]), int(sc["skeleton_words"])
     base = v.put("_signals_base", v.sql(signals_sql(cfg)), persist=True)
-    keys = base.select("request_id", "prompt_ends").mapInArrow(
+    keys = base.select("request_id", "prompt_ends", "scan").mapInArrow(
         _template_keys_fn(perms, bands, k),
-        "request_id string, skeleton string, keys array<bigint>")
+        "request_id string, skeleton string, keys array<bigint>, elicit_p double")
     keys = v.put("_tkeys", keys, persist=True)
     sig = v.spark.sql(_TEMPLATE_SQL.format(keys=v.names["_tkeys"],
                                            base=v.names["_signals_base"]))

@@ -55,6 +55,11 @@ FEATURES: tuple[Feature, ...] = (
             "censorship_safe THEN prompt_hash END)", "distinct prompts with any elicitation "
             "signal (counts survive camouflage that dilutes rates; an agent loop re-sending "
             "one task counts once)", "{:,.0f}"),
+    Feature("elicit_model_rate", "avg(CASE WHEN elicit_model THEN 1.0 ELSE 0.0 END)",
+            "share of requests the learned elicitation model flags (signals.elicit_p at or "
+            "above signals.elicit_model_threshold)", "{:.0%}"),
+    Feature("n_elicit_model", "count(DISTINCT CASE WHEN elicit_model THEN prompt_hash END)",
+            "distinct prompts the learned elicitation model flags (as n_elicit)", "{:,.0f}"),
     Feature("focus_rate", "avg(CASE WHEN capability IN ('coding', 'math', 'agentic', "
             "'reasoning') THEN 1.0 ELSE 0.0 END)",
             "share of requests in the capabilities campaigns target", "{:.0%}"),
@@ -103,6 +108,7 @@ def enriched_sql(cfg: Config) -> str:
     one window of its own model (``models`` has one row per model).
     """
     fc = cfg["features"]
+    elicit_thr = float(cfg["signals"]["elicit_model_threshold"])
     win = int(fc["pivot_window_hours"])
     min_age = int(fc["new_model_min_age_hours"])
     return f"""
@@ -129,7 +135,7 @@ SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.signup_channel, r.ip, r.api_key_id,
        coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
-       s.template_size,
+       s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
        p.s0 IS NOT NULL AS in_pivot_window,
        w.model IS NOT NULL AS on_new_model

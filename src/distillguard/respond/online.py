@@ -21,6 +21,10 @@ novelty                 distinct prompt hashes / requests: exact set (MemoryStat
 n_elicit                distinct prompts with any elicitation flag: the flagged prompts'
                         hashes in a side set (``<account>\\x1felicit``; HyperLogLog in
                         Redis), its size cached in the account hash
+elicit_model_rate,      requests (distinct prompts) whose learned ``elicit_p`` reaches
+n_elicit_model          ``signals.elicit_model_threshold``: same model, same scan text, same
+                        value as the batch ``signals.elicit_p``; distinct prompts in a side
+                        set (``<account>\\x1femodel``) like n_elicit
 hour_entropy            hour-of-day (UTC) histogram: same
 pivot_share,            same windows (union of new models' first 24 h); "new" = first seen
 pivot_window_requests   >= 24 h after ``t0``: batch ``t0`` = earliest logged request, online
@@ -119,6 +123,7 @@ class OnlineScore:
     capability: str
     reasons: list[str] = field(default_factory=list)
     evidence: dict[str, float] = field(default_factory=dict)
+    elicit_p: float = 0.0               # this request's learned elicitation probability
 
 
 def _compile_expr(expr: str) -> Any:
@@ -174,6 +179,10 @@ class OnlineScorer:
         sig = self.cfg["signals"]
         self._head, self._tail = int(sig["scan_head_chars"]), int(sig["scan_tail_chars"])
         self._sys = int(sig["scan_system_chars"])
+        from distillguard.signals.elicit_model import default_model
+
+        self._elicit = default_model()
+        self._elicit_thr = float(sig["elicit_model_threshold"])
         sc, fc = self.cfg["scoring"], self.cfg["features"]
         self._min_req = float(sc["min_requests"])
         self.threshold = float(sc["threshold"])
@@ -232,9 +241,18 @@ class OnlineScorer:
             p = p[:self._head] + " " + p[-self._tail:]
         return p + " " + (system or "")[:self._sys]
 
-    def signals(self, prompt: str, system: str = "", n_tools: int = 0) -> tuple[tuple[str, ...], str]:
-        """(flags that fire, capability) for one prompt, exactly as the batch rules define."""
+    def signals(self, prompt: str, system: str = "", n_tools: int = 0, *,
+                elicit: bool = False) -> Any:
+        """(flags that fire, capability) for one prompt, exactly as the batch rules define.
+
+        With ``elicit=True``: (flags, capability, elicit_p), ``elicit_p`` being the learned
+        model's probability over the same scan text, the value of the batch
+        ``signals.elicit_p`` column.
+        """
         scan = self._scan(prompt, system)
+        if elicit:
+            return (*self.signals(prompt, system, n_tools),
+                    float(self._elicit.predict_proba([scan])[0]))
         low, lits = _fold(scan), self._lits
         flags = tuple(n for n, rx in self._flags if _may_match(lits[n], low) and rx.search(scan))
         cap = "chat"
@@ -258,7 +276,8 @@ class OnlineScorer:
     # ------------------------------------------------------------------ update
     def observe(self, req: RequestView) -> OnlineScore:
         """Record one request and return the account's score including it."""
-        flags, cap = self.signals(req.prompt, req.system, req.n_tools)
+        flags, cap, elicit_p = self.signals(req.prompt, req.system, req.n_tools, elicit=True)
+        elicit_m = elicit_p >= self._elicit_thr
         t0, models = self.state.globals(req.model, req.ts)
         new_models = {m: fs for m, fs in models.items() if fs >= t0 + self._new_age_s}
         in_window = any(fs <= req.ts < fs + self._pivot_s for fs in new_models.values())
@@ -267,6 +286,8 @@ class OnlineScorer:
         incr = {"n": 1, f"h{hour:02d}": 1}
         for name in flags:
             incr[name] = 1
+        if elicit_m:
+            incr["elicit_model"] = 1
         if req.n_user_turns <= 1 and req.context_chars == 0:
             incr["single"] = 1
         if cap in _FOCUS:
@@ -302,7 +323,16 @@ class OnlineScorer:
             if d:
                 self.state.add_float(acct, "ne", d)
                 st["ne"] = float(side["distinct"])
-        return self._score(acct, st, flags, cap)
+        if elicit_m:                 # n_elicit_model: the same, for the learned signal
+            side = self.state.update(acct + _ELICIT_MODEL,
+                                     AccountUpdate({"n": 1}, {}, ph, (), req.ts))
+            d = float(side["distinct"]) - float(st.get("nem", 0.0))
+            if d:
+                self.state.add_float(acct, "nem", d)
+                st["nem"] = float(side["distinct"])
+        out = self._score(acct, st, flags, cap)
+        out.elicit_p = elicit_p
+        return out
 
     def observe_response(self, account_id: str, input_tokens: int | None,
                          output_tokens: int | None, ts: float | None = None) -> None:
@@ -357,6 +387,8 @@ class OnlineScorer:
             "high_effort_share": st.get("high_effort", 0) / n,
             "tools_share": st.get("tools", 0) / n,
             "n_elicit": float(st.get("ne", 0.0)),
+            "elicit_model_rate": st.get("elicit_model", 0) / n,
+            "n_elicit_model": float(st.get("nem", 0.0)),
             "pivot_window_requests": float(st.get("pin", 0)),
             # Unknown until token counts arrive: the batch feature is NULL then, and its
             # evidence contributes nothing; a large value makes the ramp contribute nothing.
@@ -412,6 +444,7 @@ class OnlineScorer:
 
 #: Side keys beside an account's state: flagged prompts (n_elicit), output/input histogram.
 _ELICIT, _RATIOS = "\x1felicit", "\x1fratio"
+_ELICIT_MODEL = "\x1femodel"
 #: Width of a log(output/input) histogram bin: the median is within ~1% of the exact one.
 _RATIO_BIN = 0.02
 
@@ -448,7 +481,8 @@ _ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "sin
                     "novelty", "hour_entropy", "focus_rate", "template_top_share", "pivot_share",
                     "account_age_days", "nonstandard_signup", "out_in_ratio",
                     "high_effort_share", "tools_share", "pivot_window_requests", "n_elicit",
-                    "mean_output_tokens", "partner_hits", "partner_confidence")
+                    "mean_output_tokens", "partner_hits", "partner_confidence",
+                    "elicit_model_rate", "n_elicit_model")
 
 
 def _h(s: str) -> str:

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.config import Config
-from distillguard.signals._workers import TemplateKeyWorkers
+from distillguard.signals._workers import TemplateKeyWorkers, batch_work
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
-from distillguard.signals.templates import template_ids_sql, template_keys
+from distillguard.signals.templates import template_ids_sql
 from distillguard.store import scalar
 
 __all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
@@ -29,7 +29,9 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
 
     Each batch's skeletons and template keys go straight into a store table (``_tkeys``) and
     the template of each request is picked in SQL (``template_ids_sql``), so this process
-    holds a few batches at a time, not every request's keys and skeleton.
+    holds a few batches at a time, not every request's keys and skeleton. The same batches
+    give ``elicit_p``, the learned elicitation model's probability over the scan text
+    (``signals.elicit_model``), stored beside the keys.
     """
     # Sub-stage wall times (``signals.rules``, ``signals.keys``, ``signals.templates``) for
     # the scaling benchmark.
@@ -43,12 +45,13 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     kcols = [f"k{b}" for b in range(bands + 2)]      # MinHash bands, then head and tail keys
     # A temporary table: no WAL write per batch; DuckDB spills it past its memory limit.
     con.execute("CREATE OR REPLACE TEMP TABLE _tkeys (request_id VARCHAR, skeleton VARCHAR, "
-                + ", ".join(f"{c} BIGINT" for c in kcols) + ")")
+                + ", ".join(f"{c} BIGINT" for c in kcols) + ", elicit_p DOUBLE)")
 
-    def write(ids: pa.Array, skel: pa.Array, keys: np.ndarray) -> None:
+    def write(ids: pa.Array, skel: pa.Array, keys: np.ndarray, p: np.ndarray) -> None:
         cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
                 for i, c in enumerate(kcols)}
-        con.register("_tkeys_in", pa.table({"request_id": ids, "skeleton": skel, **cols}))
+        con.register("_tkeys_in", pa.table({"request_id": ids, "skeleton": skel, **cols,
+                                            "elicit_p": pa.array(p, pa.float64())}))
         try:
             con.execute("INSERT INTO _tkeys SELECT * FROM _tkeys_in")
         finally:
@@ -66,17 +69,17 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     def drain(limit: int) -> None:
         while len(pending) > limit:
             ids, res = pending.popleft()
-            skel, keys, _ = res.result() if pool is not None else res
-            write(ids, skel, keys)
+            skel, keys, _, p = res.result() if pool is not None else res
+            write(ids, skel, keys, p)
 
     # The read streams on its own cursor: this connection inserts while it is open.
     cur = con.cursor()
     try:
-        reader = cur.sql("SELECT request_id, prompt_ends FROM _signals_base"
+        reader = cur.sql("SELECT request_id, prompt_ends, scan FROM _signals_base"
                          ).to_arrow_reader(batch_rows)
         for batch in reader:
-            args = (batch.column("prompt_ends"), done, k, perms, bands)
-            res = pool.submit(*args) if pool is not None else template_keys(*args)
+            args = (batch.column("prompt_ends"), done, k, perms, bands, batch.column("scan"))
+            res = pool.submit(*args) if pool is not None else batch_work(*args)
             pending.append((batch.column("request_id"), res))
             drain(2 * workers)
             done += batch.num_rows
@@ -91,10 +94,11 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     t0 = time.perf_counter()
     con.execute(f"""
         CREATE OR REPLACE TABLE signals AS
-        SELECT s.* EXCLUDE (prompt_ends), t.skeleton,
-               't' || lower(hex(t.template_key)) AS template_id, t.template_size
+        SELECT s.* EXCLUDE (prompt_ends, scan), t.skeleton,
+               't' || lower(hex(t.template_key)) AS template_id, t.template_size,
+               e.elicit_p
         FROM _signals_base s JOIN ({template_ids_sql("_tkeys", len(kcols))}) t
-        USING (request_id)
+        USING (request_id) JOIN (SELECT request_id, elicit_p FROM _tkeys) e USING (request_id)
     """)
     con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")

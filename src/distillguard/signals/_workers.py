@@ -1,4 +1,5 @@
-"""Template keys in helper processes (Polars string work, then rensa, which holds the GIL).
+"""Template keys and elicit_p in helper processes (Polars string work, then rensa, which
+holds the GIL, then the elicitation model's numpy pass).
 
 Plain subprocesses speaking length-prefixed pickles over pipes, not ``multiprocessing``:
 spawn re-imports the caller's ``__main__`` (a script without a ``__name__`` guard would run
@@ -36,8 +37,19 @@ def _recv(fh: Any) -> Any:
     return pickle.loads(fh.read(_LEN.unpack(head)[0]))
 
 
+def batch_work(prompt_ends: Any, offset: int, k: int, perms: int, bands: int,
+               scan: Any = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``template_keys(...)`` of a batch and, given its scan texts, their ``elicit_p``."""
+    from distillguard.signals.elicit_model import scan_probs
+    from distillguard.signals.templates import template_keys
+
+    skel, keys, missing = template_keys(prompt_ends, offset, k, perms, bands)
+    return skel, keys, missing, (scan_probs(scan) if scan is not None else None)
+
+
 class TemplateKeyWorkers:
-    """``submit(prompt_ends, offset, k, perms, bands)`` → Future of ``template_keys(...)``."""
+    """``submit(prompt_ends, offset, k, perms, bands, scan)`` → Future of
+    ``batch_work(...)``."""
 
     def __init__(self, n: int) -> None:
         self._idle: Queue = Queue()
@@ -60,8 +72,9 @@ class TemplateKeyWorkers:
             raise out
         return out
 
-    def submit(self, prompt_ends: Any, offset: int, k: int, perms: int, bands: int) -> Future:
-        return self._io.submit(self._call, (prompt_ends, offset, k, perms, bands))
+    def submit(self, prompt_ends: Any, offset: int, k: int, perms: int, bands: int,
+               scan: Any = None) -> Future:
+        return self._io.submit(self._call, (prompt_ends, offset, k, perms, bands, scan))
 
     def close(self) -> None:
         self._io.shutdown(wait=True, cancel_futures=True)
@@ -80,8 +93,6 @@ class TemplateKeyWorkers:
 
 
 def _serve() -> None:
-    from distillguard.signals.templates import template_keys
-
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
@@ -89,7 +100,7 @@ def _serve() -> None:
         except EOFError:
             return
         try:
-            res: Any = template_keys(*args)
+            res: Any = batch_work(*args)
         except Exception as exc:  # handed back to the caller
             res = exc
         _send(out, res)

@@ -17,7 +17,11 @@ def scan_text_sql(cfg: Config) -> str:
 
 
 def signals_sql(cfg: Config) -> str:
-    """SELECT producing the ``signals`` table (without template_id) from ``requests``."""
+    """SELECT producing the ``signals`` table (without template_id) from ``requests``.
+
+    Helper columns the batch step reads and the stage drops: ``prompt_ends`` (template
+    keys) and ``scan`` (the elicitation model's input).
+    """
     flags, caps = load_rules(cfg)
     scan = scan_text_sql(cfg)
     flag_cols = ",\n  ".join(
@@ -34,7 +38,8 @@ SELECT request_id, account_id, ts, model,
     {whens}
     ELSE 'chat' END AS capability,
   CASE WHEN length(prompt) <= {2 * cut} THEN coalesce(prompt, '')
-       ELSE left(prompt, {cut}) || ' … ' || right(prompt, {cut}) END AS prompt_ends
+       ELSE left(prompt, {cut}) || ' … ' || right(prompt, {cut}) END AS prompt_ends,
+  scan
 FROM (
   SELECT request_id, account_id, ts, model, n_tools, prompt, {scan} AS scan
   FROM requests
