@@ -248,7 +248,7 @@ def build_rows(families: dict[str, Any] | None = None) -> list[dict[str, Any]]:
                         for k in range(n):
                             text = filler.fill(tpl, None, _rng(tref, split, k), split)
                             add(_row(text, "", label, name, group, lang, split, tref,
-                                     "project-written slot values", rng))
+                                     "project-written slot values", rng, text))
                     continue
                 pool = [t for t in tasks if _usable(t, need)]
                 if "math" in need or "steps" in need:
@@ -262,6 +262,19 @@ def build_rows(families: dict[str, Any] | None = None) -> list[dict[str, Any]]:
                             text, system = filler.fill(tpl, t, rng, split), ""
                         add(_row(text, system, label, name, group, lang, split, tref,
                                  t.provenance, rng, t.text, force_system=system_kind))
+    # Pasted documents: answers from the corpus (prose, code, lists) as prompts, alone and
+    # concatenated into long texts, so long ordinary prompts are seen as such.
+    docs = [t for t in tasks if t.response and t.source in _PROSE]
+    for split in ("train", "eval"):
+        pool = [t for t in docs if t.split == split]
+        rng = _rng("pasted", split)
+        for k in range(len(pool) // 3):
+            picks = rng.sample(pool, rng.randint(1, 6))
+            text = "\n\n".join(t.response or "" for t in picks)
+            add({"text": text, "system": "", "label": "benign", "family": "ordinary_pasted",
+                 "group": "ordinary", "lang": "en", "split": split,
+                 "task_id": _task_id(picks[0].text),
+                 "provenance": "answers of " + ", ".join(t.provenance for t in picks)})
     for text, src, item in turns:
         add({"text": text, "system": "", "label": "benign", "family": f"ordinary_{src}",
              "group": "ordinary", "lang": "en", "split": split_of(text),

@@ -8,6 +8,9 @@ model as a grader or reward model. It runs in numpy over whole batches:
    spaces, and read as one array of code points.
 2. Every character n-gram of the configured orders is hashed (32-bit multiply-xor, per order
    salt) into ``2**bits`` buckets; each bucket has an integer weight (int16, shipped).
+   With ``Spec.words``, whole words are hashed into the same buckets too; their weights
+   come from static word embeddings at training time (below), so a word never seen in the
+   labelled set still carries the weight its meaning suggests.
 3. Per position, the weights of the n-grams starting there are summed; integer prefix sums
    give the sum over any window of ``window`` characters. A window's score is that sum over
    the square root of its n-gram count (~ an L2-normalised bag of n-grams), and a text's
@@ -56,15 +59,17 @@ class Spec:
     bits: int = 18
     #: (window, stride) pairs in characters; a text's score is the max over all of them.
     scales: tuple[tuple[int, int], ...] = ((256, 128), (64, 32))
+    #: Whole words (runs of letters below U+2000) hashed into the same buckets as well.
+    words: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"orders": list(self.orders), "bits": self.bits,
-                "scales": [list(s) for s in self.scales]}
+                "scales": [list(s) for s in self.scales], "words": self.words}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Spec:
         return cls(tuple(int(o) for o in d["orders"]), int(d["bits"]),
-                   tuple((int(w), int(s)) for w, s in d["scales"]))
+                   tuple((int(w), int(s)) for w, s in d["scales"]), bool(d.get("words")))
 
 
 # ------------------------------------------------------------------------ featurisation
@@ -105,7 +110,43 @@ def gram_buckets(cp: np.ndarray, spec: Spec) -> list[np.ndarray]:
             bad = (sep[:, None] - np.arange(k)[None, :]).ravel()
             idx[bad[(bad >= 0) & (bad < idx.size)]] = zero
             out.append(idx)
+    if spec.words:
+        st, b = word_starts(cp, spec.bits)
+        idx = np.full(cp.size, zero, dtype=np.int64)
+        idx[st] = b
+        out.append(idx)
     return out
+
+
+#: Letters (str.isalpha) below U+2000: Latin, Greek, Cyrillic, Armenian, Hebrew, Arabic ...
+_ALPHA = np.array([chr(c).isalpha() for c in range(0x2000)], dtype=bool)
+_WORD_MAX = 16
+
+
+def word_spans(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of every word: a run of letters (``str.isalpha``) below U+2000."""
+    isw = np.zeros(cp.size, dtype=bool)
+    low = cp < 0x2000
+    isw[low] = _ALPHA[cp[low]]
+    edge = np.diff(np.concatenate([[0], isw.view(np.int8), [0]]))
+    st = np.flatnonzero(edge == 1)
+    return st, np.flatnonzero(edge == -1) - st
+
+
+def word_starts(cp: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start position, bucket) of every word, hashed on its first 16 characters and its
+    length (salted apart from the n-grams)."""
+    st, ln = word_spans(cp)
+    h = np.full(st.size, 0x9747B28C, dtype=np.uint32)
+    for k in range(_WORD_MAX):
+        m = ln > k
+        if not m.any():
+            break
+        h[m] = h[m] * _MUL + cp[st[m] + k]
+    x = (h ^ (np.minimum(ln, 255).astype(np.uint32) << np.uint32(24))) * _MIX1
+    x ^= x >> np.uint32(15)
+    x *= _MIX2
+    return st, (x >> np.uint32(32 - bits)).astype(np.int64)
 
 
 def window_counts(ws: np.ndarray, we: np.ndarray, doc_end: np.ndarray, spec: Spec
@@ -188,47 +229,38 @@ class ElicitModel:
     def window_scores(self, texts: Sequence[str | None]) -> np.ndarray:
         """(n, heads) float64: per text, the max over windows of sum / sqrt(count).
 
-        The (at most two) heads' int16 weights travel packed in one uint64 per bucket, each
-        offset by 2**15 into its own 32-bit half, so one gather and one running sum serve
-        both; window sums are exact differences of the running sum (modulo 2**64), then
-        unpacked and the offsets (2**15 per n-gram counted) taken off.
+        Integer weights and int64 running sums: a window's sum is an exact difference, so
+        a text's value does not depend on the other texts of the batch.
         """
         cp, starts, lens = normalise(texts)
         nh = self.weights.shape[0]
-        table = self._packed()
-        acc = np.zeros(cp.size + 1, dtype=np.uint64)
-        for idx in gram_buckets(cp, self.spec):
-            acc[1:idx.size + 1] += np.take(table, idx)
-        np.cumsum(acc, out=acc)
-        out = np.full((len(texts), nh), -np.inf, dtype=np.float64)
+        buckets = gram_buckets(cp, self.spec)
         ends = starts + lens
-        lo32 = np.uint64(0xFFFFFFFF)
+        geo = []
         for w, s in self.spec.scales:
             ws, we, first = windows(starts, lens, w, s)
             doc_end = np.repeat(ends, np.diff(np.concatenate([first, [ws.size]])))
             cnt = window_counts(ws, we, doc_end, self.spec)
-            d = acc[we] - acc[ws]
-            off = cnt * 32768
-            sums = [(d & lo32).astype(np.int64) - off, (d >> np.uint64(32)).astype(np.int64) - off]
-            root = np.sqrt(np.maximum(cnt, 1).astype(np.float64))
-            for h in range(nh):
-                np.maximum(out[:, h], np.maximum.reduceat(sums[h] / root, first),
+            geo.append((ws, we, first, np.sqrt(np.maximum(cnt, 1).astype(np.float64))))
+        out = np.full((len(texts), nh), -np.inf, dtype=np.float64)
+        tables = self._tables()
+        for h in range(nh):
+            acc = np.zeros(cp.size + 1, dtype=np.int64)
+            for idx in buckets:
+                acc[1:idx.size + 1] += np.take(tables[h], idx)
+            np.cumsum(acc, out=acc)
+            for ws, we, first, root in geo:
+                np.maximum(out[:, h], np.maximum.reduceat((acc[we] - acc[ws]) / root, first),
                            out=out[:, h])
         return out
 
-    def _packed(self) -> np.ndarray:
-        """(2**bits + 1,) uint64: head 0 + 2**15 in the low half, head 1 + 2**15 in the high
-        half; the last bucket (invalid n-grams) is 0."""
-        t = self.__dict__.get("_pack")
+    def _tables(self) -> np.ndarray:
+        """(heads, 2**bits + 1) int64 weights; the last bucket (invalid n-grams) is 0."""
+        t = self.__dict__.get("_tab")
         if t is None:
-            if self.weights.shape[0] > 2:
-                raise ValueError("at most two heads")
-            w = self.weights.astype(np.int64) + 32768
-            t = np.zeros(self.weights.shape[1] + 1, dtype=np.uint64)
-            t[:-1] = w[0].astype(np.uint64)
-            if self.weights.shape[0] == 2:
-                t[:-1] |= w[1].astype(np.uint64) << np.uint64(32)
-            self.__dict__["_pack"] = t
+            t = np.zeros((self.weights.shape[0], self.weights.shape[1] + 1), dtype=np.int64)
+            t[:, :-1] = self.weights
+            self.__dict__["_tab"] = t
         return t
 
     def logits(self, texts: Sequence[str | None]) -> np.ndarray:

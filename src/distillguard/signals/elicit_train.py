@@ -33,7 +33,7 @@ HEADS = ("extract", "rubric")
 _SLOT = re.compile(r"\{(\w+)\}")
 #: Default training parameters (chosen by LOFO, docs/elicitation.md).
 DEFAULT_SPEC = Spec()
-DEFAULT_C = 4.0
+DEFAULT_C = 256.0
 DEFAULT_HEADS: tuple[str, ...] = ("elicit",)
 #: A window of a positive text is a positive example when it holds at least this share of
 #: the instruction characters the best window of that text holds.
@@ -47,6 +47,7 @@ class Windows:
     X: sp.csr_matrix
     row: np.ndarray
     y: np.ndarray            # (n_windows, heads) int8: 1, 0, or -1 (not an example)
+    Xw: sp.csr_matrix | None = None    # (n_windows, vocabulary) word counts, when embedded
 
 
 def _norm(s: str) -> str:
@@ -93,7 +94,8 @@ def template_index(families: dict[str, Any] | None = None) -> dict[str, str]:
 
 
 def training_windows(rows: Sequence[dict[str, Any]], spec: Spec,
-                     templates: dict[str, str] | None = None) -> Windows:
+                     templates: dict[str, str] | None = None,
+                     vocab: tuple[list[str], np.ndarray] | None = None) -> Windows:
     """Windows of ``rows`` with labels: every window of a benign row is a negative for each
     head; of a positive row, the windows holding most of its instruction are positives of its
     head (and negatives of the other head), the rest are not used."""
@@ -102,6 +104,9 @@ def training_windows(rows: Sequence[dict[str, Any]], spec: Spec,
     cp, starts, lens = normalise(scans)
     masks = [None if r["label"] == "benign" else instruction_mask(r, scans[i], templates)
              for i, r in enumerate(rows)]
+    word_rows = None
+    if spec.words and vocab is not None:
+        word_rows = {int(b): i for i, b in enumerate(vocab[1].tolist())}
     parts = []
     for w, s in spec.scales:
         ws, we, first = windows(starts, lens, w, s)
@@ -121,48 +126,80 @@ def training_windows(rows: Sequence[dict[str, Any]], spec: Spec,
             pos = cov >= COVER * best if best > 0 else np.ones(hi - lo, bool)
             y[lo:hi] = np.where(pos, 0, -1)[:, None]
             y[lo:hi, HEADS.index(r["label"])] = np.where(pos, 1, -1)
-        parts.append((window_matrix(cp, ws, we, spec), np.repeat(np.arange(len(rows)), nwin), y))
+        X, Xw = window_matrix(cp, ws, we, spec, word_rows, len(vocab[0]) if vocab else 0)
+        parts.append((X, np.repeat(np.arange(len(rows)), nwin), y, Xw))
     return Windows(sp.vstack([p[0] for p in parts], format="csr"),
-                   np.concatenate([p[1] for p in parts]), np.vstack([p[2] for p in parts]))
+                   np.concatenate([p[1] for p in parts]), np.vstack([p[2] for p in parts]),
+                   sp.vstack([p[3] for p in parts], format="csr") if word_rows else None)
 
 
-def window_matrix(cp: np.ndarray, ws: np.ndarray, we: np.ndarray, spec: Spec) -> sp.csr_matrix:
+def window_matrix(cp: np.ndarray, ws: np.ndarray, we: np.ndarray, spec: Spec,
+                  word_rows: dict[int, int] | None = None, n_vocab: int = 0
+                  ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """(windows, 2**bits) CSR: each n-gram starting in a window counts 1 / sqrt(count), as
-    ``ElicitModel.window_scores`` sums them."""
+    ``ElicitModel.window_scores`` sums them (count: the window's character n-grams).
+
+    With ``spec.words``: given ``word_rows`` (bucket -> vocabulary row), words go to a second
+    (windows, n_vocab) matrix (to be multiplied by the word embeddings); without it, word
+    buckets are plain columns of the first.
+    """
     zero = 1 << spec.bits
     ln = we - ws
     pos = np.repeat(ws - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(ln.sum())
     wid = np.repeat(np.arange(ws.size), ln)
+    buckets = gram_buckets(cp, spec)
+    n_char = len(spec.orders)
     cols, rws = [], []
-    for idx in gram_buckets(cp, spec):
+    cnt = np.zeros(ws.size)
+    for o, idx in enumerate(buckets):
         sel = pos < idx.size
         c = idx[pos[sel]]
         good = c != zero
+        if o < n_char:
+            cnt += np.bincount(wid[sel][good], minlength=ws.size)
+        if o >= n_char and word_rows is not None:
+            continue
         cols.append(c[good])
         rws.append(wid[sel][good])
+    inv = 1.0 / np.sqrt(np.maximum(cnt, 1.0))
     col = np.concatenate(cols)
     rw = np.concatenate(rws)
-    cnt = np.bincount(rw, minlength=ws.size).astype(np.float64)
-    val = 1.0 / np.sqrt(np.maximum(cnt, 1.0))[rw]
-    X = sp.csr_matrix((val, (rw, col)), shape=(ws.size, zero))
+    X = sp.csr_matrix((inv[rw], (rw, col)), shape=(ws.size, zero))
     X.sum_duplicates()
     X.sort_indices()
-    return X
+    Xw = None
+    if spec.words and word_rows is not None:
+        c = buckets[-1][pos]
+        good = c != zero
+        r = np.array([word_rows.get(int(b), -1) for b in c[good]], dtype=np.int64)
+        w = wid[good]
+        ok = r >= 0
+        Xw = sp.csr_matrix((inv[w[ok]], (w[ok], r[ok])), shape=(ws.size, n_vocab))
+        Xw.sum_duplicates()
+    return X, Xw
 
 
 def fit(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
         templates: dict[str, str] | None = None, meta: dict[str, Any] | None = None,
         heads: tuple[str, ...] = DEFAULT_HEADS) -> ElicitModel:
     """One logistic regression per head over training windows; int16 weights."""
-    return fit_windows(training_windows(rows, spec, templates), spec, C, None, meta, heads)
+    emb = None
+    if spec.words:
+        vocab = vocabulary([r["text"] for r in rows], spec)
+        emb = (vocab, word_vectors(vocab[0]))
+    win = training_windows(rows, spec, templates, emb[0] if emb else None)
+    return fit_windows(win, spec, C, None, meta, heads, emb)
 
 
 def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray | None = None,
-                meta: dict[str, Any] | None = None, heads: tuple[str, ...] = HEADS
+                meta: dict[str, Any] | None = None, heads: tuple[str, ...] = DEFAULT_HEADS,
+                emb: tuple[tuple[list[str], np.ndarray], np.ndarray] | None = None
                 ) -> ElicitModel:
     """Fit on the windows of rows where ``keep[row]`` (all rows without ``keep``).
 
-    ``heads``: ``HEADS`` (extract, rubric) or one merged head (``("elicit",)``).
+    ``heads``: ``HEADS`` (extract, rubric) or one merged head (``("elicit",)``). ``emb``:
+    ((vocabulary, buckets), vectors): word features enter the regression as embeddings; each
+    vocabulary word's bucket then gets the weight its vector earns (vector . weights).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -171,6 +208,9 @@ def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray
         y = np.where((y == 1).any(axis=1), 1, np.where((y == 0).all(axis=1), 0, -1))[:, None]
     sel = np.ones(y.shape[0], dtype=bool) if keep is None else keep[win.row]
     nb = 1 << spec.bits
+    X = win.X
+    if emb is not None and win.Xw is not None:
+        X = sp.hstack([X, sp.csr_matrix(win.Xw @ emb[1])], format="csr")
     W = np.zeros((len(heads), nb), dtype=np.int16)
     scale = np.ones(len(heads))
     bias = np.zeros(len(heads))
@@ -180,9 +220,12 @@ def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray
         if yh.min() == yh.max():
             bias[h] = -20.0                      # no positives: this head never fires
             continue
-        clf = LogisticRegression(C=C, max_iter=5000, tol=1e-6, solver="lbfgs")
-        clf.fit(win.X[use], yh)
-        w = clf.coef_[0]
+        clf = LogisticRegression(C=C, solver="liblinear", tol=1e-4, random_state=0)
+        clf.fit(X[use], yh)
+        w = clf.coef_[0][:nb].copy()
+        if emb is not None and win.Xw is not None:
+            (_, buckets), vecs = emb
+            w[buckets] += vecs @ clf.coef_[0][nb:]
         s = float(np.abs(w).max()) / 32767.0 or 1.0
         W[h] = np.round(w / s).astype(np.int16)
         scale[h] = s
@@ -201,15 +244,16 @@ def threshold_at(benign: np.ndarray, fpr: float) -> float:
 
 
 def rules_flags(scans: Sequence[str]) -> np.ndarray:
-    """Whether the rule flags cot_elicit or rubric_grading fire (online scorer's regexes)."""
-    from distillguard.respond.online import OnlineScorer
+    """Whether the rule flags cot_elicit or rubric_grading fire (the online scorer's RE2
+    semantics, so the same matches as the batch engines)."""
+    from distillguard.config import load_config
+    from distillguard.respond.online import re2_semantics
+    from distillguard.signals.rules import load_rules
 
-    sc = OnlineScorer()
-    out = np.zeros(len(scans), dtype=bool)
-    for i, s in enumerate(scans):
-        out[i] = any(rx.search(s) for n, rx in sc._flags if n in ("cot_elicit",
-                                                                   "rubric_grading"))
-    return out
+    flags, _ = load_rules(load_config())
+    rx = [re.compile(re2_semantics(r.pattern)) for r in flags
+          if r.name in ("cot_elicit", "rubric_grading")]
+    return np.array([any(x.search(s) for x in rx) for s in scans], dtype=bool)
 
 
 def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
@@ -232,10 +276,15 @@ def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = D
     eval_idx = np.flatnonzero(ev)
     eval_scans = [scans[i] for i in eval_idx]
     train_idx = np.flatnonzero(~ev)
-    win = training_windows([rows[i] for i in train_idx], spec, templates)
+    emb = None
+    if spec.words:
+        vocab = vocabulary([rows[i]["text"] for i in train_idx], spec)
+        emb = (vocab, word_vectors(vocab[0]))
+    win = training_windows([rows[i] for i in train_idx], spec, templates,
+                           emb[0] if emb else None)
     out = []
     for F in held:
-        model = fit_windows(win, spec, C, fam[train_idx] != F, heads=heads)
+        model = fit_windows(win, spec, C, fam[train_idx] != F, heads=heads, emb=emb)
         p = np.zeros(len(rows))
         p[eval_idx] = model.predict_proba(eval_scans)
         t = threshold_at(p[ev & (grp == "reasoning_talk")], fpr)
@@ -264,3 +313,50 @@ def throughput(model: ElicitModel, texts: Sequence[str], batch: int = 20_000,
             model.predict_proba(texts[i:i + batch])
         best = max(best, len(texts) / (time.perf_counter() - t0))
     return best
+
+
+# ------------------------------------------------------------------------ word embeddings
+
+def word_vectors(words: Sequence[str]) -> np.ndarray:
+    """(n, 256) float64: static WordLlama (l2_supercat, MIT) embeddings of words, each the
+    mean of its tokens' vectors. Training only: the shipped model keeps one weight per word."""
+    from distillguard.bench.embed import _load_wordllama
+
+    m = _load_wordllama()
+    tok, table = m.tokenizer, np.asarray(m.embedding, dtype=np.float64)
+    space = tok.token_to_id("▁")
+    out = np.zeros((len(words), table.shape[1]))
+    for i, enc in enumerate(tok.encode_batch([" " + w for w in words],
+                                             add_special_tokens=False)):
+        ids = [t for t in enc.ids if t != space]
+        if ids:
+            out[i] = table[ids].mean(axis=0)
+    return out
+
+
+def vocabulary(texts: Sequence[str], spec: Spec) -> tuple[list[str], np.ndarray]:
+    """Words of ``texts``, of the bundled corpus and WordLlama's whole-word tokens, sorted,
+    with their buckets."""
+    from distillguard.bench.embed import _load_wordllama
+    from distillguard.signals.elicit_data import load_corpus
+    from distillguard.signals.elicit_model import word_spans
+
+    tasks, turns = load_corpus()
+    corpus = list(texts) + [t for t, _, _ in turns] + [t.response or "" for t in tasks]
+    words: set[str] = set()
+    for i in range(0, len(corpus), 4096):
+        cp, _, _ = normalise(corpus[i:i + 4096])
+        st, ln = word_spans(cp)
+        s = cp.tobytes().decode("utf-32-le")
+        words.update(s[a:a + b] for a, b in zip(st.tolist(), ln.tolist(), strict=True))
+    tok = _load_wordllama().tokenizer
+    for t in tok.get_vocab():
+        if t.startswith("▁") and len(t) > 2 and t[1:].isalpha():
+            words.add(t[1:].lower())
+    vocab = sorted(w for w in words if w and w == w.lower()
+                   and all(ord(c) < 0x2000 and c.isalpha() for c in w))
+    from distillguard.signals.elicit_model import word_starts
+
+    cp, _, _ = normalise([" ".join(vocab)])
+    _, buckets = word_starts(cp, spec.bits)
+    return vocab, buckets
