@@ -268,7 +268,7 @@ def build_rows(families: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     for split in ("train", "eval"):
         pool = [t for t in docs if t.split == split]
         rng = _rng("pasted", split)
-        for k in range(len(pool) // 3):
+        for _ in range(len(pool) // 3):
             picks = rng.sample(pool, rng.randint(1, 6))
             text = "\n\n".join(t.response or "" for t in picks)
             add({"text": text, "system": "", "label": "benign", "family": "ordinary_pasted",
