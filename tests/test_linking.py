@@ -1,4 +1,5 @@
-"""Linking: a group sharing one template is one community, however large it is."""
+"""Linking: a group coordinated on two channels is one community however large; one shared
+channel alone (a phrasing) stays weak."""
 
 from __future__ import annotations
 
@@ -9,30 +10,54 @@ from distillguard.linking.graph import build_edges, communities
 from distillguard.store import connect
 
 
-def _store(n_accounts: int, per_account: int = 5):
+def _store(n_accounts: int, per_account: int = 5, card: str | None = None):
+    """``n_accounts`` accounts sending one shared template; with ``card`` all pay with it."""
     con = connect(None)
-    rows = [(f"r{a}-{i}", f"acct{a:04d}") for a in range(n_accounts) for i in range(per_account)]
-    con.executemany("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools) "
-                    "VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'p', 0)", rows)
+    rows = [(f"r{a}-{i}", f"acct{a:04d}", card)
+            for a in range(n_accounts) for i in range(per_account)]
+    con.executemany("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools, "
+                    "payment_fingerprint) VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'p', 0, ?)",
+                    rows)
     con.execute("CREATE TABLE signals AS SELECT request_id, account_id, ts, 'math' AS capability,"
                 " 'tshared' AS template_id, count(*) OVER () AS template_size FROM requests")
     return con
 
 
-def test_sampled_template_group_weighs_like_its_clique(cfg):
+def _factor(cfg, channels: int) -> float:
+    return float(cfg["linking"]["conjunction"]["channel_factor"][channels])
+
+
+def test_one_shared_template_is_one_channel(cfg):
+    """Unrelated accounts share a phrasing: a single channel keeps only its weak factor."""
     n, k = 200, int(cfg["linking"]["group_sample_k"])
-    assert n > int(cfg["linking"]["max_group_full"])     # the sampled (circulant) path
+    assert n > int(cfg["linking"]["max_group_full"])     # the sampled (cycle) path
     edges, accounts = build_edges(_store(n), cfg)
     w = float(cfg["linking"]["weights"]["template"]) / np.log2(1 + n)
     assert edges.height <= n * k                           # linear in the group, not n^2
-    assert np.isclose(edges["weight"].sum(), w * n * (n - 1) / 2)
+    assert set(edges["channels"].to_list()) == {1}
+    assert np.isclose(edges["weight"].sum(), _factor(cfg, 1) * w * n * (n - 1) / 2)
     memb = communities(edges, len(accounts), cfg)
-    assert len(set(memb.tolist())) == 1 and memb[0] >= 0   # one campaign, not fragments
+    assert len(set(memb.tolist())) > 1                     # not one campaign on one channel
+
+
+def test_sampled_two_channel_group_is_one_community(cfg):
+    """A template and a card shared by 200 accounts: two channels, one community, and the
+    sampled edges carry the weight of the cliques they stand for."""
+    n = 200
+    edges, accounts = build_edges(_store(n, card="card-1"), cfg)
+    assert set(edges["channels"].to_list()) == {2}
+    wt = float(cfg["linking"]["weights"]["template"]) / np.log2(1 + n)
+    wp = float(cfg["linking"]["weights"]["payment"]) / np.log2(1 + n)
+    # both kinds are sampled as cliques: each contributes its clique's total weight
+    assert np.isclose(edges["weight"].sum(), _factor(cfg, 2) * (wt + wp) * n * (n - 1) / 2,
+                      rtol=0.05)
+    memb = communities(edges, len(accounts), cfg)
+    assert len(set(memb.tolist())) == 1 and memb[0] >= 0
 
 
 def test_without_clique_weighting_a_big_group_fragments(cfg):
     """What the weighting fixes: thin sampled edges fall below the CPM density."""
     plain = load_config(overrides={"linking": {"sampled_as_clique": []}})
-    edges, accounts = build_edges(_store(200), plain)
+    edges, accounts = build_edges(_store(200, card="card-1"), plain)
     memb = communities(edges, len(accounts), plain)
     assert len(set(memb.tolist())) > 1

@@ -315,3 +315,34 @@ def calibrate_store(con: duckdb.DuckDBPyConnection, cfg: Config,
         scores = scores.join(keep, on="account_id")
     fpr = float(target_fpr if target_fpr is not None else cfg["scoring"]["target_fpr"])
     return Calibrator(fpr).fit(scores["final_raw"].to_numpy())
+
+
+def fit(paths: Iterable[str | Path], labels: pl.DataFrame, *,
+        config: Config | str | Path | None = None, db: str | Path | None = None
+        ) -> dict[str, Any]:
+    """Fit the evidence weights and the calibration on labelled traffic.
+
+    ``labels`` has ``account_id``, ``label`` (``distill`` for confirmed campaign accounts,
+    anything else legitimate) and optionally ``campaign_id`` and ``kind`` (used to weigh
+    campaigns and kinds of legitimate customer equally; missing: one kind, one campaign per
+    account). Returns the config overlay (``scoring.weights`` and ``scoring.calibration``)
+    to pass as ``--config``.
+    """
+    from distillguard.scoring.fit import design_frame, fit_detector, overlay
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    lab = labels.with_columns(
+        *[pl.lit(v).alias(c) for c, v in (("campaign_id", None), ("kind", "customer"))
+          if c not in labels.columns])
+    lab = lab.with_columns(pl.col("campaign_id").cast(pl.Utf8).fill_null(pl.col("account_id")),
+                           pl.col("kind").cast(pl.Utf8).fill_null("customer"))
+    con = connect(db)
+    try:
+        ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
+        analyse(con, cfg)
+        design = design_frame(con, cfg)
+    finally:
+        con.close()
+    fw, cal = fit_detector([design], [lab], cfg)
+    return overlay(fw, cal, f"{lab.height} labelled accounts ({fw.n_positive} distillation), "
+                            f"config {cfg.version}")

@@ -438,6 +438,55 @@ def calibrate(
 
 
 @app.command()
+def fit(
+    logs: Annotated[list[Path] | None, typer.Argument(
+        help="Labelled logs to fit on (with --labels); omit to fit on simulated tune worlds")]
+    = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="labels.csv: account_id,label[,campaign_id,kind]; label distill = campaign")] = None,
+    worlds: Annotated[int, typer.Option(help="Without logs: tune worlds to draw")] = 8,
+    worlds_seed: Annotated[int, typer.Option(help="Seed of the tune-world draw")] = 1,
+    world_size: Annotated[str, typer.Option(help="bench | ci")] = "bench",
+    shared_data: Annotated[Path | None, typer.Option(
+        help="Real corpora for the simulated worlds (e.g. ../shared/data)")] = None,
+    work: Annotated[Path, typer.Option(help="Where simulated worlds are written")]
+    = Path("fit-worlds"),
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("fitted.yaml"),
+    config: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Fit the evidence weights and the calibration; writes a config file for --config."""
+    import yaml
+
+    from distillguard.config import load_config
+
+    try:
+        if logs:
+            if labels is None:
+                raise typer.BadParameter("fitting on logs needs --labels")
+            import polars as pl
+
+            over = api.fit(logs, pl.read_csv(labels, infer_schema_length=0), config=config)
+        else:
+            from distillguard.bench.worlds import fit_worlds
+
+            kw = {}
+            if shared_data is not None:
+                kw = {"legit": [shared_data / "legit"], "distill": [shared_data / "distill"],
+                      "timing": [shared_data / "traces"]}
+            with RichProgress() as prog:
+                over = fit_worlds(work, n_worlds=worlds, worlds_seed=worlds_seed,
+                                  size=world_size, config=load_config(config), progress=prog,
+                                  **kw)
+    except DistillguardError as exc:
+        _fail(exc)
+    out.write_text(yaml.safe_dump(over, sort_keys=False))
+    cal = over["scoring"]["calibration"]
+    console.print(f"fitted {len(over['scoring']['weights'])} weights; raw threshold "
+                  f"{cal['raw_threshold']:.3f} on {cal['n_benign']} legitimate accounts → {out} "
+                  f"(use --config {out})")
+
+
+@app.command()
 def perf(
     out: Annotated[Path, typer.Argument(help="Output directory")] = Path("perf-out"),
     sizes: Annotated[str, typer.Option(help="Comma-separated request counts")] = "1e6,4e6,16e6",

@@ -62,11 +62,13 @@ class Fitted:
 
     tune_worlds: list[str]
     calibration: dict[str, Any]
+    overlay: dict[str, Any] = field(default_factory=dict)      # our fitted config overlay
     baselines: dict[str, Any] = field(default_factory=dict)   # name -> fitted estimator
     baseline_params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"tune_worlds": self.tune_worlds, "calibration": self.calibration,
+                "weights": self.overlay.get("scoring", {}).get("weights", {}),
                 "baselines": self.baseline_params}
 
 
@@ -100,19 +102,30 @@ def _baseline_params(det: Any) -> dict[str, Any]:
 
 
 def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = (),
-             progress: Progress | None = None) -> Fitted:
-    """Fit our calibration and the baselines on the benign accounts of the tune worlds.
+             progress: Progress | None = None, fit_weights: bool = True) -> Fitted:
+    """Fit our evidence weights and calibration, and the baselines, on the tune worlds.
 
-    Each tune world runs the whole pipeline; the raw scores of its legitimate accounts are
-    pooled and the calibrator is fitted on them (the same Calibrator ``distillguard
-    calibrate`` fits on known-good accounts). Baselines fit on the pooled legitimate requests.
+    Each tune world runs the pipeline up to linking; the evidence weights are fitted on the
+    labelled accounts of all tune worlds (:func:`distillguard.scoring.fit.fit_detector`) and
+    the calibration on their legitimate accounts at those weights. With ``fit_weights``
+    False only the calibration is fitted (the config's weights stay). Baselines fit on the
+    pooled legitimate requests.
     """
-    from distillguard.api import calibrate_store
+    from distillguard.api import analyse
     from distillguard.bench.run import make_baseline, requests_frame
     from distillguard.scoring import Calibrator
+    from distillguard.scoring.evidence import item_weight
+    from distillguard.scoring.fit import (
+        FittedWeights,
+        design_frame,
+        fit_detector,
+        overlay,
+        raw_scores,
+    )
 
     say = progress.done if progress else (lambda *a, **k: None)
-    raws: list[np.ndarray] = []
+    designs: list[pl.DataFrame] = []
+    labels_l: list[pl.DataFrame] = []
     req_frames: list[pl.DataFrame] = []
     names = []
     for d in tune_dirs:
@@ -122,9 +135,9 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
         labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
         con = _store(logs, cfg)
         try:
-            benign = labels.filter(pl.col("label") != "distill")["account_id"].to_list()
-            cal = calibrate_store(con, cfg, benign)
-            raws.append(np.asarray(cal.benign_sorted_))
+            analyse(con, cfg)
+            designs.append(design_frame(con, cfg))
+            labels_l.append(labels)
             if baselines:
                 req_frames.append(requests_frame(con).join(
                     labels.filter(pl.col("label") != "distill").select("account_id"),
@@ -134,8 +147,19 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
         names.append(d.name)
         say(f"tune {d.name}", time.perf_counter() - t0)
     target = float(cfg["scoring"]["target_fpr"])
-    cal = Calibrator(target).fit(np.concatenate(raws))
-    fitted = Fitted(names, {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": target})
+    if fit_weights:
+        fw, cal = fit_detector(designs, labels_l, cfg)
+        over = overlay(fw, cal, f"tune worlds {', '.join(names)}")
+    else:
+        w = {it["name"]: item_weight(cfg, it) for it in cfg["scoring"]["evidence"]}
+        fw = FittedWeights(w, 0.0, 0, 0, 0.0)
+        ben = [raw_scores(dz, w).join(lab.filter(pl.col("label") != "distill")
+                                       .select("account_id"), on="account_id")["final_raw"]
+               .to_numpy() for dz, lab in zip(designs, labels_l, strict=True)]
+        cal = Calibrator(target).fit(np.concatenate(ben))
+        over = overlay(fw, cal, f"tune worlds {', '.join(names)} (calibration only)")
+    fitted = Fitted(names, {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": target},
+                    over)
     if baselines:
         from distillguard.bench.run import _with_embeddings
 
@@ -220,6 +244,7 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
     from distillguard.bench.metrics import evaluate
     from distillguard.bench.run import _with_embeddings, requests_frame
     from distillguard.scoring import Calibrator, score_accounts
+    from distillguard.scoring.fit import with_overlay
     from distillguard.store import scalar
 
     out.mkdir(parents=True, exist_ok=True)
@@ -230,10 +255,11 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
 
     t0 = time.perf_counter()
     con = _store(logs, cfg)
+    fcfg = with_overlay(cfg, fitted.overlay)
     cal = Calibrator.from_params(fitted.calibration["raw_threshold"],
                                  fitted.calibration["raw_scale"],
                                  fitted.calibration["target_fpr"])
-    scores, campaigns = analyse(con, cfg, calibrator=cal)
+    scores, campaigns = analyse(con, fcfg, calibrator=cal)
     secs["detect"] = time.perf_counter() - t0
     n_requests = scalar(con, "SELECT count(*) FROM requests")
     runs: dict[str, pl.DataFrame] = {
@@ -260,7 +286,7 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
         from distillguard.bench.ttd import time_to_detect
 
         t0 = time.perf_counter()
-        ttd = time_to_detect(logs, labels, out / "replay", config=cfg)
+        ttd = time_to_detect(logs, labels, out / "replay", config=fcfg)
         ttd["online_by_kind"] = _online_by_kind(out / "replay" / "alerts.jsonl", labels,
                                                 float(cfg["scoring"]["threshold"]))
         secs["replay"] = time.perf_counter() - t0
@@ -597,3 +623,29 @@ def bench_worlds(
     (out / "worlds.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "worlds.md").write_text(markdown(result))
     return result
+
+
+def fit_worlds(out_dir: str | Path, *, n_worlds: int = 8, worlds_seed: int = 1,
+               size: str = "bench", legit: Any = None, distill: Any = None, timing: Any = None,
+               config: Config | None = None, progress: Progress | None = None
+               ) -> dict[str, Any]:
+    """Draw ``n_worlds`` *tune* worlds, fit the evidence weights and calibration on them
+    (:func:`fit_tune`) and return the config overlay; how the shipped weights are made."""
+    from distillguard.sim import draw_world
+
+    cfg = config or load_config()
+    out = Path(out_dir)
+    corpora = {"legit_corpus": legit, "distill_corpus": distill, "timing": timing}
+    tick = (progress or Progress()).stage("worlds", n_worlds)
+    dirs = []
+    for s in world_seeds(worlds_seed, "tune", n_worlds):
+        spec = draw_world(s, "tune", size=size)
+        _simulate(spec, out / spec.world_id, corpora)
+        dirs.append(out / spec.world_id)
+        tick(1)
+    fitted = fit_tune(dirs, cfg)
+    over = fitted.overlay
+    over["scoring"]["calibration"]["fitted_on"] = (
+        f"{n_worlds} tune worlds (distillguard fit --worlds {n_worlds} --worlds-seed "
+        f"{worlds_seed}, size {size}), config {cfg.version}")
+    return over

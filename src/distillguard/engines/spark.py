@@ -54,8 +54,13 @@ from distillguard.engines.sqlcompile import to_spark
 from distillguard.errors import IngestError
 from distillguard.features import compute_features
 from distillguard.features.defs import enriched_sql, features_sql
-from distillguard.linking import compute_links
-from distillguard.linking.keys import account_keys_sql, sync_tokens_sql
+from distillguard.linking import compute_links, write_groups
+from distillguard.linking.keys import (
+    account_attrs_sql,
+    account_keys_sql,
+    conjunction_sql,
+    sync_tokens_sql,
+)
 from distillguard.schema import REQUIRED_FIELDS, STORE_COLUMNS, STORE_SCHEMA
 from distillguard.scoring import Calibrator, score_accounts
 from distillguard.scoring.campaigns import describe_campaigns
@@ -774,7 +779,7 @@ def _spark_edges(v: _Views, cfg: Config) -> DataFrame:
                     for kind, w in cfg["linking"]["weights"].items())
     v.put("_edge_parts", v.spark.sql(_key_edges_sql(v.names["_keys"], cfg))
           .unionByName(_sync_edges(v, cfg)))
-    return v.spark.sql(f"""
+    v.put("_edges_raw", v.spark.sql(f"""
 WITH per_kind AS (
   SELECT a, b, kind, least(sum(w), (CASE kind {caps} END) * max(scale)) AS w,
          first(key) AS key
@@ -785,7 +790,10 @@ SELECT a, b, sum(w) AS weight,
        array_join(transform(array_sort(collect_list(struct(kind, key))),
                             x -> x.kind || '=' || x.key), '; ') AS evidence
 FROM per_kind GROUP BY a, b
-""")
+"""))
+    # The channel conjunction (linking.keys.conjunction_sql), the same SQL as on the driver.
+    v.put("_attrs", v.sql(account_attrs_sql("_keys")), persist=True)
+    return v.sql(conjunction_sql("_edges_raw", "_attrs", cfg))
 
 
 def connected_components(spark: SparkSession, edges: DataFrame, max_iter: int = 200
@@ -885,7 +893,7 @@ def _distributed_links(v: _Views, cfg: Config, con: duckdb.DuckDBPyConnection,
     comm_t = _to_arrow(labelled)
     t3 = time.perf_counter()
     inner = _to_arrow(v.spark.sql(f"""
-        SELECT e.a, e.b, e.weight, e.kinds, e.evidence FROM {v.names['_edges']} e
+        SELECT e.a, e.b, e.weight, e.kinds, e.evidence, e.channels FROM {v.names['_edges']} e
         JOIN {v.names['_comm']} ca ON e.a = ca.account_id
         JOIN {v.names['_comm']} cb ON e.b = cb.account_id
         WHERE ca.community = cb.community"""))
@@ -902,6 +910,11 @@ def _distributed_links(v: _Views, cfg: Config, con: duckdb.DuckDBPyConnection,
     con.register("_dg_e", inner)
     con.execute("CREATE OR REPLACE TABLE edges AS SELECT * FROM _dg_e")
     con.unregister("_dg_e")
+    # The groups table on the driver, from the keys of community members only.
+    member_keys = _to_arrow(v.spark.sql(f"""
+        SELECT k.account_id, k.kind, k.key FROM {v.names['_keys']} k
+        LEFT SEMI JOIN {v.names['_comm']} c ON k.account_id = c.account_id"""))
+    write_groups(con, pl.from_arrow(member_keys), cfg)
     return {"edges": n_edges, "edges_to_driver": inner.num_rows,
             "components_over_executor_max": int(n_big),
             "communities": len(set(comm_t.column("community").to_pylist())),

@@ -18,6 +18,25 @@ OUTPUT_TOKENS_SQL = ("coalesce(r.output_tokens, CASE WHEN r.response IS NOT NULL
                      "THEN CAST(ceil(length(r.response) / 4.0) AS BIGINT) END)")
 
 
+def ip_prefix_sql(cfg: Config, col: str = "ip") -> str:
+    """SQL expression: the network prefix of an address column (IPv4 /24 by default, IPv6
+    /48), the address itself when it is neither; defined once for linking and features."""
+    p4 = int(cfg["linking"]["ip4_prefix"])
+    # /24 keeps the first three octets; other lengths fall back to the full address.
+    ip4 = (fr"regexp_extract({col}, '^(\d+\.\d+\.\d+)\.\d+$', 1) || '.0/24'" if p4 == 24
+           else f"{col} || '/32'")
+    ip6 = (fr"regexp_extract(lower({col}), '^([0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}):', 1)"
+           " || '::/48'")
+    return (fr"CASE WHEN regexp_matches({col}, '^\d+\.\d+\.\d+\.\d+$') THEN {ip4} "
+            fr"WHEN regexp_matches(lower({col}), '^[0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}:') "
+            f"THEN {ip6} ELSE {col} END")
+
+
+#: The system prompt as a key: md5 of its first 2,000 characters, lower-cased, whitespace
+#: collapsed (the same product or framework prompt sent by different clients is one key).
+SYSTEM_KEY_SQL = ("md5(regexp_replace(lower(left(system, 2000)), '\\s+', ' ', 'g'))")
+
+
 @dataclass(frozen=True)
 class Feature:
     name: str
@@ -41,23 +60,38 @@ FEATURES: tuple[Feature, ...] = (
             "{:.0f}"),
     Feature("novelty", "count(DISTINCT prompt_hash) / count(*)",
             "distinct prompts / requests (eval harnesses repeat a fixed set: low)"),
+    # An agent loop re-sends its task with a growing transcript, an evaluation harness
+    # re-sends the same request in every run: only the second repeats prompt *and* context.
+    Feature("rerun_share", "1 - count(DISTINCT prompt_hash || '|' || CAST(n_user_turns AS "
+            "VARCHAR) || '|' || CAST(context_chars AS VARCHAR)) / count(*)",
+            "share of requests repeating an earlier request of the account, context included "
+            "(re-runs of a fixed prompt set)", "{:.0%}"),
     Feature("single_turn_share", "avg(CASE WHEN n_user_turns <= 1 AND context_chars = 0 "
             "THEN 1.0 ELSE 0.0 END)", "share of requests with no conversation context"),
+    Feature("followup_share", "avg(CASE WHEN n_user_turns >= 2 THEN 1.0 ELSE 0.0 END)",
+            "share of requests that follow up an earlier user turn of a conversation (tool "
+            "rounds of an agent loop are not follow-ups)", "{:.0%}"),
     Feature("tools_share", "avg(CASE WHEN n_tools > 0 THEN 1.0 ELSE 0.0 END)",
             "share of requests defining tools"),
-    Feature("cot_rate", "avg(CASE WHEN cot_elicit THEN 1.0 ELSE 0.0 END)",
-            "share of requests eliciting chain-of-thought", "{:.0%}"),
-    Feature("rubric_rate", "avg(CASE WHEN rubric_grading THEN 1.0 ELSE 0.0 END)",
-            "share of requests asking for rubric grading", "{:.0%}"),
-    Feature("censor_rate", "avg(CASE WHEN censorship_safe THEN 1.0 ELSE 0.0 END)",
-            "share of requests asking for censorship-safe rewrites", "{:.0%}"),
+    # Elicitation rates are shares of the account's *distinct* prompts: an agent loop
+    # re-sending one task (or a user re-sending one message) counts once.
+    Feature("cot_rate", "count(DISTINCT CASE WHEN cot_elicit THEN prompt_hash END) / "
+            "count(DISTINCT prompt_hash)",
+            "share of distinct prompts eliciting chain-of-thought", "{:.0%}"),
+    Feature("rubric_rate", "count(DISTINCT CASE WHEN rubric_grading THEN prompt_hash END) / "
+            "count(DISTINCT prompt_hash)",
+            "share of distinct prompts asking for rubric grading", "{:.0%}"),
+    Feature("censor_rate", "count(DISTINCT CASE WHEN censorship_safe THEN prompt_hash END) / "
+            "count(DISTINCT prompt_hash)",
+            "share of distinct prompts asking for censorship-safe rewrites", "{:.0%}"),
     Feature("n_elicit", "count(DISTINCT CASE WHEN cot_elicit OR rubric_grading OR "
             "censorship_safe THEN prompt_hash END)", "distinct prompts with any elicitation "
             "signal (counts survive camouflage that dilutes rates; an agent loop re-sending "
             "one task counts once)", "{:,.0f}"),
-    Feature("elicit_model_rate", "avg(CASE WHEN elicit_model THEN 1.0 ELSE 0.0 END)",
-            "share of requests the learned elicitation model flags (signals.elicit_p at or "
-            "above signals.elicit_model_threshold)", "{:.0%}"),
+    Feature("elicit_model_rate", "count(DISTINCT CASE WHEN elicit_model THEN prompt_hash END)"
+            " / count(DISTINCT prompt_hash)",
+            "share of distinct prompts the learned elicitation model flags (signals.elicit_p "
+            "at or above signals.elicit_model_threshold)", "{:.0%}"),
     Feature("n_elicit_model", "count(DISTINCT CASE WHEN elicit_model THEN prompt_hash END)",
             "distinct prompts the learned elicitation model flags (as n_elicit)", "{:,.0f}"),
     Feature("focus_rate", "avg(CASE WHEN capability IN ('coding', 'math', 'agentic', "
@@ -78,6 +112,21 @@ FEATURES: tuple[Feature, ...] = (
             "signed up through a subsidised channel"),
     Feature("n_ips", "count(DISTINCT ip)", "distinct client IPs", "{:.0f}"),
     Feature("n_api_keys", "count(DISTINCT api_key_id)", "distinct API keys", "{:.0f}"),
+    # Infrastructure and its sharing. A rotating proxy spreads one account over many /24s
+    # (a home, an office or a carrier NAT keeps it in one or two); the exits, cards and
+    # system prompts it uses are counted across every account in the logs.
+    Feature("n_prefixes", "count(DISTINCT ip_prefix)",
+            "distinct network prefixes (/24, /48) the account came from", "{:.0f}"),
+    Feature("shared_ip_share", "avg(CASE WHEN ip_accounts >= 2 THEN 1.0 ELSE 0.0 END)",
+            "share of requests from an address other accounts also used", "{:.0%}"),
+    Feature("ip_accounts_median", "coalesce(median(ip_accounts), 0)",
+            "median number of accounts using the addresses of its requests", "{:.0f}"),
+    Feature("card_accounts", "coalesce(max(card_accounts), 0)",
+            "accounts paying with its payment method (0: none logged)", "{:.0f}"),
+    Feature("system_accounts", "coalesce(max(system_accounts), 0)",
+            "accounts sending its system prompt (0: none)", "{:.0f}"),
+    Feature("created_day", "max(epoch(account_created)) / 86400.0",
+            "account creation, in days since 1970 (NULL: not logged)", "{:.0f}"),
 )
 
 #: Features computed from a per-(account, bucket) pre-aggregation, not a plain aggregate.
@@ -128,11 +177,20 @@ islands AS (
                        AS prev_end
         FROM windows) AS ordered
 ),
-spans AS (SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island)
+spans AS (SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island),
+ip_n AS (SELECT ip, count(DISTINCT account_id) AS n FROM requests
+         WHERE ip IS NOT NULL AND ip <> '' GROUP BY ip),
+card_n AS (SELECT payment_fingerprint, count(DISTINCT account_id) AS n FROM requests
+           WHERE payment_fingerprint IS NOT NULL AND payment_fingerprint <> ''
+           GROUP BY payment_fingerprint),
+sys_n AS (SELECT {SYSTEM_KEY_SQL} AS sys_key, count(DISTINCT account_id) AS n FROM requests
+          WHERE system IS NOT NULL AND system <> '' GROUP BY {SYSTEM_KEY_SQL})
 SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
        r.account_created,
        r.signup_channel, r.ip, r.api_key_id,
+       {ip_prefix_sql(cfg, "r.ip")} AS ip_prefix,
+       ip_n.n AS ip_accounts, card_n.n AS card_accounts, sys_n.n AS system_accounts,
        coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
@@ -142,6 +200,9 @@ SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
 FROM requests r JOIN signals s USING (request_id)
 LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
 LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
+LEFT JOIN ip_n ON r.ip = ip_n.ip
+LEFT JOIN card_n ON r.payment_fingerprint = card_n.payment_fingerprint
+LEFT JOIN sys_n ON {SYSTEM_KEY_SQL.replace("system", "r.system")} = sys_n.sys_key
 """
 
 

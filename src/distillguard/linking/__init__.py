@@ -8,19 +8,23 @@ import polars as pl
 
 from distillguard.config import Config
 from distillguard.linking.graph import build_edges, communities
+from distillguard.linking.groups import GROUP_COLUMNS, group_stats_sql
+from distillguard.linking.keys import account_keys_sql
 
-__all__ = ["build_edges", "communities", "compute_links"]
+__all__ = ["GROUP_COLUMNS", "build_edges", "communities", "compute_links", "write_groups"]
 
 
 def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
-    """Write ``edges`` (a, b account ids) and ``communities`` (account_id, community)."""
-    edges, accounts = build_edges(con, cfg)
+    """Write ``edges`` (a, b account ids), ``communities`` (account_id, community) and
+    ``groups`` (what each community does as a whole, ``linking.groups``)."""
+    keys = con.sql(account_keys_sql(cfg)).pl()
+    edges, accounts = build_edges(con, cfg, keys)
     member = communities(edges, len(accounts), cfg)
     names = np.asarray(accounts, dtype=object)
     out = edges.with_columns(
         pl.Series("a", names[edges["a"].to_numpy()] if edges.height else [], dtype=pl.Utf8),
         pl.Series("b", names[edges["b"].to_numpy()] if edges.height else [], dtype=pl.Utf8),
-    ).select("a", "b", "weight", "kinds", "evidence")
+    ).select("a", "b", "weight", "kinds", "evidence", "channels")
     comm = pl.DataFrame({"account_id": accounts, "community": member})
     con.register("_edges", out.to_arrow())
     con.execute("CREATE OR REPLACE TABLE edges AS SELECT * FROM _edges")
@@ -28,4 +32,14 @@ def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     con.register("_comm", comm.to_arrow())
     con.execute("CREATE OR REPLACE TABLE communities AS SELECT * FROM _comm")
     con.unregister("_comm")
+    write_groups(con, keys, cfg)
     return out
+
+
+def write_groups(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, cfg: Config) -> None:
+    """The ``groups`` table from ``features``, ``communities`` and the account keys."""
+    con.register("_dg_keys", keys.select("account_id", "kind", "key").to_arrow())
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE groups AS {group_stats_sql('_dg_keys', cfg)}")
+    finally:
+        con.unregister("_dg_keys")

@@ -19,7 +19,12 @@ import numpy as np
 import polars as pl
 
 from distillguard.config import Config
-from distillguard.linking.keys import account_keys_sql, sync_tokens_sql
+from distillguard.linking.keys import (
+    account_attrs_sql,
+    account_keys_sql,
+    conjunction_sql,
+    sync_tokens_sql,
+)
 from distillguard.signals.templates import _MULT  # same folding constants as templates
 
 _SYNC_SEED = 7
@@ -65,9 +70,10 @@ def cycle_order_keys(accounts: list[str], k: int) -> np.ndarray:
 
 
 def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
-              acc_index: dict[str, int]) -> pl.DataFrame:
+              acc_index: dict[str, int], keys: pl.DataFrame | None = None) -> pl.DataFrame:
     lc = cfg["linking"]
-    keys = con.sql(account_keys_sql(cfg)).pl()
+    if keys is None:
+        keys = con.sql(account_keys_sql(cfg)).pl()
     if keys.is_empty():
         return pl.DataFrame(schema=_PART_SCHEMA)
     keys = keys.with_columns(pl.col("account_id").replace_strict(acc_index).alias("idx"))
@@ -154,20 +160,26 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
                          "scale": np.ones(int(keep.sum()))}, schema=_PART_SCHEMA)
 
 
-def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[pl.DataFrame, list[str]]:
+def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame | None = None
+                ) -> tuple[pl.DataFrame, list[str]]:
     """Aggregate all link evidence into one weighted edge per account pair.
 
     Per kind the weight is capped at the kind's weight, so a thousand shared /24s do not
-    drown every other signal; the pair's weight is the sum over kinds.
+    drown every other signal; the pair's weight is the sum over kinds, times the factor for
+    the number of independent channels the pair agrees on (``conjunction``). ``keys``: the
+    account keys if already computed (``linking.keys.account_keys_sql``).
     """
     accounts = [r[0] for r in con.execute(
         "SELECT DISTINCT account_id FROM requests ORDER BY 1").fetchall()]
     acc_index = {a: i for i, a in enumerate(accounts)}
-    parts = [key_edges(con, cfg, acc_index), sync_edges(con, cfg, acc_index)]
+    if keys is None:
+        keys = con.sql(account_keys_sql(cfg)).pl()
+    parts = [key_edges(con, cfg, acc_index, keys), sync_edges(con, cfg, acc_index)]
     e = pl.concat(parts)
     if e.is_empty():
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64,
-                                    "kinds": pl.Utf8, "evidence": pl.Utf8}), accounts
+                                    "kinds": pl.Utf8, "evidence": pl.Utf8,
+                                    "channels": pl.Int32}), accounts
     e = e.filter(pl.col("a") != pl.col("b"))
     caps = {k: float(v) for k, v in cfg["linking"]["weights"].items()}
     # The cap scales with a sampled clique's edges (see key_edges).
@@ -181,7 +193,27 @@ def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config) -> tuple[pl.DataFra
              .agg(pl.col("w").sum().alias("weight"),
                   pl.col("kind").str.join(",").alias("kinds"),
                   (pl.col("kind") + "=" + pl.col("key")).str.join("; ").alias("evidence")))
-    return edges, accounts
+    return conjunction(con, edges, keys, acc_index, cfg), accounts
+
+
+def conjunction(con: duckdb.DuckDBPyConnection, edges: pl.DataFrame, keys: pl.DataFrame,
+                acc_index: dict[str, int], cfg: Config) -> pl.DataFrame:
+    """``edges`` re-weighted by the channels each pair agrees on (``conjunction_sql``)."""
+    con.register("_dg_keys", keys.select("account_id", "kind", "key", "n").to_arrow())
+    try:
+        attrs = con.sql(account_attrs_sql("_dg_keys")).pl()
+    finally:
+        con.unregister("_dg_keys")
+    attrs = attrs.with_columns(pl.col("account_id").replace_strict(acc_index, default=-1)
+                               .cast(pl.Int64))
+    con.register("_dg_e", edges.to_arrow())
+    con.register("_dg_attrs", attrs.to_arrow())
+    try:
+        out = con.sql(conjunction_sql("_dg_e", "_dg_attrs", cfg)).pl()
+    finally:
+        con.unregister("_dg_e")
+        con.unregister("_dg_attrs")
+    return out.with_columns(pl.col("channels").cast(pl.Int32))
 
 
 def communities(edges: pl.DataFrame, n_accounts: int, cfg: Config) -> np.ndarray:

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 from distillguard.config import Config
+from distillguard.features.defs import SYSTEM_KEY_SQL, ip_prefix_sql
 
 
 def account_keys_sql(cfg: Config) -> str:
     """(account_id, kind, key, n): each key an account used at least ``min_shared_requests``
-    times. Templates also need to be a real share of the account's traffic (>= 10%), so one
-    common greeting does not tie strangers together."""
+    times. Templates and system prompts also need to be a real share of the account's
+    traffic (>= 10%, >= 30%), so one common greeting does not tie strangers together. Exact
+    addresses count from one request: an exit of a rotating proxy pool is used once or twice
+    per account, and sharing it with other accounts of the pool is the evidence."""
     lc = cfg["linking"]
     m = int(lc["min_shared_requests"])
     min_tpl = int(cfg["features"]["min_template_size"])
-    p4 = int(lc["ip4_prefix"])
-    # /24 keeps the first three octets; other lengths fall back to the full address.
-    ip4 = (r"regexp_extract(ip, '^(\d+\.\d+\.\d+)\.\d+$', 1) || '.0/24'" if p4 == 24
-           else "ip || '/32'")
-    ip6 = (r"regexp_extract(lower(ip), '^([0-9a-f]{1,4}:[0-9a-f]{1,4}:[0-9a-f]{1,4}):', 1)"
-           " || '::/48'")
+    prefix = ip_prefix_sql(cfg)
     return f"""
 WITH k AS (
-  SELECT account_id, 'ip_prefix' AS kind,
-         CASE WHEN regexp_matches(ip, '^\\d+\\.\\d+\\.\\d+\\.\\d+$') THEN {ip4}
-              WHEN regexp_matches(lower(ip), '^[0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}:[0-9a-f]{{1,4}}:')
-                THEN {ip6}
-              ELSE ip END AS key
+  SELECT account_id, 'ip_prefix' AS kind, {prefix} AS key
   FROM requests WHERE ip IS NOT NULL AND ip <> ''
   UNION ALL SELECT account_id, 'user_agent', user_agent FROM requests
     WHERE user_agent IS NOT NULL AND user_agent <> ''
@@ -41,10 +35,86 @@ tpl AS (
          sum(count(*)) OVER (PARTITION BY account_id) AS tot
   FROM signals WHERE template_size >= {min_tpl}
   GROUP BY account_id, template_id
+),
+sys AS (
+  SELECT account_id, 'system' AS kind, {SYSTEM_KEY_SQL} AS key, count(*) AS n,
+         sum(count(*)) OVER (PARTITION BY account_id) AS tot
+  FROM requests WHERE system IS NOT NULL AND system <> ''
+  GROUP BY account_id, {SYSTEM_KEY_SQL}
+),
+ip AS (
+  SELECT account_id, 'ip' AS kind, ip AS key, count(*) AS n
+  FROM requests WHERE ip IS NOT NULL AND ip <> '' GROUP BY account_id, ip
+),
+created AS (
+  SELECT account_id, 'created' AS kind,
+         CAST(CAST(floor(epoch(max(account_created)) / 86400) AS BIGINT) AS VARCHAR) AS key,
+         count(*) AS n
+  FROM requests WHERE account_created IS NOT NULL GROUP BY account_id
 )
 SELECT account_id, kind, key, n FROM infra
 UNION ALL
 SELECT account_id, kind, key, n FROM tpl WHERE n >= {m} AND n >= 0.1 * tot
+UNION ALL
+SELECT account_id, kind, key, n FROM sys WHERE n >= {m} AND n >= 0.3 * tot
+UNION ALL
+SELECT account_id, kind, key, n FROM ip
+UNION ALL
+SELECT account_id, kind, key, n FROM created
+"""
+
+
+def account_attrs_sql(keys: str) -> str:
+    """Per account, from the keys relation ``keys``: its main system prompt key, its main
+    template and its creation day (NULL when absent). Ties go to the smaller key, so every
+    engine picks the same one."""
+    return f"""
+WITH ranked AS (
+  SELECT account_id, kind, key,
+         row_number() OVER (PARTITION BY account_id, kind ORDER BY n DESC, key) AS rn
+  FROM {keys} WHERE kind IN ('system', 'template', 'created')
+)
+SELECT account_id,
+       max(CASE WHEN kind = 'system' THEN key END) AS sys_key,
+       max(CASE WHEN kind = 'template' THEN key END) AS tpl_key,
+       max(CASE WHEN kind = 'created' THEN CAST(key AS BIGINT) END) AS created_day
+FROM ranked WHERE rn = 1 GROUP BY account_id
+"""
+
+
+def conjunction_sql(edges: str, attrs: str, cfg: Config) -> str:
+    """Edges re-weighted by how many independent channels the two accounts agree on.
+
+    Channels: *infrastructure* (a shared address, /24 or card), *client* (the same system
+    prompt or main template), *lifecycle* (accounts created within ``created_days`` of each
+    other) and *timing* (synchronized activity). Under a null model in which unrelated
+    accounts share each channel independently, agreement on one channel is common (a
+    carrier NAT, a popular framework's prompt, a shared family card) and agreement on two or
+    more is rare, so a pair's weight is multiplied by ``channel_factor[n_channels]``. A
+    shared organisation id is a declared relationship, not concealment: its pairs keep
+    ``org_factor`` of their weight. User agents are too common to count as a channel.
+    """
+    lc = cfg["linking"]["conjunction"]
+    f = [float(x) for x in lc["channel_factor"]]
+    days = int(lc["created_days"])
+    return f"""
+WITH j AS (
+  SELECT e.a, e.b, e.weight, e.kinds, e.evidence,
+    CASE WHEN e.kinds LIKE '%ip%' OR e.kinds LIKE '%payment%' THEN 1 ELSE 0 END AS ch_infra,
+    CASE WHEN e.kinds LIKE '%system%' OR e.kinds LIKE '%template%'
+              OR (x.sys_key IS NOT NULL AND x.sys_key = y.sys_key)
+              OR (x.tpl_key IS NOT NULL AND x.tpl_key = y.tpl_key) THEN 1 ELSE 0 END AS ch_client,
+    CASE WHEN abs(x.created_day - y.created_day) <= {days} THEN 1 ELSE 0 END AS ch_life,
+    CASE WHEN e.kinds LIKE '%sync%' THEN 1 ELSE 0 END AS ch_time,
+    CASE WHEN e.kinds LIKE '%org%' THEN 1 ELSE 0 END AS org
+  FROM {edges} e LEFT JOIN {attrs} x ON e.a = x.account_id LEFT JOIN {attrs} y ON e.b = y.account_id
+)
+SELECT a, b,
+  weight * (CASE ch_infra + ch_client + ch_life + ch_time
+              WHEN 0 THEN {f[0]!r} WHEN 1 THEN {f[1]!r} WHEN 2 THEN {f[2]!r} ELSE {f[3]!r} END)
+         * (CASE WHEN org = 1 THEN {float(lc["org_factor"])!r} ELSE 1.0 END) AS weight,
+  kinds, evidence, ch_infra + ch_client + ch_life + ch_time AS channels
+FROM j
 """
 
 

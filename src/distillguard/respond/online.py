@@ -82,6 +82,7 @@ from distillguard.respond.policy import Policy, PolicyDecision, PolicyInput
 from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
+from distillguard.scoring.evidence import item_weight
 
 __all__ = ["OnlineScore", "OnlineScorer", "RequestView", "replay"]
 
@@ -198,7 +199,8 @@ class OnlineScorer:
             if names - set(_ONLINE_FEATURES):
                 self.skipped.append(it["name"])   # needs a feature we cannot compute online
                 continue
-            self._items.append((it, code, float(it["lo"]), float(it["hi"]), float(it["weight"])))
+            self._items.append((it, code, float(it["lo"]), float(it["hi"]),
+                                item_weight(self.cfg, it)))
 
     def load_campaigns(self, campaigns: Mapping[str, str] | Sequence[Mapping[str, Any]] | str
                        | Path | None) -> None:

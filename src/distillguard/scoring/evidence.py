@@ -9,25 +9,73 @@ from distillguard.config import Config
 from distillguard.features.defs import ALL_FEATURES
 
 
+def scoring_input_sql() -> str:
+    """Per account: its features, its link community, that community's ``groups`` row and
+    ``g_attach``, how strongly the account is tied into it (its in-community link weight
+    over the community's median, at most 1). Accounts in no community get NULL group columns
+    (their group evidence is 0) and ``g_size`` 1."""
+    return """
+WITH inner_e AS (
+  SELECT e.a, e.b, e.weight, ca.community FROM edges e
+  JOIN communities ca ON e.a = ca.account_id JOIN communities cb ON e.b = cb.account_id
+  WHERE ca.community = cb.community AND ca.community >= 0
+),
+w_in AS (
+  SELECT account_id, community, sum(weight) AS w FROM (
+    SELECT a AS account_id, community, weight FROM inner_e
+    UNION ALL SELECT b AS account_id, community, weight FROM inner_e)
+  GROUP BY account_id, community
+),
+att AS (
+  SELECT account_id,
+         least(w / nullif(median(w) OVER (PARTITION BY community), 0), 1.0) AS g_attach
+  FROM w_in
+)
+SELECT f.*, coalesce(c.community, -1) AS community, coalesce(att.g_attach, 0.0) AS g_attach,
+       g.* EXCLUDE (community, g_size), coalesce(g.g_size, 1) AS g_size
+FROM features f
+LEFT JOIN communities c USING (account_id)
+LEFT JOIN groups g ON g.community = c.community AND c.community >= 0
+LEFT JOIN att USING (account_id)
+"""
+
+
+def item_weight(cfg: Config, item: dict) -> float:
+    """An evidence item's weight: the fitted one (``scoring.weights``, written by
+    ``distillguard fit``) when there is one, else the item's own (the designed prior)."""
+    fitted = cfg["scoring"].get("weights") or {}
+    return float(fitted.get(item["name"], item["weight"]))
+
+
 def evidence_frame(con: duckdb.DuckDBPyConnection, cfg: Config,
-                   table: str = "features") -> pl.DataFrame:
-    """account_id, raw, and one ``ev_<name>`` column (weighted contribution) per evidence item.
+                   table: str = "features", weights: dict[str, float] | None = None
+                   ) -> pl.DataFrame:
+    """account_id, raw, final_raw and one ``ev_<name>`` column (weighted contribution) per
+    evidence item. ``raw`` sums the account's own evidence, ``final_raw`` adds the items
+    marked ``group: true`` (what its link community does as a whole).
 
     Behaviour evidence is damped for accounts with very few requests: three prompts cannot show
-    a rate, a template or a timing pattern.
+    a rate, a template or a timing pattern. Group items are damped by the group's requests.
+    ``weights`` (name -> weight) overrides the config's; 1.0 everywhere gives the unweighted
+    ramps a weight fit needs.
     """
     sc = cfg["scoring"]
     items = sc["evidence"]
     min_req = float(sc["min_requests"])
     cols = []
     for it in items:
-        lo, hi, w = float(it["lo"]), float(it["hi"]), float(it["weight"])
+        lo, hi = float(it["lo"]), float(it["hi"])
+        w = float(weights[it["name"]]) if weights is not None else item_weight(cfg, it)
         ramp = f"least(greatest((({it['expr']}) - ({lo})) / ({hi - lo}), 0), 1)"
-        cols.append(f"{w} * coalesce({ramp}, 0) * least(n_requests / {min_req}, 1) "
+        n = "coalesce(g_requests, 0)" if it.get("group") else "n_requests"
+        cols.append(f"{w!r} * coalesce({ramp}, 0) * least({n} / {min_req}, 1) "
                     f"AS ev_{it['name']}")
     df = con.sql(f"SELECT account_id, {', '.join(cols)} FROM {table}").pl()
-    ev = [f"ev_{it['name']}" for it in items]
-    return df.with_columns(pl.sum_horizontal(ev).alias("raw"))
+    own = [f"ev_{it['name']}" for it in items if not it.get("group")]
+    grp = [f"ev_{it['name']}" for it in items if it.get("group")]
+    df = df.with_columns(pl.sum_horizontal(own).alias("raw"))
+    return df.with_columns((pl.col("raw") + (pl.sum_horizontal(grp) if grp else 0.0))
+                           .alias("final_raw"))
 
 
 def reasons_for(feat_row: dict, ev_row: dict, cfg: Config, k: int) -> list[str]:
@@ -37,9 +85,21 @@ def reasons_for(feat_row: dict, ev_row: dict, cfg: Config, k: int) -> list[str]:
                       if ev_row[f"ev_{it['name']}"] > 0.05), key=lambda t: -t[0])
     out = []
     for _, it in contrib[:k]:
-        f = ALL_FEATURES.get(it["show"])
         val = feat_row.get(it["show"])
-        shown = f.fmt.format(val) if f is not None and val is not None else str(val)
+        shown = _fmt(it, val).format(val) if val is not None else str(val)
         out.append(it["reason"].format(shown))
     return out
+
+
+def _fmt(item: dict, val: object) -> str:
+    """How an evidence item shows its value: the item's ``fmt``, the feature's, or for group
+    columns a count (sizes, days) or a share."""
+    if item.get("fmt"):
+        return str(item["fmt"])
+    f = ALL_FEATURES.get(item["show"])
+    if f is not None:
+        return f.fmt
+    if item["show"] in ("g_size", "g_requests", "g_age_days"):
+        return "{:,.0f}"
+    return "{:.0%}" if isinstance(val, float) and 0.0 <= val <= 1.0 else "{}"
 
