@@ -6,6 +6,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import duckdb
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow as pa
 
 from distillguard.config import Config
 from distillguard.signals._workers import TemplateKeyWorkers, batch_work
+from distillguard.signals.elicit_model import scan_probs
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
 from distillguard.signals.templates import template_ids_sql
@@ -63,6 +65,9 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     # worker processes on big inputs, while this one reads batches and inserts results.
     workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows else 0
     pool = TemplateKeyWorkers(workers) if workers else None
+    # Inline, elicit_p runs on a thread beside the template keys: its numpy passes release
+    # the GIL while Polars and rensa work on the same batch.
+    side = ThreadPoolExecutor(1) if pool is None else None
     pending: deque = deque()      # (request ids, result or its future), in input order
     done = 0
 
@@ -70,7 +75,7 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         while len(pending) > limit:
             ids, res = pending.popleft()
             skel, keys, _, p = res.result() if pool is not None else res
-            write(ids, skel, keys, p)
+            write(ids, skel, keys, p.result() if isinstance(p, Future) else p)
 
     # The read streams on its own cursor: this connection inserts while it is open.
     cur = con.cursor()
@@ -79,7 +84,11 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
                          ).to_arrow_reader(batch_rows)
         for batch in reader:
             args = (batch.column("prompt_ends"), done, k, perms, bands, batch.column("scan"))
-            res = pool.submit(*args) if pool is not None else batch_work(*args)
+            if pool is not None:
+                res = pool.submit(*args)
+            else:
+                fut = side.submit(scan_probs, args[-1])
+                res = (*batch_work(*args[:-1])[:3], fut)
             pending.append((batch.column("request_id"), res))
             drain(2 * workers)
             done += batch.num_rows
@@ -90,6 +99,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         cur.close()
         if pool is not None:
             pool.close()
+        if side is not None:
+            side.shutdown(wait=True, cancel_futures=True)
     timings["signals.keys"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     con.execute(f"""

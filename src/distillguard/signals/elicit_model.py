@@ -79,8 +79,11 @@ def normalise(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.n
 
     Lower-cased (``str.lower``), digits 1-9 folded to 0, tab / CR / LF to a space.
     """
-    joined = "\x00".join([(t or "").replace("\x00", " ") for t in texts]).lower()
+    # str.lower only for non-ASCII texts (the slow case); ASCII letters are lowered below.
+    joined = "\x00".join([t if t.isascii() else t.lower()
+                          for t in ((u or "").replace("\x00", " ") for u in texts)])
     cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).copy()
+    cp[(cp - np.uint32(65)) < np.uint32(26)] += np.uint32(32)
     cp[(cp - np.uint32(49)) < np.uint32(9)] = 48
     cp[(cp - np.uint32(9)) < np.uint32(5)] = 32          # \t \n \v \f \r
     sep = np.flatnonzero(cp == 0)
@@ -245,20 +248,20 @@ class ElicitModel:
         out = np.full((len(texts), nh), -np.inf, dtype=np.float64)
         tables = self._tables()
         for h in range(nh):
-            acc = np.zeros(cp.size + 1, dtype=np.int64)
+            pos = np.zeros(cp.size + 1, dtype=np.int32)  # a few int16 weights per position
             for idx in buckets:
-                acc[1:idx.size + 1] += np.take(tables[h], idx)
-            np.cumsum(acc, out=acc)
+                pos[1:idx.size + 1] += np.take(tables[h], idx)
+            acc = np.cumsum(pos, dtype=np.int64)
             for ws, we, first, root in geo:
                 np.maximum(out[:, h], np.maximum.reduceat((acc[we] - acc[ws]) / root, first),
                            out=out[:, h])
         return out
 
     def _tables(self) -> np.ndarray:
-        """(heads, 2**bits + 1) int64 weights; the last bucket (invalid n-grams) is 0."""
+        """(heads, 2**bits + 1) int32 weights; the last bucket (invalid n-grams) is 0."""
         t = self.__dict__.get("_tab")
         if t is None:
-            t = np.zeros((self.weights.shape[0], self.weights.shape[1] + 1), dtype=np.int64)
+            t = np.zeros((self.weights.shape[0], self.weights.shape[1] + 1), dtype=np.int32)
             t[:, :-1] = self.weights
             self.__dict__["_tab"] = t
         return t
