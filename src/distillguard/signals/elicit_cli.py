@@ -73,7 +73,7 @@ def evaluate(
 ) -> None:
     """Leave-one-family-out table: recall at <= FPR on benign reasoning talk, FPR on
     ordinary prompts, the rules' recall beside it; then throughput."""
-    from distillguard.signals.elicit_data import load_set
+    from distillguard.signals.elicit_data import load_set, scan_text
     from distillguard.signals.elicit_model import ElicitModel
     from distillguard.signals.elicit_train import (
         DEFAULT_C,
@@ -84,7 +84,8 @@ def evaluate(
     )
 
     rows = load_set(data)
-    extra = _read_texts(extra_benign, extra_limit) if extra_benign else None
+    extra = [scan_text(t, "") for t in _read_texts(extra_benign, extra_limit)] \
+        if extra_benign else None
     t0 = time.perf_counter()
     res = lofo(rows, DEFAULT_SPEC, DEFAULT_C, fpr, family or None, extra, DEFAULT_HEADS)
     tab = Table(title=f"leave-one-family-out, threshold at <= {fpr:.0%} of benign reasoning "
