@@ -56,8 +56,26 @@ def test_sampled_two_channel_group_is_one_community(cfg):
 
 
 def test_without_clique_weighting_a_big_group_fragments(cfg):
-    """What the weighting fixes: thin sampled edges fall below the CPM density."""
-    plain = load_config(overrides={"linking": {"sampled_as_clique": []}})
+    """What the weighting fixes: thin sampled edges fall below the CPM density (fragment
+    merging off, to see Leiden's own output)."""
+    plain = load_config(overrides={"linking": {"sampled_as_clique": [], "merge": None}})
     edges, accounts = build_edges(_store(200, card="card-1"), plain)
     memb = communities(edges, len(accounts), plain)
     assert len(set(memb.tolist())) > 1
+
+
+def test_fragments_tied_by_multi_channel_edges_merge(cfg):
+    """Two dense groups with a few two-channel ties between them are one operation; the
+    same ties on one channel only (a shared phrasing) leave them apart."""
+    import polars as pl
+
+    from distillguard.linking.graph import merge_fragments
+
+    clique = [(i, j) for g in (range(0, 10), range(10, 20)) for i in g for j in g if i < j]
+    ties = [(0, 10), (1, 11), (2, 12)]
+    memb = np.array([0] * 10 + [1] * 10)
+    for channels, expect in ((2, 1), (1, 2)):
+        e = pl.DataFrame({"a": [a for a, _ in clique + ties], "b": [b for _, b in clique + ties],
+                          "weight": 1.0,
+                          "channels": [2] * len(clique) + [channels] * len(ties)})
+        assert len(set(merge_fragments(e, memb, cfg).tolist())) == expect

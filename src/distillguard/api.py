@@ -300,8 +300,11 @@ def calibrate(paths: Iterable[str | Path], benign_accounts: Iterable[str] | None
         cal = calibrate_store(con, cfg, benign_accounts, target_fpr)
     finally:
         con.close()
+    from distillguard.scoring.selfcal import benign_sketch
+
     return {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": cal.target_fpr,
-            "fitted_on": f"{cal.n_benign_} benign accounts, config {cfg.version}"}
+            "fitted_on": f"{cal.n_benign_} benign accounts, config {cfg.version}",
+            "benign_sketch": benign_sketch(cal.benign_sorted_)}
 
 
 def calibrate_store(con: duckdb.DuckDBPyConnection, cfg: Config,

@@ -243,7 +243,7 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
     from distillguard.api import analyse
     from distillguard.bench.metrics import evaluate
     from distillguard.bench.run import _with_embeddings, requests_frame
-    from distillguard.scoring import Calibrator, score_accounts
+    from distillguard.scoring import calibration_used, score_accounts
     from distillguard.scoring.fit import with_overlay
     from distillguard.store import scalar
 
@@ -255,17 +255,18 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
 
     t0 = time.perf_counter()
     con = _store(logs, cfg)
+    # The tune-fitted weights and calibration are the prior; the threshold self-calibrates
+    # on this world's (unlabelled) traffic, as `distillguard detect` does.
     fcfg = with_overlay(cfg, fitted.overlay)
-    cal = Calibrator.from_params(fitted.calibration["raw_threshold"],
-                                 fitted.calibration["raw_scale"],
-                                 fitted.calibration["target_fpr"])
-    scores, campaigns = analyse(con, fcfg, calibrator=cal)
+    scores, campaigns = analyse(con, fcfg)
     secs["detect"] = time.perf_counter() - t0
+    calib = calibration_used(con)
     n_requests = scalar(con, "SELECT count(*) FROM requests")
     runs: dict[str, pl.DataFrame] = {
         "distillguard": scores.select("account_id", "score", "flagged", "campaign_id")}
     shipped, _ = score_accounts(con, cfg, None)
     runs["as-shipped"] = shipped.select("account_id", "score", "flagged", "campaign_id")
+    calib_shipped = calibration_used(con)
     comm = community_summary(con, labels)
     if fitted.baselines:
         t0 = time.perf_counter()
@@ -294,6 +295,7 @@ def run_report_world(spec: Any, out: Path, corpora: dict[str, Any], fitted: Fitt
     res = {"world_id": spec_json.get("world_id"), "spec": spec_json,
            "n_requests": int(n_requests), "n_accounts": labels.height,
            "target_fpr": fitted.calibration["target_fpr"], "communities": comm,
+           "calibration": {"distillguard": calib, "as-shipped": calib_shipped},
            "detectors": detectors, "time_to_detect": ttd,
            "seconds": {k: round(v, 2) for k, v in secs.items()}}
     (out / "world_result.json").write_text(json.dumps(res, indent=2, default=str))
@@ -333,6 +335,8 @@ def world_row(res: dict[str, Any], name: str) -> dict[str, Any]:
         "flag_recall": _fin(m["flagged"]["recall"]),
         "flag_fpr": _fin(m["flagged"]["fpr"]),
         "promised_fpr": res["target_fpr"] if name in OURS else None,
+        "estimated_fpr": (res.get("calibration", {}).get(name) or {}).get("estimated_fpr")
+        if name in OURS else None,
         "worst_kind": worst["kind"] if worst else None,
         "worst_kind_fpr": _fin(worst["fpr"]) if worst else None,
         "campaigns_recovered": sum(1 for c in camps if (c["flagged_share"] or 0) >= 0.9),
@@ -428,6 +432,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"({f(r['worst_kind_fpr'])}) | {r['campaigns_recovered']}/{r['n_campaigns']} | "
             f"{r['recovered_as_one']} | {f(r['ari'])} | {r.get('largest_community', '–')} | "
             f"{f(r.get('ttd_worst_share'))} | {r.get('online_alerted_legit', '–')} |")
+    if result.get("archetypes"):
+        lines += ["", "Per campaign archetype (distillguard, all report worlds):", "",
+                  "| archetype | campaigns | accounts | mean flagged share | recovered "
+                  "(>=90%) | mean purity |", "|---|---:|---:|---:|---:|---:|"]
+        for a in result["archetypes"]:
+            lines.append(f"| {a['archetype']} | {a['campaigns']} | {a['accounts']:,} | "
+                         f"{f(a['mean_flagged_share'])} | {f(a['recovered_share'])} | "
+                         f"{f(a['mean_purity'])} |")
     lines += ["", "FPR per legitimate kind (distillguard; max over report worlds, and worlds "
               "where the kind is present):", "", "| kind | worlds | accounts | max FPR | "
               "mean FPR | online alerted (max share) |", "|---|---:|---:|---:|---:|---:|"]
@@ -480,6 +492,31 @@ def campaign_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row[f"knob_{k}"] = v
             rows.append(row)
     return rows
+
+
+def archetype_table(camp: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per campaign archetype (and, for imitators, the legitimate kind imitated): how many
+    campaigns, their accounts, the mean share of accounts flagged, the share of campaigns
+    recovered (>= 90% flagged) and the mean purity."""
+    if not camp:
+        return []
+    df = pl.DataFrame(camp, infer_schema_length=None)
+    if "knob_archetype" not in df.columns:
+        return []
+    name = pl.col("knob_archetype")
+    if "knob_imitates" in df.columns:
+        name = pl.when(pl.col("knob_imitates").fill_null("") != "").then(
+            pl.col("knob_archetype") + " (as " + pl.col("knob_imitates") + ")").otherwise(name)
+    if "knob_adaptive_level" in df.columns:
+        name = pl.when(pl.col("knob_adaptive_level").fill_null(0) > 0).then(
+            pl.lit("adaptive")).otherwise(name)
+    agg = (df.with_columns(name.alias("archetype")).group_by("archetype")
+           .agg(pl.len().alias("campaigns"), pl.col("n_accounts").sum().alias("accounts"),
+                pl.col("flagged_share").mean().alias("mean_flagged_share"),
+                (pl.col("flagged_share") >= 0.9).mean().alias("recovered_share"),
+                pl.col("purity").mean().alias("mean_purity"))
+           .sort("archetype"))
+    return agg.to_dicts()
 
 
 def _plots(out: Path, result: dict[str, Any], camp: list[dict[str, Any]]) -> list[Path]:
@@ -616,6 +653,7 @@ def bench_worlds(
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     camp = campaign_rows(results)
+    result["archetypes"] = archetype_table(camp)
     pl.DataFrame(rows, infer_schema_length=None).write_csv(out / "worlds.csv")
     if camp:
         pl.DataFrame(camp, infer_schema_length=None).write_csv(out / "campaigns.csv")

@@ -914,7 +914,10 @@ def _distributed_links(v: _Views, cfg: Config, con: duckdb.DuckDBPyConnection,
     member_keys = _to_arrow(v.spark.sql(f"""
         SELECT k.account_id, k.kind, k.key FROM {v.names['_keys']} k
         LEFT SEMI JOIN {v.names['_comm']} c ON k.account_id = c.account_id"""))
-    write_groups(con, pl.from_arrow(member_keys), cfg)
+    member_tokens = _to_arrow(v.spark.sql(f"""
+        SELECT t.account_id, t.token FROM {v.names['_sync']} t
+        LEFT SEMI JOIN {v.names['_comm']} c ON t.account_id = c.account_id"""))
+    write_groups(con, pl.from_arrow(member_keys), cfg, pl.from_arrow(member_tokens))
     return {"edges": n_edges, "edges_to_driver": inner.num_rows,
             "components_over_executor_max": int(n_big),
             "communities": len(set(comm_t.column("community").to_pylist())),
@@ -1176,12 +1179,10 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                         con, spark_partner_hits(v, intel_key, partner))
             with timed("linking"):
                 keys = v.put("_keys", v.sql(account_keys_sql(cfg)), checkpoint=True)
-                min_b = int(cfg["linking"]["sync_min_buckets"])
-                sync = v.put("_sync", v.spark.sql(f"""
-                    SELECT account_id, token FROM (
-                      SELECT account_id, token, count(*) OVER (PARTITION BY account_id) AS nb
-                      FROM ({to_spark(sync_tokens_sql(cfg), v.names)}))
-                    WHERE nb >= {min_b}"""), checkpoint=True)
+                # Every account's activity tokens: sync edges keep only accounts with
+                # sync_min_buckets of them (in _sync_edges), the groups' timing channel
+                # reads them all, as on DuckDB.
+                sync = v.put("_sync", v.sql(sync_tokens_sql(cfg)), checkpoint=True)
                 est = _edge_estimate(v, cfg)
                 stats.update(est)
                 if est["key_edges_estimate"] <= driver_max_edges and \

@@ -8,8 +8,8 @@ import polars as pl
 
 from distillguard.config import Config
 from distillguard.linking.graph import build_edges, communities
-from distillguard.linking.groups import GROUP_COLUMNS, group_stats_sql
-from distillguard.linking.keys import account_keys_sql
+from distillguard.linking.groups import GROUP_COLUMNS, group_stats_sql, group_sync
+from distillguard.linking.keys import account_keys_sql, sync_tokens_sql
 
 __all__ = ["GROUP_COLUMNS", "build_edges", "communities", "compute_links", "write_groups"]
 
@@ -18,7 +18,8 @@ def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     """Write ``edges`` (a, b account ids), ``communities`` (account_id, community) and
     ``groups`` (what each community does as a whole, ``linking.groups``)."""
     keys = con.sql(account_keys_sql(cfg)).pl()
-    edges, accounts = build_edges(con, cfg, keys)
+    tokens = con.sql(sync_tokens_sql(cfg)).pl()
+    edges, accounts = build_edges(con, cfg, keys, tokens)
     member = communities(edges, len(accounts), cfg)
     names = np.asarray(accounts, dtype=object)
     out = edges.with_columns(
@@ -32,14 +33,23 @@ def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     con.register("_comm", comm.to_arrow())
     con.execute("CREATE OR REPLACE TABLE communities AS SELECT * FROM _comm")
     con.unregister("_comm")
-    write_groups(con, keys, cfg)
+    write_groups(con, keys, cfg, tokens)
     return out
 
 
-def write_groups(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, cfg: Config) -> None:
-    """The ``groups`` table from ``features``, ``communities`` and the account keys."""
+def write_groups(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, cfg: Config,
+                 tokens: pl.DataFrame | None = None) -> None:
+    """The ``groups`` table from ``features``, ``communities``, the account keys and the
+    activity tokens (``linking.keys.sync_tokens_sql``) for the timing channel."""
+    if tokens is None:
+        tokens = con.sql(sync_tokens_sql(cfg)).pl()
+    comm = con.sql("SELECT account_id, community FROM communities").pl()
+    sync = group_sync(tokens, comm, cfg)
     con.register("_dg_keys", keys.select("account_id", "kind", "key").to_arrow())
+    con.register("_dg_sync", sync.to_arrow())
     try:
-        con.execute(f"CREATE OR REPLACE TABLE groups AS {group_stats_sql('_dg_keys', cfg)}")
+        con.execute("CREATE OR REPLACE TABLE groups AS "
+                    f"{group_stats_sql('_dg_keys', cfg, '_dg_sync')}")
     finally:
         con.unregister("_dg_keys")
+        con.unregister("_dg_sync")

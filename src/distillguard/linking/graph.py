@@ -117,14 +117,14 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
 
 
 def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
-               acc_index: dict[str, int]) -> pl.DataFrame:
+               acc_index: dict[str, int], tokens: pl.DataFrame | None = None) -> pl.DataFrame:
     """Pairs of accounts whose (capability, time-bucket) sets overlap (Jaccard from MinHash)."""
     from rensa import RMinHash
 
     lc = cfg["linking"]
     empty = pl.DataFrame(schema=_PART_SCHEMA)
-    tok = (con.sql(sync_tokens_sql(cfg)).pl()
-           .group_by("account_id").agg(pl.col("token"))
+    tokens = con.sql(sync_tokens_sql(cfg)).pl() if tokens is None else tokens
+    tok = (tokens.group_by("account_id").agg(pl.col("token"))
            .filter(pl.col("token").list.len() >= int(lc["sync_min_buckets"])))
     if tok.height < 2:
         return empty
@@ -160,21 +160,22 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
                          "scale": np.ones(int(keep.sum()))}, schema=_PART_SCHEMA)
 
 
-def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame | None = None
-                ) -> tuple[pl.DataFrame, list[str]]:
+def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame | None = None,
+                tokens: pl.DataFrame | None = None) -> tuple[pl.DataFrame, list[str]]:
     """Aggregate all link evidence into one weighted edge per account pair.
 
     Per kind the weight is capped at the kind's weight, so a thousand shared /24s do not
     drown every other signal; the pair's weight is the sum over kinds, times the factor for
-    the number of independent channels the pair agrees on (``conjunction``). ``keys``: the
-    account keys if already computed (``linking.keys.account_keys_sql``).
+    the number of independent channels the pair agrees on (``conjunction``). ``keys`` and
+    ``tokens``: the account keys and activity tokens if already computed
+    (``linking.keys.account_keys_sql``, ``sync_tokens_sql``).
     """
     accounts = [r[0] for r in con.execute(
         "SELECT DISTINCT account_id FROM requests ORDER BY 1").fetchall()]
     acc_index = {a: i for i, a in enumerate(accounts)}
     if keys is None:
         keys = con.sql(account_keys_sql(cfg)).pl()
-    parts = [key_edges(con, cfg, acc_index, keys), sync_edges(con, cfg, acc_index)]
+    parts = [key_edges(con, cfg, acc_index, keys), sync_edges(con, cfg, acc_index, tokens)]
     e = pl.concat(parts)
     if e.is_empty():
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64,
@@ -232,8 +233,49 @@ def communities(edges: pl.DataFrame, n_accounts: int, cfg: Config) -> np.ndarray
     part = g.community_leiden(objective_function="CPM", weights="weight",
                               resolution=float(lc["leiden_resolution"]), n_iterations=-1,
                               initial_membership=None)
-    memb = np.asarray(part.membership, dtype=np.int64)
+    memb = merge_fragments(edges, np.asarray(part.membership, dtype=np.int64), cfg)
     sizes = np.bincount(memb)
     ok = sizes[memb] >= int(lc["min_campaign_accounts"])
     member[ok] = memb[ok]
     return member
+
+
+def merge_fragments(edges: pl.DataFrame, memb: np.ndarray, cfg: Config) -> np.ndarray:
+    """Join communities that are pieces of one operation.
+
+    CPM keeps dense groups; a hydra spread over dozens of cards and a large proxy pool is
+    dense inside each card group but tied across them only by the occasional shared exit:
+    sparse, yet every such tie agrees on two channels (the address and the client), which
+    unrelated groups almost never do. Two communities (each of at least ``min_size``
+    accounts) are joined when at least ``min_links`` multi-channel edges run between them,
+    covering ``min_share`` of the smaller one's accounts; joins are transitive (connected
+    components over the community graph, scipy).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    mc = cfg["linking"].get("merge") or {}
+    if not mc or edges.is_empty() or "channels" not in edges.columns:
+        return memb
+    sizes = np.bincount(memb)
+    a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
+    ca, cb = memb[a], memb[b]
+    keep = ((edges["channels"].to_numpy() >= 2) & (ca != cb)
+            & (sizes[ca] >= int(mc["min_size"])) & (sizes[cb] >= int(mc["min_size"])))
+    if not keep.any():
+        return memb
+    x = pl.DataFrame({"lo": np.minimum(ca[keep], cb[keep]), "hi": np.maximum(ca[keep], cb[keep]),
+                      "u": np.where(ca[keep] < cb[keep], a[keep], b[keep]),
+                      "v": np.where(ca[keep] < cb[keep], b[keep], a[keep])})
+    pairs = x.group_by("lo", "hi").agg(pl.len().alias("n"), pl.col("u").n_unique().alias("nu"),
+                                       pl.col("v").n_unique().alias("nv"))
+    small = np.minimum(sizes[pairs["lo"].to_numpy()], sizes[pairs["hi"].to_numpy()])
+    cover = np.maximum(pairs["nu"].to_numpy(), pairs["nv"].to_numpy()) / small
+    ok = (pairs["n"].to_numpy() >= int(mc["min_links"])) & (cover >= float(mc["min_share"]))
+    if not ok.any():
+        return memb
+    k = len(sizes)
+    g = coo_matrix((np.ones(int(ok.sum())), (pairs["lo"].to_numpy()[ok],
+                                              pairs["hi"].to_numpy()[ok])), shape=(k, k))
+    _, label = connected_components(g, directed=False)
+    return label[memb].astype(np.int64)

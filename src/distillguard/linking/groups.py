@@ -16,6 +16,9 @@ driver.
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
+
 from distillguard.config import Config
 
 #: Per-account features pooled over a group's requests (request-weighted means).
@@ -39,15 +42,18 @@ GROUP_COLUMNS = {
                       "member",
     "g_burst": "largest share of its accounts created within `created_days` of each other",
     "g_cover_org": "share of its accounts sharing an organisation id (a declared relationship)",
+    "g_sync_z": "standard score of its members' co-activity against their own days shuffled",
+    "g_sync": "g_sync_z ramped to [0, 1] (`sync_z_lo` to `sync_z_hi`): the timing channel",
     "g_coordination": "coordination channels beyond the strongest one: infrastructure, "
-                      "client, rotating exits, creation burst (each a member share, 0-3)",
+                      "client, rotating exits, creation burst, timing (each 0-1, sum 0-4)",
 }
 
 
-def group_stats_sql(keys: str, cfg: Config) -> str:
+def group_stats_sql(keys: str, cfg: Config, sync: str | None = None) -> str:
     """One row per community (``community >= 0``) with every ``GROUP_COLUMNS`` column.
 
-    ``keys`` names the relation of account keys (``linking.keys.account_keys_sql``).
+    ``keys`` names the relation of account keys (``linking.keys.account_keys_sql``);
+    ``sync`` the relation :func:`group_sync` returned (none: no timing channel).
     """
     gc = cfg["linking"]["groups"]
     rot = int(gc["rotation_prefixes"])
@@ -103,8 +109,75 @@ g AS (
       AS g_burst
   FROM base LEFT JOIN cover USING (community) LEFT JOIN burst USING (community)
 )
-SELECT g.*,
-  g_cover_infra + g_cover_client + g_rotation + g_burst
-    - greatest(g_cover_infra, g_cover_client, g_rotation, g_burst) AS g_coordination
-FROM g
+SELECT g.*, coalesce(sy.g_sync_z, 0.0) AS g_sync_z, coalesce(sy.g_sync, 0.0) AS g_sync,
+  g_cover_infra + g_cover_client + g_rotation + g_burst + coalesce(sy.g_sync, 0.0)
+    - greatest(g_cover_infra, g_cover_client, g_rotation, g_burst, coalesce(sy.g_sync, 0.0))
+    AS g_coordination
+FROM g LEFT JOIN {sync or "(SELECT NULL::BIGINT AS community, NULL::DOUBLE AS g_sync_z, NULL::DOUBLE AS g_sync WHERE false)"} sy USING (community)
 """
+
+
+def group_sync(tokens: pl.DataFrame, comm: pl.DataFrame, cfg: Config) -> pl.DataFrame:
+    """Synchronized activity of each community, tested against its own shuffled days.
+
+    The statistic is SynchroTrap's co-activity: ordered pairs of members active in the same
+    time bucket (``sync_bucket_minutes``), summed over buckets. The null keeps every member's
+    own rhythm and moves only *which day* it happened on: each member's days are permuted
+    among days of the same type (weekday, weekend; UTC), ``permutations`` times. People who
+    keep office hours stay co-active under the null (their rhythm is kept); accounts fed by
+    one load-balanced stream lose the bursts they shared on a given day. Returns community,
+    ``g_sync_z`` (standard score of the observed co-activity) and ``g_sync`` (the z-score
+    ramped to [0, 1] between ``sync_z_lo`` and ``sync_z_hi``, a coordination channel).
+    Deterministic: the permutations are seeded by the community's smallest account id.
+    """
+    gc = cfg["linking"]["groups"]
+    out_schema = {"community": pl.Int64, "g_sync_z": pl.Float64, "g_sync": pl.Float64}
+    minutes = int(cfg["linking"]["sync_bucket_minutes"])
+    per_day = max(1, 1440 // minutes)
+    min_size = int(gc.get("sync_min_size", 3))
+    reps = int(gc.get("sync_permutations", 20))
+    lo, hi = float(gc.get("sync_z_lo", 3.0)), float(gc.get("sync_z_hi", 10.0))
+    if tokens.is_empty() or comm.is_empty():
+        return pl.DataFrame(schema=out_schema)
+    act = (tokens.select("account_id", pl.col("token").str.split("|").list.last()
+                         .cast(pl.Int64).alias("bucket")).unique()
+           .join(comm.filter(pl.col("community") >= 0), on="account_id"))
+    if act.is_empty():
+        return pl.DataFrame(schema=out_schema)
+    b0 = int(act["bucket"].min())
+    day0 = b0 // per_day
+    n_days = int(act["bucket"].max()) // per_day - day0 + 1
+    # day type of each relative day (bucket epochs start 1970-01-01, a Thursday)
+    weekday = np.array([((day0 + d) + 3) % 7 < 5 for d in range(n_days)])
+    sizes = act.group_by("community").agg(pl.col("account_id").n_unique().alias("n"))
+    act = act.join(sizes.filter(pl.col("n") >= min_size), on="community")
+    rows = []
+    length = n_days * per_day
+
+    def coactivity(buckets: np.ndarray) -> float:
+        c = np.bincount(buckets, minlength=length).astype(float)
+        return float((c * c - c).sum())
+
+    for (cid,), g in act.sort("community", "account_id", "bucket").group_by(
+            "community", maintain_order=True):
+        accts = g["account_id"].to_numpy()
+        uniq, member = np.unique(accts, return_inverse=True)
+        b = g["bucket"].to_numpy() - day0 * per_day
+        day, slot = b // per_day, b % per_day
+        obs = coactivity(b)
+        seed = int.from_bytes(str(uniq[0]).encode()[:8].ljust(8, b"\0"), "little")
+        rng = np.random.default_rng(seed)
+        null = np.empty(reps)
+        wk, we = np.flatnonzero(weekday), np.flatnonzero(~weekday)
+        for r in range(reps):
+            perm = np.empty((len(uniq), n_days), dtype=np.int64)
+            for i in range(len(uniq)):
+                p = np.arange(n_days)
+                p[wk] = rng.permutation(wk)
+                p[we] = rng.permutation(we)
+                perm[i] = p
+            null[r] = coactivity(perm[member, day] * per_day + slot)
+        sd = float(null.std())
+        z = (obs - float(null.mean())) / sd if sd > 0 else 0.0
+        rows.append((int(cid), z, float(min(max((z - lo) / (hi - lo), 0.0), 1.0))))
+    return pl.DataFrame(rows, schema=out_schema, orient="row")

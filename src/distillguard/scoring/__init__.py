@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import duckdb
 import polars as pl
@@ -10,14 +11,21 @@ import polars as pl
 from distillguard.config import Config
 from distillguard.scoring.calibrate import Calibrator
 from distillguard.scoring.evidence import evidence_frame, reasons_for, scoring_input_sql
+from distillguard.scoring.selfcal import SelfCalibration, self_calibrate
 
-__all__ = ["Calibrator", "calibrator_from_config", "evidence_frame", "score_accounts"]
+__all__ = ["Calibrator", "SelfCalibration", "calibrator_from_config", "calibration_used",
+           "evidence_frame", "score_accounts"]
 
 
 def calibrator_from_config(cfg: Config) -> Calibrator:
     c = cfg["scoring"]["calibration"]
     return Calibrator.from_params(c["raw_threshold"], c["raw_scale"],
                                   float(cfg["scoring"]["target_fpr"]))
+
+
+def calibration_used(con: duckdb.DuckDBPyConnection) -> dict:
+    """The calibration the last scoring run used (``SelfCalibration.to_json``)."""
+    return json.loads(con.execute("SELECT j FROM calibration").fetchall()[0][0])
 
 
 def _campaign_id(members: list[str]) -> str:
@@ -48,10 +56,19 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
     are its flagged accounts.
     """
     sc = cfg["scoring"]
-    cal = calibrator or calibrator_from_config(cfg)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _score_in AS {scoring_input_sql()}")
     ev = evidence_frame(con, cfg, "_score_in")
     inp = con.sql("SELECT * FROM _score_in").pl()
+    # The threshold: re-estimated on this traffic (self-calibration, with the config's
+    # calibration as prior) unless a calibrator is given or self_calibrate is off.
+    prior = calibrator_from_config(cfg)
+    given = calibrator if calibrator is not None else (
+        None if sc.get("self_calibrate", True) else prior)
+    selfcal = self_calibrate(ev["final_raw"].to_numpy(), prior,
+                             sc["calibration"].get("benign_sketch"), use=given)
+    cal = selfcal.calibrator
+    con.execute("CREATE OR REPLACE TABLE calibration AS SELECT * FROM "
+                "(SELECT unnest([?]) AS j)", [json.dumps(selfcal.to_json())])
     score = cal.transform(ev["final_raw"].to_numpy())
     df = ev.with_columns(pl.Series("score", score),
                          (pl.Series("score", score) >= float(sc["threshold"])).alias("flagged"))

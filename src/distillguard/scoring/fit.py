@@ -141,9 +141,12 @@ def fit_detector(designs: Sequence[pl.DataFrame], labels: Sequence[pl.DataFrame]
 
 def overlay(fw: FittedWeights, cal: Calibrator, fitted_on: str) -> dict:
     """The config overlay ``distillguard fit`` writes: fitted weights and calibration."""
+    from distillguard.scoring.selfcal import benign_sketch
+
     return {"scoring": {
         "weights": dict(fw.weights),
-        "calibration": {**cal.params(), "n_benign": cal.n_benign_, "fitted_on": fitted_on}}}
+        "calibration": {**cal.params(), "n_benign": cal.n_benign_, "fitted_on": fitted_on,
+                        "benign_sketch": benign_sketch(cal.benign_sorted_)}}}
 
 
 def with_overlay(cfg: Config, over: dict) -> Config:
