@@ -39,6 +39,7 @@ class DetectResult:
     ingest: IngestReport | None
     timings: dict[str, float] = field(default_factory=dict)
     config_version: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)   # calibration_summary
 
     @property
     def n_flagged(self) -> int:
@@ -158,6 +159,7 @@ def detect(
                     "n_campaigns": len(campaigns),
                     "threshold": float(cfg["scoring"]["threshold"]),
                     "target_fpr": float(cfg["scoring"]["target_fpr"]),
+                    **calibration_summary(con),
                     "rows_quarantined": report.rows_bad,
                     "input_files": ", ".join(p.name for p in paths[:20]),
                     "config_version": cfg.version,
@@ -165,9 +167,10 @@ def detect(
                     **extra,
                 }
                 write_outputs(con, out, scores, campaigns, summary)
+        calib = calibration_summary(con)
     finally:
         con.close()
-    return DetectResult(scores, campaigns, out, report, timings, cfg.version)
+    return DetectResult(scores, campaigns, out, report, timings, cfg.version, calib)
 
 
 def detect_spark(
@@ -219,6 +222,7 @@ def detect_spark(
                 "n_campaigns": len(campaigns),
                 "threshold": float(cfg["scoring"]["threshold"]),
                 "target_fpr": float(cfg["scoring"]["target_fpr"]),
+                **calibration_summary(run.store),
                 "input_files": ", ".join(Path(str(p)).name for p in paths[:20]),
                 "config_version": cfg.version,
                 "engine": "spark",

@@ -78,6 +78,11 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
     t.add_row("accounts", f"{res.accounts.height:,}")
     t.add_row("flagged", f"{res.n_flagged:,}")
     t.add_row("campaigns", f"{len(res.campaigns):,}")
+    c = res.calibration
+    if c:
+        est = c.get("estimated_fpr")
+        t.add_row("false-positive rate", f"promised {c['promised_fpr']:.2%}, estimated on this "
+                  f"traffic {'-' if est is None else f'{est:.2%}'} ({c['calibration']})")
     if res.ingest is not None:
         t.add_row("requests ingested", f"{res.ingest.rows_ok:,}")
         t.add_row("duplicates skipped", f"{res.ingest.rows_dup:,}")
