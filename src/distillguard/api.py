@@ -83,6 +83,22 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
     return scores, campaigns
 
 
+def calibration_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """What the run's calibration promised and what it estimates (for the report)."""
+    from distillguard.scoring import calibration_used
+
+    c = calibration_used(con)
+    est = c.get("estimated_fpr")
+    return {"calibration": {"self": "self-calibrated on this traffic",
+                            "given": "given (distillguard calibrate / fit)",
+                            "prior": "as shipped (too few accounts to self-calibrate)"}
+            .get(c["method"], c["method"]),
+            "promised_fpr": c["promised_fpr"],
+            "estimated_fpr": None if est is None or est != est else round(est, 5),
+            "raw_threshold": c["raw_threshold"],
+            "legit_shift": c["delta"]}
+
+
 def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: pl.DataFrame,
                   campaigns: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """accounts.csv, campaigns.json and (given the full store) report.html into ``out_dir``."""
