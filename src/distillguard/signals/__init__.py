@@ -18,9 +18,10 @@ from distillguard.signals.elicit_model import scan_probs
 from distillguard.signals.rules import FLAG_NAMES, load_rules
 from distillguard.signals.sql import signals_sql
 from distillguard.signals.templates import template_ids_sql
-from distillguard.store import scalar
+from distillguard.store import scalar, table_exists
 
-__all__ = ["FLAG_NAMES", "compute_signals", "load_rules", "signals_sql"]
+__all__ = ["FLAG_NAMES", "compute_signals", "enable_incremental", "load_rules",
+           "signals_sql"]
 
 
 def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
@@ -38,6 +39,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     # Sub-stage wall times (``signals.rules``, ``signals.keys``, ``signals.templates``) for
     # the scaling benchmark.
     timings = timings if timings is not None else {}
+    if table_exists(con, _CACHE):
+        return _compute_incremental(con, cfg, on_progress, batch_rows, timings)
     t0 = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
@@ -113,5 +116,109 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     """)
     con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")
+    timings["signals.templates"] = time.perf_counter() - t0
+    return n
+
+
+# ------------------------------------------------------------------ incremental path
+#: Per-request results kept between runs of a store with incremental signals on.
+_CACHE, _CACHE_META = "_signals_cache", "_signals_cache_meta"
+
+
+def enable_incremental(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep per-request signals in the store between runs of :func:`compute_signals`.
+
+    Once on, each run computes the rules, template keys and ``elicit_p`` only for requests
+    it has not seen (by ``request_id``) and rebuilds ``signals`` from the kept rows: the
+    template ids (largest bucket over all requests) are recomputed in SQL. The result
+    equals a full run (``tests/test_online_batch.py``). Made for stores that grow and are
+    re-analysed on a schedule (``respond.online.BatchRefresh``); a change of the signal
+    config (rules, skeleton, MinHash) clears the kept rows.
+    """
+    con.execute(f"CREATE TABLE IF NOT EXISTS {_CACHE_META} (fingerprint VARCHAR, "
+                "next_offset BIGINT)")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {_CACHE} (request_id VARCHAR)")
+
+
+def _fingerprint(cfg: Config) -> str:
+    import hashlib
+
+    s = cfg["signals"]
+    text = "\n".join([signals_sql(cfg), str(s["minhash_perms"]), str(s["lsh_bands"]),
+                      str(s["skeleton_words"])])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
+                         on_progress: Callable[[int], None] | None, batch_rows: int,
+                         timings: dict[str, float]) -> int:
+    """:func:`compute_signals` for requests not yet in the cache, then ``signals`` from it."""
+    t0 = time.perf_counter()
+    perms = int(cfg["signals"]["minhash_perms"])
+    bands = int(cfg["signals"]["lsh_bands"])
+    k = int(cfg["signals"]["skeleton_words"])
+    kcols = [f"k{b}" for b in range(bands + 2)]
+    fp = _fingerprint(cfg)
+    meta = con.execute(f"SELECT fingerprint, next_offset FROM {_CACHE_META}").fetchall()
+    if not meta or meta[0][0] != fp:
+        con.execute(f"DELETE FROM {_CACHE_META}")
+        con.execute(f"INSERT INTO {_CACHE_META} VALUES (?, 0)", [fp])
+        con.execute(f"DROP TABLE IF EXISTS {_CACHE}")
+        meta = [(fp, 0)]
+    offset = int(meta[0][1])
+    fresh = not scalar(con, "SELECT count(*) FROM information_schema.columns "
+                            f"WHERE table_name = '{_CACHE}' AND column_name = 'elicit_p'")
+    # The signal query over the requests the cache does not hold (a CTE named ``requests``
+    # shadows the table inside signals_sql).
+    new = ("SELECT * FROM main.requests" if fresh else
+           f"SELECT * FROM main.requests r ANTI JOIN {_CACHE} c USING (request_id)")
+    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS "
+                f"WITH requests AS ({new}) {signals_sql(cfg)}")
+    n = scalar(con, "SELECT count(*) FROM _signals_base")
+    if fresh:
+        con.execute(f"DROP TABLE IF EXISTS {_CACHE}")
+        con.execute(f"CREATE TABLE {_CACHE} AS SELECT * EXCLUDE (prompt_ends, scan), "
+                    "''::VARCHAR AS skeleton, "
+                    + ", ".join(f"0::BIGINT AS {c}" for c in kcols)
+                    + ", 0.0::DOUBLE AS elicit_p FROM _signals_base LIMIT 0")
+    timings["signals.rules"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cur = con.cursor()
+    try:
+        reader = cur.sql("SELECT * FROM _signals_base").to_arrow_reader(batch_rows)
+        for batch in reader:
+            skel, keys, _, p = batch_work(batch.column("prompt_ends"), offset, k, perms, bands,
+                                          batch.column("scan"))
+            cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
+                    for i, c in enumerate(kcols)}
+            tab = batch.drop_columns(["prompt_ends", "scan"])
+            tab = pa.Table.from_batches([tab]).append_column("skeleton", skel)
+            for c, arr in cols.items():
+                tab = tab.append_column(c, arr)
+            tab = tab.append_column("elicit_p", pa.array(p, pa.float64()))
+            con.register("_sig_new", tab)
+            try:
+                con.execute(f"INSERT INTO {_CACHE} SELECT * FROM _sig_new")
+            finally:
+                con.unregister("_sig_new")
+            offset += batch.num_rows
+            if on_progress:
+                on_progress(batch.num_rows)
+    finally:
+        cur.close()
+    con.execute(f"UPDATE {_CACHE_META} SET next_offset = ?", [offset])
+    con.execute("DROP TABLE _signals_base")
+    timings["signals.keys"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _tkeys_inc AS SELECT request_id, skeleton, "
+                f"{', '.join(kcols)} FROM {_CACHE} SEMI JOIN requests USING (request_id)")
+    con.execute(f"""
+        CREATE OR REPLACE TABLE signals AS
+        SELECT c.* EXCLUDE (skeleton, {', '.join(kcols)}, elicit_p), t.skeleton,
+               't' || lower(hex(t.template_key)) AS template_id, t.template_size, c.elicit_p
+        FROM {_CACHE} c JOIN ({template_ids_sql("_tkeys_inc", len(kcols))}) t
+        USING (request_id)
+    """)
+    con.execute("DROP VIEW _tkeys_inc")
     timings["signals.templates"] = time.perf_counter() - t0
     return n
