@@ -145,3 +145,59 @@ def test_suspension_and_models_are_shared(redis_url) -> None:
     assert a.globals("m1", 10.0) == (10.0, {"m1": 10.0})
     assert b.globals("m2", 20.0) == (10.0, {"m1": 10.0, "m2": 20.0})
     assert a.globals("m2", 30.0)[1] == {"m1": 10.0, "m2": 20.0}  # unseen here: refreshed
+
+
+def test_distinct_and_cross_account_state(redis_url) -> None:
+    """Named distinct sets, maxima and cross-account sets (address, card, system prompt)
+    shared by workers; the script and the no-scripting pipeline agree."""
+    from distillguard.respond.state import AccountUpdate, MemoryState
+
+    url, _ = redis_url
+    scripted, piped = RedisState.from_url(url, prefix="s:"), RedisState.from_url(url, prefix="p:")
+    piped._use_script = False
+    mem = MemoryState()
+    stores = (scripted, piped, mem)
+    for i in range(12):
+        for acct in ("a", "b", "c"):
+            u = AccountUpdate(
+                {"n": 1}, {"first_ts": 1.0}, f"ph{i % 5}", (), 100.0 + i,
+                maxs={"created": float(i if acct == "a" else 3)},
+                distinct={"rerun": f"ph{i % 4}|1|0", "pfx": f"10.0.{i % 3}.0/24"},
+                cross={"ip": f"10.0.0.{i % 2 if acct != 'c' else 9}",
+                       "card": "card-1" if acct != "c" else "card-2"},
+                cross_max=("card", "sys"), hist=("ratio", f"b{i % 3}"),
+                cross_hist=("ip",))
+            got = [s.update(acct, u) for s in stores]
+            for k in ("n", "distinct", "d:rerun", "d:pfx", "created", "x:ip", "xs:ip",
+                      "xm:card"):
+                assert len({float(g.get(k, 0)) for g in got}) == 1, (i, acct, k, got)
+            assert got[0]["\x1fh:ratio"] == got[1]["\x1fh:ratio"] == dict(got[2]["\x1fh:ratio"])
+            assert got[0]["\x1fh:x:ip"] == got[1]["\x1fh:x:ip"] == dict(got[2]["\x1fh:x:ip"])
+    st = scripted.update("a", AccountUpdate(ts=200.0, cross_max=("card",)))
+    assert st["d:rerun"] == 4 and st["d:pfx"] == 3 and st["created"] == 11.0
+    assert st["xm:card"] == 2                    # a and b pay with card-1
+    assert st["xs:ip"] == 10        # causal: a used each address once before b did
+    assert scripted.update("c", AccountUpdate(ts=200.0, cross_max=("card",)))["xm:card"] == 1
+    assert scripted.r.ttl("s:x:card:card-1") > 0 and scripted.r.ttl("s:a:a:d:rerun") > 0
+
+
+def test_online_scorer_on_redis_matches_memory(redis_url) -> None:
+    """The same requests scored on Redis and in process give the same scores."""
+    from distillguard.respond.online import RequestView
+    from distillguard.respond.state import MemoryState
+
+    url, _ = redis_url
+    red = OnlineScorer(RedisState.from_url(url, prefix="o:"))
+    mem = OnlineScorer(MemoryState())
+    for i in range(60):
+        for acct in ("x", "y"):
+            v = RequestView(acct, "m1", 1.7e9 + 300 * i, f"Solve {i % 20}: think step by step",
+                            "You are a helpful assistant.", 1, 0, 0, None, 1.69e9, None,
+                            f"10.0.{i % 4}.{i % 7}", "card-9")
+            a, b = red.observe(v, elicit_p=0.0), mem.observe(v, elicit_p=0.0)
+            red.observe_response(acct, 20, 300 + i, 1.7e9 + 300 * i)
+            mem.observe_response(acct, 20, 300 + i, 1.7e9 + 300 * i)
+            assert a.score == pytest.approx(b.score, abs=1e-9), (i, acct)
+    fr = red.features(red.state.update("x", __import__("distillguard.respond.state",
+                      fromlist=["AccountUpdate"]).AccountUpdate(ts=1.7e9 + 1e5)), "x")
+    assert fr["card_accounts"] == 2 and fr["n_prefixes"] == 4 and fr["system_accounts"] == 2

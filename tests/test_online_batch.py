@@ -1,17 +1,19 @@
 """Online (gateway/replay) and batch verdicts on the same traffic agree.
 
-The comparison a deployment relies on: after the same traffic, with the campaigns of the
-latest batch run loaded into the online scorer (``replay --campaigns campaigns.json``, as a
-gateway loads them), each account's END-of-stream online score and flag against the batch
-score and flag. Every account's flag must agree, and scores within a stated tolerance:
+The comparison a deployment relies on: after the same traffic, with the latest batch run's
+context loaded into the online scorer (``replay --batch RESULTS``: its ``groups.parquet``
+for group evidence, ``calibration.json`` for the threshold, ``campaigns.json`` for
+membership), each account's END-of-stream online score and flag against the batch score
+and flag. Every account's flag must agree, and scores within a stated tolerance:
 
-- ``RAW_TOL`` on the raw evidence sum: the only approximation left that moves the raw score
-  on these scenarios is the median output/input ratio, read online from a histogram of
-  log-ratios with 2 % bins (median within ~1 %): at most 0.01 x 8 x 0.5 / 6 ≈ 0.007 raw on
-  the long_outputs ramp (2 → 8, weight 0.5). Measured: 0.0053 (tiny/3), 0.0036 (tiny/11).
+- ``RAW_TOL`` on the raw evidence sums (own ``raw`` and ``final_raw`` with group items):
+  the only approximation left that moves them on these scenarios is the median
+  output/input ratio, read online from a histogram of log-ratios with 2 % bins (median
+  within ~1 %): at most 0.01 x 8 x 0.5 / 6 ≈ 0.007 raw on the long_outputs ramp (2 → 8,
+  weight 0.5). Group items read the batch run's own group row, so they are exact.
+  Measured: 0.0053 (tiny/3), 0.0036 (tiny/11).
 - ``SCORE_TOL`` on the calibrated score: the logistic's slope is at most
-  1 / (4 x raw_scale) ≈ 0.53, so ≈ 0.004; the campaign lift uses campaigns.json's score
-  rounded to 1e-6. Measured: 0.0016 (tiny/3), 0.0009 (tiny/11).
+  1 / (4 x raw_scale) ≈ 0.53, so ≈ 0.004. Measured: 0.0013 (tiny/3), 0.0009 (tiny/11).
 
 Mid-stream threshold crossings of accounts that end below it (transient alerts: the online
 scorer decides on each account's traffic so far) are a separate metric, pinned below, not a
@@ -20,13 +22,26 @@ disagreement.
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import polars as pl
 import pytest
 
 from distillguard import api
-from distillguard.respond.online import OnlineScorer, replay
+from distillguard.config import load_config
+from distillguard.ingest import ingest_files
+from distillguard.respond.online import (
+    OnlineScorer,
+    RequestView,
+    compile_evidence,
+    ip_prefix,
+    replay,
+    system_key,
+)
+from distillguard.signals import compute_signals, enable_incremental
 from distillguard.sim import simulate
+from distillguard.store import connect
 
 RAW_TOL = 0.01
 SCORE_TOL = 0.005
@@ -41,43 +56,58 @@ def run(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"{scenario}{seed}")
     sim = simulate(tmp / "traffic", scenario=scenario, seed=seed)
     batch = api.detect(sim.logs, tmp / "results", db=None)
-    summary = replay(sim.logs, tmp / "replay", campaigns=tmp / "results" / "campaigns.json")
+    summary = replay(sim.logs, tmp / "replay", groups=tmp / "results",
+                     campaigns=tmp / "results" / "campaigns.json")
     online = pl.read_csv(tmp / "replay" / "online_accounts.csv",
                          schema_overrides={"campaign_id": pl.Utf8})
     both = batch.accounts.join(
         online.select("account_id", pl.col("score").alias("o_score"),
                       pl.col("flagged").alias("o_flagged"), pl.col("raw").alias("o_raw"),
+                      pl.col("final_raw").alias("o_final_raw"),
                       pl.col("campaign_id").alias("o_campaign"), "peak_score"),
         on="account_id", how="full", coalesce=True)
     labels = pl.read_csv(sim.labels, infer_schema_length=0)
-    return request.param, both, summary, labels, tmp
+    return request.param, both, summary, labels, tmp, sim
 
 
 def test_end_of_stream_flags_and_scores_agree(run):
-    _, both, summary, _, _ = run
+    _, both, summary, _, tmp, _ = run
     assert both["o_score"].null_count() == 0 and both["score"].null_count() == 0
     differ = both.filter(pl.col("flagged") != pl.col("o_flagged"))
     assert differ.is_empty(), differ
     assert summary["flagged"] == int(both["flagged"].sum())
+    assert summary["skipped_evidence"] == []
     d_raw = (both["o_raw"] - both["raw"]).abs()
+    d_final = (both["o_final_raw"] - both["final_raw"]).abs()
     d_score = (both["o_score"] - both["score"]).abs()
     assert d_raw.max() <= RAW_TOL, both.with_columns(d=d_raw).sort("d").tail(3)
+    assert d_final.max() <= RAW_TOL, both.with_columns(d=d_final).sort("d").tail(3)
     assert d_score.max() <= SCORE_TOL, both.with_columns(d=d_score).sort("d").tail(3)
-    # Batch campaign membership is what the online scorer carries (lifted members only).
+    # Batch campaign membership is what the online scorer carries.
     assert (both["campaign_id"].fill_null("") == both["o_campaign"].fill_null("")).all()
+    # The batch run's calibration is the one used online.
+    cal = orjson.loads((tmp / "results" / "calibration.json").read_bytes())
+    assert summary["calibration"]["raw_threshold"] == cal["raw_threshold"]
 
 
-def test_campaign_lift_is_what_online_needs_from_batch(run):
-    """Without the loaded campaigns, only lifted batch members may fall below threshold."""
-    (scenario, seed), both, _, _, _ = run
-    own = OnlineScorer().calibrator.transform(both["o_raw"].to_numpy()) >= 0.5
-    differ = both.filter(pl.col("flagged") != pl.Series(own))
-    assert differ["campaign_id"].null_count() == 0, differ
-    assert (differ["final_raw"] > differ["raw"]).all()
+def test_group_context_is_what_online_needs_from_batch(run):
+    """Group evidence moves scores; without the batch context only group evidence and the
+    batch run's calibration are missing (own evidence is the same)."""
+    _, both, summary, _, _, _ = run
+    assert summary["group_accounts_loaded"] > 0
+    grouped = both.filter(pl.col("final_raw") - pl.col("raw") > 0.05)
+    assert grouped.height > 0
+    bare = OnlineScorer()
+    own = bare.calibrator.transform(both["o_raw"].to_numpy())
+    # own evidence alone, shipped calibration: whatever differs has group evidence or sits
+    # where the batch run's threshold moved
+    differ = both.filter(pl.Series(own >= 0.5) != pl.col("flagged"))
+    assert ((differ["final_raw"] - differ["raw"]).abs() > 1e-9).all() or \
+        bare.calibrator.raw_threshold_ != float(both["final_raw"].max())
 
 
 def test_transient_alerts_are_separate_and_pinned(run):
-    key, both, summary, labels, tmp = run
+    key, both, summary, labels, tmp, _ = run
     transient = both.filter((pl.col("peak_score") >= 0.5) & ~pl.col("o_flagged"))
     assert transient.height == summary["transient"] == TRANSIENT[key], transient
     kinds = transient.join(labels, on="account_id")["label"].to_list()
@@ -90,8 +120,154 @@ def test_transient_alerts_are_separate_and_pinned(run):
     assert hydra["o_flagged"].all() and hydra["flagged"].all()
 
 
-def test_replay_cli_loads_batch_campaigns(tmp_path):
-    """``replay --campaigns``: members are lifted unless their own evidence looks human."""
+def test_online_features_equal_batch_features(run):
+    """Feature by feature at the end of the stream (exact ones exactly)."""
+    _, _, _, _, _, sim = run
+    cfg = load_config()
+    con = connect(None)
+    ingest_files(sim.logs, con, limits=cfg["ingest"])
+    api.analyse(con, cfg)
+    feats = con.sql("SELECT * FROM features").pl()
+    sc = OnlineScorer(config=cfg)
+    from distillguard.respond.online import iter_store_rows
+    from distillguard.respond.state import AccountUpdate
+
+    for r in iter_store_rows(con, cfg=cfg, elicit=True):
+        sc.observe(RequestView(r["account_id"], r["model"], r["t"], r["prompt"] or "",
+                               r["system"] or "", r["n_user_turns"] or 0,
+                               r["context_chars"] or 0, r["n_tools"] or 0,
+                               r["reasoning_effort"], r["created"], r["signup_channel"],
+                               r["ip"], r["payment_fingerprint"]), elicit_p=r["elicit_p"])
+        sc.observe_response(r["account_id"], r["input_tokens"], r["output_tokens"], r["t"])
+    con.close()
+    exact = ("n_requests", "novelty", "rerun_share", "single_turn_share", "followup_share",
+             "tools_share", "cot_rate", "rubric_rate", "censor_rate", "elicit_model_rate",
+             "n_elicit", "n_elicit_model", "focus_rate", "high_effort_share", "hour_entropy",
+             "pivot_share", "pivot_window_requests", "account_age_days", "created_day",
+             "nonstandard_signup", "mean_output_tokens", "n_prefixes", "card_accounts",
+             "system_accounts")
+    for row in feats.iter_rows(named=True):
+        st = sc.state.update(row["account_id"], AccountUpdate(ts=0, cross_max=("card", "sys")))
+        f = sc.features(st, row["account_id"])
+        for k in exact:
+            b, o = row[k], f[k]
+            assert (b is None) == (o is None), (row["account_id"], k, b, o)
+            if b is not None:
+                assert float(o) == pytest.approx(float(b), abs=1e-9), (row["account_id"], k)
+        if row["out_in_ratio"] is not None:
+            assert f["out_in_ratio"] == pytest.approx(row["out_in_ratio"], rel=0.011)
+        # causal: an address's accounts as seen so far, never more than batch's
+        assert f["shared_ip_share"] <= row["shared_ip_share"] + 1e-9
+
+
+def test_incremental_signals_equal_full(run):
+    """Signals computed in three growing runs (only new requests each time) equal one full
+    run, template ids included."""
+    _, _, _, _, _, sim = run
+    cfg = load_config()
+    full = connect(None)
+    ingest_files(sim.logs, full, limits=cfg["ingest"])
+    compute_signals(full, cfg)
+    want = full.sql("SELECT * FROM signals ORDER BY request_id").pl()
+    rows = full.sql("SELECT * FROM requests ORDER BY ts, request_id").to_arrow_table()
+    inc = connect(None)
+    enable_incremental(inc)
+    cuts = [0, rows.num_rows // 3, 2 * rows.num_rows // 3, rows.num_rows]
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        inc.register("_part", rows.slice(a, b - a))
+        inc.execute("INSERT INTO requests SELECT * FROM _part")
+        inc.unregister("_part")
+        assert compute_signals(inc, cfg) == b - a          # only the new requests
+    got = inc.sql("SELECT * FROM signals ORDER BY request_id").pl()
+    assert got.columns == want.columns
+    assert got.equals(want)
+    full.close()
+    inc.close()
+
+
+def test_replay_with_batch_refresh(run, tmp_path):
+    """Every 24 h of stream time the batch pipeline re-runs on the traffic so far and the
+    scorer loads its groups, calibration and campaigns."""
+    _, _, _, _, _, sim = run
+    summary = replay(sim.logs, tmp_path / "r", refresh_hours=24)
+    ref = summary["refresh"]
+    assert ref["runs"] >= 2 and ref["hours"] == 24
+    runs = ref["each"]
+    assert [r["requests"] for r in runs] == sorted(r["requests"] for r in runs)
+    assert runs[-1]["requests"] < summary["requests"]
+    assert sum(r["new_requests"] for r in runs) == runs[-1]["requests"]
+    assert summary["group_accounts_loaded"] > 0 and summary["calibration"] is not None
+
+
+def test_group_item_contributes_after_load_groups() -> None:
+    sc = OnlineScorer()
+    for i in range(40):
+        sc.observe(RequestView("a", "m1", 1.7e9 + 60 * i, f"Summarise note {i}"),
+                   elicit_p=0.0)
+        sc.observe(RequestView("b", "m1", 1.7e9 + 60 * i, f"Summarise note {i}"),
+                   elicit_p=0.0)
+    before = sc.account_score("a", 1.7e9 + 3600)
+    assert before.evidence["g_coordination"] == 0.0 and before.final_raw == before.raw
+    row = {"community": 3, "g_attach": 1.0, "g_size": 40.0, "g_requests": 4000.0,
+           "g_coordination": 1.5, "g_single_turn_share": 1.0, "g_novelty": 1.0,
+           "g_focus_rate": 0.9, "g_cot_rate": 0.3, "g_rubric_rate": 0.0,
+           "g_censor_rate": 0.0, "g_elicit_model_rate": 0.2, "g_age_days": 2.0,
+           "g_signup": 1.0, "g_pivot_share": 0.0, "g_cover_org": 0.0}
+    assert sc.load_groups(pl.DataFrame([{"account_id": "a", **row}])) == 1
+    after = sc.account_score("a", 1.7e9 + 3600)
+    assert after.evidence["g_coordination"] == pytest.approx(2.0)     # w 2.0, ramp 1
+    assert after.evidence["g_elicit"] > 0 and after.final_raw > after.raw + 2.0
+    # own items read the group too: the human-rhythm discount fades inside a coordinated group
+    assert after.raw >= before.raw
+    assert after.score > before.score
+    assert any("group of 40 accounts" in r for r in after.reasons)
+    other = sc.account_score("b", 1.7e9 + 3600)                       # not in the context
+    assert other.final_raw == other.raw
+
+
+def test_expressions_follow_sql_null_semantics() -> None:
+    items = [{"name": n, "expr": e, "lo": 0.0, "hi": 1.0, "weight": 1.0, "show": "n_requests",
+              "reason": "{}"} for n, e in [
+        ("c", "coalesce(g_coordination, 0.5)"),
+        ("l", "least(g_coordination, 0.25)"),        # NULLs skipped, as in DuckDB
+        ("n", "g_coordination * 2"),                 # NULL operand: NULL → contributes 0
+        ("m", "mean_output_tokens / 100.0"),         # NULL before any response
+        ("z", "n_requests / (n_requests - n_requests)"),   # x / 0 = inf (DuckDB doubles)
+        ("q", "abs(-0.5) + ln(1) + nullif(n_requests, n_requests)"),
+    ]]
+    ev = compile_evidence(items, [1.0] * len(items), 20, 5)
+    st = {"n": 40, "distinct": 40}
+    contrib, raw, final = ev.fn(st, None)
+    assert contrib == (0.5, 0.25, 0.0, 0.0, 1.0, 0.0)
+    contrib, _, _ = ev.fn({**st, "lr_n": 2, "out_sum": 100}, None)
+    assert contrib[3] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        compile_evidence([{**items[0], "expr": "__import__('os')"}], [1.0], 20, 5)
+
+
+def test_request_keys_follow_the_batch_sql() -> None:
+    assert ip_prefix("10.1.2.3") == "10.1.2.0/24"
+    assert ip_prefix("10.1.2.3", 16) == "10.1.2.3/32"
+    assert ip_prefix("2001:DB8:AB:1::5") == "2001:db8:ab::/48"
+    assert ip_prefix("proxy-7") == "proxy-7" and ip_prefix(None) is None
+    import duckdb
+
+    from distillguard.features.defs import SYSTEM_KEY_SQL, ip_prefix_sql
+
+    cfg = load_config()
+    con = duckdb.connect()
+    for ip in ("10.1.2.3", "2001:DB8:AB:1::5", "proxy-7", "1.2.3.4\n"):
+        assert con.execute(f"SELECT {ip_prefix_sql(cfg, 'ip')} FROM (SELECT ? AS ip)",
+                           [ip]).fetchone()[0] == ip_prefix(ip)
+    for text in ("You are  a\thelpful\n\nassistant.", "X" * 2500 + " tail"):
+        assert con.execute(f"SELECT {SYSTEM_KEY_SQL} FROM (SELECT ? AS system)",
+                           [text]).fetchone()[0] == system_key(text)
+    assert system_key("") is None
+    assert math.isfinite(OnlineScorer().account_score("nobody", 1.0).score)
+
+
+def test_replay_cli_loads_batch_context(tmp_path):
+    """``replay --batch RESULTS``: groups, calibration and campaigns of a detect run."""
     from typer.testing import CliRunner
 
     from distillguard.respond.cli import app
@@ -100,30 +276,42 @@ def test_replay_cli_loads_batch_campaigns(tmp_path):
     for i in range(6):
         recs.append({"request_id": f"q{i}", "ts": f"2026-01-01T0{i}:00:00Z",
                      "account_id": "quiet", "model": "m1", "prompt": f"note {i}",
-                     "input_tokens": 10, "output_tokens": 400})
+                     "input_tokens": 10, "output_tokens": 400, "ip": "10.0.0.1"})
         recs.append({"request_id": f"c{i}", "ts": f"2026-01-01T0{i}:30:00Z",
-                     "account_id": "chatty", "model": "m1",
+                     "account_id": "chatty", "model": "m1", "ip": "10.0.0.1",
                      "messages": [{"role": "user", "content": "hi"},
                                   {"role": "assistant", "content": "hello"},
                                   {"role": "user", "content": f"card ideas {i}"}],
                      "input_tokens": 30, "output_tokens": 60})
     logs = tmp_path / "logs.jsonl"
     logs.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
-    camp = tmp_path / "campaigns.json"
-    camp.write_bytes(orjson.dumps([{"campaign_id": "cmp-x", "score": 0.93,
-                                    "accounts": ["quiet", "chatty"]}]))
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "campaigns.json").write_bytes(orjson.dumps([{"campaign_id": "cmp-x", "score": 0.93,
+                                                        "accounts": ["quiet", "chatty"]}]))
+    pl.DataFrame([{"account_id": "quiet", "community": 0, "g_attach": 1.0, "g_size": 30.0,
+                   "g_requests": 3000.0, "g_coordination": 2.0}]).write_parquet(
+        res / "groups.parquet")
+    (res / "calibration.json").write_bytes(orjson.dumps(
+        {"method": "self", "raw_threshold": 1.5, "raw_scale": 0.5, "promised_fpr": 0.001}))
     r = CliRunner().invoke(app, ["replay", str(logs), "--out", str(tmp_path / "o"),
-                                 "--campaigns", str(camp)])
+                                 "--batch", str(res)])
     assert r.exit_code == 0, r.output
-    assert orjson.loads(r.output)["campaigns_loaded"] == 1
+    out = orjson.loads(r.output)
+    assert out["campaigns_loaded"] == 1 and out["group_accounts_loaded"] == 1
+    assert out["calibration"]["raw_threshold"] == 1.5
     rows = {x["account_id"]: x for x in pl.read_csv(tmp_path / "o" / "online_accounts.csv")
             .iter_rows(named=True)}
-    assert rows["quiet"]["score"] == pytest.approx(0.93) and rows["quiet"]["flagged"]
-    assert rows["quiet"]["reasons"].startswith("member of campaign cmp-x (2 linked accounts)")
-    assert rows["chatty"]["raw"] < 0 and not rows["chatty"]["flagged"]   # not lifted
-    assert rows["chatty"]["campaign_id"] == "cmp-x"                       # still a member
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"not": "a list"}')
+    q, c = rows["quiet"], rows["chatty"]
+    assert q["final_raw"] > q["raw"]                       # group evidence
+    assert q["reasons"].startswith("member of campaign cmp-x")
+    assert c["final_raw"] == c["raw"] and c["campaign_id"] == "cmp-x"
+    bad = tmp_path / "bad"
+    bad.mkdir()
     r = CliRunner().invoke(app, ["replay", str(logs), "--out", str(tmp_path / "o2"),
-                                 "--campaigns", str(bad)])
-    assert r.exit_code == 2 and "campaigns.json" in r.output
+                                 "--batch", str(bad)])
+    assert r.exit_code == 2 and "groups.parquet" in r.output
+    r = CliRunner().invoke(app, ["replay", str(logs), "--out", str(tmp_path / "o3"),
+                                 "--refresh-hours", "2"])
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.output)["refresh"]["runs"] == 2

@@ -282,6 +282,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 "model": payload["model"], "messages": payload["messages"],
                 "org_id": caller.attrs.org or None, "api_key_id": caller.api_key_id,
                 "ip": request.client.host if request and request.client else None,
+                "payment_fingerprint": caller.payment_fingerprint,
                 "user_agent": request.headers.get("user-agent") if request else None,
                 "signup_channel": caller.attrs.signup_channel or None,
                 "country": caller.attrs.country or None,
@@ -397,7 +398,9 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         # Directives (always fail closed), online score and policy; see respond.guard.
         # In-process state does no I/O: screen on the loop, no thread-pool hop.
         view = request_view(caller.account_id, payload, ts, caller.account_created,
-                            caller.attrs.signup_channel)
+                            caller.attrs.signup_channel,
+                            request.client.host if request.client else None,
+                            caller.payment_fingerprint)
         t0 = tel.now_ns() if span is not None else 0
         if guard.inline:
             sc = guard.screen(caller.account_id, caller.attrs, view)

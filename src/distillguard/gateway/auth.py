@@ -5,7 +5,8 @@ Keys file (YAML or JSON)::
     keys:
       "sk-live-abc": {account_id: acct-1, org: org-9, country: US, nationality: US,
                       signup_channel: standard, employee: false,
-                      account_created: 2025-03-01T00:00:00Z}
+                      account_created: 2025-03-01T00:00:00Z,
+                      payment_fingerprint: card-7f3a}   # optional: card-sharing evidence
       "sha256:9f86d0...": {account_id: acct-2}      # store a key's SHA-256, not the key
 
 The key is read from ``Authorization: Bearer <key>`` or ``X-Api-Key``. For tests and local
@@ -39,6 +40,7 @@ class Caller:
     api_key_id: str | None
     attrs: UserAttrs
     account_created: float | None = None
+    payment_fingerprint: str | None = None
 
 
 def _epoch(v: Any) -> float | None:
@@ -89,8 +91,9 @@ class KeyStore:
     def _caller(self, account_id: str, info: Mapping[str, Any] | None,
                 key_id: str | None) -> Caller:
         info = info or {}
+        pf = info.get("payment_fingerprint")
         return Caller(account_id, key_id, UserAttrs.from_mapping(info),
-                      _epoch(info.get("account_created")))
+                      _epoch(info.get("account_created")), str(pf) if pf else None)
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller | None:
         """The caller for these request headers, or None (→ 401)."""

@@ -31,8 +31,10 @@ implemented so the proxy calls these):
 Account: the first non-empty of ``account_fields`` of LiteLLM's ``UserAPIKeyAuth``
 (default ``user_id``, ``team_id``, ``token``). Attributes for directives and scoring
 (``country``, ``nationality``, ``org``, ``signup_channel``, ``employee``,
-``account_created``) come from a ``distillguard`` mapping in the team's then the key's
-``metadata`` (key wins); ``org`` defaults to LiteLLM's ``org_id``. The decision is kept in
+``account_created``, and ``payment_fingerprint`` for card-sharing evidence) come from a
+``distillguard`` mapping in the team's then the key's ``metadata`` (key wins); ``org``
+defaults to LiteLLM's ``org_id``. The client address is the proxy's
+``metadata.requester_ip_address``. The decision is kept in
 the request's ``metadata["distillguard"]`` for the post-call hooks.
 
 Without LiteLLM installed the class still imports (base ``object``) and raises
@@ -165,7 +167,7 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
             self.guardrail_name = kwargs.get("guardrail_name", "distillguard")
 
     # ------------------------------------------------------------------ caller
-    def _account(self, auth: Any) -> tuple[str, UserAttrs, float | None]:
+    def _account(self, auth: Any) -> tuple[str, UserAttrs, float | None, str | None]:
         account = next((str(v) for f in self.account_fields if (v := _get(auth, f))),
                        "anonymous")
         info: dict[str, Any] = {}
@@ -175,11 +177,19 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
         if not info.get("org") and _get(auth, "org_id"):
             info["org"] = _get(auth, "org_id")
         attrs = UserAttrs.from_mapping({k: info.get(k) for k in _ATTRS})
-        return account, attrs, _epoch(info.get("account_created"))
+        pf = info.get("payment_fingerprint")
+        return account, attrs, _epoch(info.get("account_created")), str(pf) if pf else None
 
     async def _screen(self, account: str, attrs: UserAttrs, data: dict[str, Any],
-                      created: float | None, ts: float) -> Screening:
-        view = request_view(account, data, ts, created, attrs.signup_channel)
+                      created: float | None, ts: float, payment: str | None = None
+                      ) -> Screening:
+        # The client address the proxy recorded (LiteLLM: metadata.requester_ip_address).
+        ip = None
+        for md in (data.get("metadata"), data.get("litellm_metadata")):
+            if isinstance(md, Mapping) and md.get("requester_ip_address"):
+                ip = str(md["requester_ip_address"])
+                break
+        view = request_view(account, data, ts, created, attrs.signup_channel, ip, payment)
         if self.guard.inline:
             return self.guard.screen(account, attrs, view)
         import asyncio
@@ -193,8 +203,8 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
             return data                      # not a chat completion: nothing to screen
         rid = "dg-" + uuid.uuid4().hex
         ts = time.time()
-        account, attrs, created = self._account(user_api_key_dict)
-        sc = await self._screen(account, attrs, data, created, ts)
+        account, attrs, created, payment = self._account(user_api_key_dict)
+        sc = await self._screen(account, attrs, data, created, ts, payment)
         d = sc.decision
         hdr = {"X-Distillguard-Request-Id": rid,
                "X-Distillguard-Policy-Version": self.guard.policy.version,

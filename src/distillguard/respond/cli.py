@@ -36,9 +36,16 @@ def replay(logs: Annotated[list[Path], typer.Argument(help="request logs (any in
            out: Annotated[Path, typer.Option(
                help="directory for alerts.jsonl and online_accounts.csv")] = Path("results"),
            policy: Annotated[Path | None, typer.Option(help="policy YAML")] = None,
+           batch: Annotated[Path | None, typer.Option(
+               help="results folder of the latest batch detect: its groups.parquet (group "
+                    "evidence), calibration.json and campaigns.json are loaded first")] = None,
            campaigns: Annotated[Path | None, typer.Option(
-               help="campaigns.json of the latest batch detect: members are lifted to their "
-                    "campaign's score, as in batch")] = None) -> None:
+               help="campaigns.json of a batch detect (campaign membership in decisions "
+                    "and alerts)")] = None,
+           refresh_hours: Annotated[float | None, typer.Option(
+               help="re-run batch detection on the requests replayed so far every this "
+                    "many hours of stream time and load its groups and calibration")] = None
+           ) -> None:
     """Score logs request by request as the gateway would; write alerts.jsonl and each
     account's end-of-stream online score (online_accounts.csv)."""
     from distillguard.respond.online import replay as _replay
@@ -46,8 +53,15 @@ def replay(logs: Annotated[list[Path], typer.Argument(help="request logs (any in
 
     if campaigns is not None and not campaigns.is_file():
         raise typer.BadParameter(f"no such file: {campaigns}", param_hint="--campaigns")
+    if batch is not None and not batch.is_dir():
+        raise typer.BadParameter(f"no such folder: {batch}", param_hint="--batch")
+    if refresh_hours is not None and refresh_hours <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--refresh-hours")
+    if batch is not None and campaigns is None and (batch / "campaigns.json").is_file():
+        campaigns = batch / "campaigns.json"
     try:
-        _emit(_replay(logs, out, policy=load_policy(policy), campaigns=campaigns))
+        _emit(_replay(logs, out, policy=load_policy(policy), campaigns=campaigns,
+                      groups=batch, refresh_hours=refresh_hours))
     except DistillguardError as exc:
         _fail(exc)
 

@@ -1,60 +1,88 @@
 """Online scorer: the batch evidence model, updated one request at a time.
 
-Per request the scorer runs the prompt-signal regexes of ``data/signals.yaml`` (rewritten by
-:func:`re2_semantics` so Python ``re`` matches what RE2 matches in batch: ASCII ``\\w \\d \\s
-\\b``), updates the account's counters in a state store, then evaluates the *same*
-``scoring.evidence`` items of ``data/config.yaml`` on features computed from the counters,
-with the same damping (``min_requests``), the same Calibrator params and, with the latest
-batch run's ``campaigns.json`` loaded (:meth:`OnlineScorer.load_campaigns`), the same
-campaign lift. At the end of the same traffic the online score of every account equals the
-batch score up to the approximations below (tested in ``tests/test_online_batch.py``: every
-flag equal, scores within 0.005, on two simulated scenarios).
+Per request the scorer runs the prompt-signal rules of ``data/signals.yaml`` with RE2 (the
+engine DuckDB's ``regexp_matches`` and Spark's ``rlike`` use, so online and batch flag the
+same prompts: one ``re2.Set`` pass over the scan text), the learned elicitation model
+(``signals(..., elicit=True)``), updates the account's counters, distinct sets and the
+cross-account sets in a state store, then evaluates the *same* ``scoring.evidence`` items of
+``data/config.yaml`` (compiled into one Python function, SQL NULL semantics) with the same
+damping (``min_requests``). With the latest batch run loaded (:meth:`OnlineScorer.load_groups`:
+``groups.parquet`` and ``calibration.json`` of ``distillguard detect``, or the batch store)
+the group items read the account's link community and the score uses that run's calibration.
+At the end of the same traffic the online score of every account equals the batch score up
+to the approximations below (``tests/test_online_batch.py``).
 
 Each feature online against its batch SQL (``features/defs.py``):
 
-======================  ==================================================================
-n_requests, *_rate,     counters / requests: same definition (flags, capability and
-single_turn, focus,     effort exactly as the batch rules)
-tools, high_effort
-novelty                 distinct prompt hashes / requests: exact set (MemoryState) or
-                        Redis HyperLogLog (standard error 0.81 %)
-n_elicit                distinct prompts with any elicitation flag: the flagged prompts'
-                        hashes in a side set (``<account>\\x1felicit``; HyperLogLog in
-                        Redis), its size cached in the account hash
-elicit_model_rate,      requests (distinct prompts) whose learned ``elicit_p`` reaches
-n_elicit_model          ``signals.elicit_model_threshold``: same model, same scan text, same
-                        value as the batch ``signals.elicit_p``; distinct prompts in a side
-                        set (``<account>\\x1femodel``) like n_elicit
-hour_entropy            hour-of-day (UTC) histogram: same
-pivot_share,            same windows (union of new models' first 24 h); "new" = first seen
-pivot_window_requests   >= 24 h after ``t0``: batch ``t0`` = earliest logged request, online
-                        = first request the state store saw (equal on a replay)
-account_age_days        calendar days (UTC) from the latest ``account_created`` to the first
-                        request, like ``date_diff('day', ...)``; unknown: 365
-nonstandard_signup      any request with a subsidised channel: same
-out_in_ratio            median of output / max(input, 1) over responses with output
-                        tokens, from a histogram of log-ratios in 2 % bins beside the
-                        account (``<account>\\x1fratio``): within ~1 % of the exact median
-mean_output_tokens      mean over responses with output tokens: same
-template_top_share      APPROXIMATE: the account's most sent first-six-word or
-                        last-six-word key (batch's exact bands), counted once the account
-                        itself sent it ``min_template_size`` times. Batch gives each request
-                        one template, the largest bucket over all accounts among 16 MinHash
-                        LSH bands and those two keys, counted when that global bucket has
-                        ``min_template_size`` requests: needs every account's traffic to the
-                        end of the window, so it cannot be evaluated per request. Online is
-                        lower for an account sending a shared template fewer than 5 times,
-                        and when paraphrases group only under MinHash.
-partner_hits,           0: partner indicators are matched in batch only, so the ``partner``
-partner_confidence      evidence never contributes online
-======================  ==================================================================
+=======================  ================================================================
+n_requests, single_turn  counters / requests: same definition (capability and effort
+_share, followup_share,  exactly as the batch rules)
+tools_share, focus_rate,
+high_effort_share
+novelty                  distinct prompt hashes / requests: exact set (MemoryState) or
+                         Redis HyperLogLog (standard error 0.81 %)
+rerun_share              1 - distinct (prompt hash, n_user_turns, context_chars) /
+                         requests: distinct set ``rerun`` (HyperLogLog in Redis)
+cot_rate, rubric_rate,   distinct flagged prompts / distinct prompts: one distinct set of
+censor_rate,             prompt hashes per flag (``cot_elicit``, ``rubric_grading``,
+elicit_model_rate        ``censorship_safe``, ``emodel`` for ``elicit_p`` >=
+                         ``signals.elicit_model_threshold``); same value as batch
+n_elicit, n_elicit_model distinct prompts with any rule flag (set ``elicit``) / with the
+                         learned flag (set ``emodel``)
+hour_entropy             hour-of-day (UTC) histogram: same
+pivot_share,             same windows (union of new models' first 24 h); "new" = first seen
+pivot_window_requests    >= 24 h after ``t0``: batch ``t0`` = earliest logged request, online
+                         = first request the state store saw (equal on a replay)
+account_age_days         calendar days (UTC) from the latest ``account_created`` to the first
+                         request, like ``date_diff('day', ...)``; unknown: 365
+created_day              latest ``account_created`` / 86400 (NULL when never logged)
+nonstandard_signup       any request with a subsidised channel: same
+out_in_ratio             median of output / max(input, 1) over responses with output
+                         tokens, from a histogram of log-ratios in 2 % bins beside the
+                         account (``<account>\\x1fratio``): within ~1 % of the exact median;
+                         NULL before the first response, as in batch
+mean_output_tokens       mean over responses with output tokens (NULL before): same
+n_prefixes               distinct network prefixes (``features.defs.ip_prefix_sql`` ported
+                         exactly: IPv4 /24, IPv6 /48, else the address): set ``pfx``
+card_accounts,           cross-account sets keyed by payment fingerprint / system-prompt
+system_accounts          key (``SYSTEM_KEY_SQL``: md5 of the first 2,000 characters,
+                         lower-cased, whitespace collapsed) holding the accounts seen with
+                         it; the account keeps its own keys and reads the largest set among
+                         them on every update: equal to batch at the end of the stream
+                         (HyperLogLog in Redis)
+shared_ip_share,         APPROXIMATE (causal): per request, the number of accounts seen with
+ip_accounts_median       its address *so far* (cross-account set keyed by address); batch
+                         counts every account of the window, including later ones, so online
+                         is lower for requests sent before other accounts used the address.
+                         The median's histogram is kept only when an evidence item reads it
+template_top_share       APPROXIMATE: the account's most sent first-six-word or
+                         last-six-word key of the batch's ``prompt_ends`` (the batch's exact
+                         bands), counted once the account itself sent it
+                         ``min_template_size`` times. Batch gives each request one template,
+                         the largest bucket over all accounts among 16 MinHash LSH bands and
+                         those two keys: needs every account's traffic to the end of the
+                         window. Online is lower for an account sending a shared template
+                         fewer than 5 times, and when paraphrases group only under MinHash.
+g_* group columns,       from the latest batch run loaded with :meth:`load_groups` (the
+g_attach                 account's community row of ``_score_in``); an account not in it gets
+                         NULL group columns, ``g_attach`` 0 and ``g_size`` 1, so its group
+                         evidence is 0, as in batch for an account in no community
+partner_hits,            0: partner indicators are matched in batch only, so the ``partner``
+partner_confidence       evidence never contributes online
+=======================  ================================================================
+
+Expressions: ``+ - * /``, unary minus, ``coalesce``, ``least`` / ``greatest`` (NULLs
+skipped, as in DuckDB and Spark), ``ln``, ``log`` (base 10), ``exp``, ``sqrt``, ``abs``,
+``power``, ``nullif``. A NULL operand makes the result NULL, a NULL ramp contributes 0 (the
+batch ``coalesce(ramp, 0)``); division by zero gives +-inf / NaN like DuckDB's double division.
 
 Other differences: the online window is "since the account became active until idle for the
-state TTL" (default 7 days), the batch window is the logs given; campaign membership and
-campaign scores are those of the loaded batch run (an account the batch did not link is not
-lifted; a member whose own raw score is below ``lift_min_raw`` is not lifted, as in batch).
-With RedisState, concurrent requests of one account in several workers can leave the cached
-``n_elicit`` / median off until that account's next flagged request / response.
+state TTL" (default 7 days), the batch window is the logs given; group evidence and the
+calibration are those of the loaded batch run (``replay(refresh_hours=H)`` re-runs the batch
+pipeline every H hours of stream time, as a deployment re-running detection on a schedule
+would). With RedisState, distinct counts are HyperLogLog estimates (0.81 %), and concurrent
+requests of one account in several workers can leave the cached median off until that
+account's next response.
 
 A score read mid-stream reflects the traffic so far: an account may cross the threshold for a
 while and end below it (transient alerts); ``replay`` counts these separately.
@@ -63,11 +91,13 @@ while and end below it (transient alerts); ``replay`` counts these separately.
 from __future__ import annotations
 
 import ast
+import bisect
 import csv
 import hashlib
+import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,23 +106,26 @@ from typing import Any
 import orjson
 
 from distillguard.config import Config, load_config
-from distillguard.features.defs import ALL_FEATURES
 from distillguard.respond._errors import RespondError
 from distillguard.respond.policy import Policy, PolicyDecision, PolicyInput
 from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
-from distillguard.scoring.evidence import item_weight
+from distillguard.scoring.evidence import item_weight, reasons_for
 
-__all__ = ["OnlineScore", "OnlineScorer", "RequestView", "replay"]
+__all__ = ["OnlineScore", "OnlineScorer", "RequestView", "compile_evidence", "ip_prefix",
+           "replay", "system_key", "write_batch_context"]
 
-_FOCUS = ("coding", "math", "agentic", "reasoning")
-_HIGH_EFFORT = ("high", "xhigh", "max")
-_SUBSIDISED = ("education", "startup", "research", "trial", "free_credits")
-_ALLOWED_FUNCS = {"ln": lambda x: math.log(max(x, 1e-12)), "least": min, "greatest": max}
+_FOCUS = frozenset(("coding", "math", "agentic", "reasoning"))
+_HIGH_EFFORT = frozenset(("high", "xhigh", "max"))
+_SUBSIDISED = frozenset(("education", "startup", "research", "trial", "free_credits"))
 _URL = re.compile(r"https?://\S+")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 _DIGITS = re.compile(r"\d+")
+_HOURS = tuple(f"h{h:02d}" for h in range(24))
+_LOG24 = math.log(24)
+#: What a batch results folder holds for the online scorer (``write_batch_context``).
+GROUPS_FILE, CALIBRATION_FILE = "groups.parquet", "calibration.json"
 
 
 @dataclass
@@ -110,11 +143,18 @@ class RequestView:
     reasoning_effort: str | None = None
     account_created: float | None = None   # epoch seconds
     signup_channel: str | None = None
+    ip: str | None = None                  # client address (n_prefixes, shared addresses)
+    payment_fingerprint: str | None = None  # card_accounts
 
 
 @dataclass
 class OnlineScore:
-    """Score of the account after this request, plus this request's signals."""
+    """Score of the account after this request, plus this request's signals.
+
+    ``raw`` is the account's own evidence, ``final_raw`` adds its group's (the calibrated
+    ``score`` is of ``final_raw``), as the batch ``raw`` / ``final_raw`` columns.
+    ``reasons`` are built on first read (the hot path does not need them).
+    """
 
     account_id: str
     score: float
@@ -122,23 +162,368 @@ class OnlineScore:
     n_requests: int
     signals: tuple[str, ...]
     capability: str
-    reasons: list[str] = field(default_factory=list)
     evidence: dict[str, float] = field(default_factory=dict)
     elicit_p: float = 0.0               # this request's learned elicitation probability
+    final_raw: float = 0.0
+    _reasons: list[str] | None = field(default=None, repr=False)
+    _why: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def reasons(self) -> list[str]:
+        if self._reasons is None:
+            self._reasons = self._why() if self._why is not None else []
+        return self._reasons
+
+    @reasons.setter
+    def reasons(self, value: list[str]) -> None:
+        self._reasons = list(value)
 
 
-def _compile_expr(expr: str) -> Any:
-    """Compile an evidence SQL expression (ln/least/greatest, arithmetic) to Python safely."""
+# ---------------------------------------------------------------- evidence compiler
+
+#: Feature → Python expression over the state hash ``st`` (``n``: requests, ``nd``:
+#: distinct prompts) and the loaded group row ``g``. None is SQL NULL.
+FEATURE_SRC: dict[str, str] = {
+    "n_requests": "n",
+    "novelty": "min(nd / n, 1.0)",
+    "rerun_share": "max(1.0 - st.get('d:rerun', n) / n, 0.0)",
+    "single_turn_share": "st.get('single', 0) / n",
+    "followup_share": "st.get('fu', 0) / n",
+    "tools_share": "st.get('tools', 0) / n",
+    "cot_rate": "st.get('d:cot_elicit', 0) / nd",
+    "rubric_rate": "st.get('d:rubric_grading', 0) / nd",
+    "censor_rate": "st.get('d:censorship_safe', 0) / nd",
+    "elicit_model_rate": "st.get('d:emodel', 0) / nd",
+    "n_elicit": "float(st.get('d:elicit', 0))",
+    "n_elicit_model": "float(st.get('d:emodel', 0))",
+    "focus_rate": "st.get('focus', 0) / n",
+    "high_effort_share": "st.get('high_effort', 0) / n",
+    "hour_entropy": "_entropy(st, n)",     # from the running sum of c ln c (``hcl``)
+    "template_top_share": "(st.get('tpl_top', 0) / n) if st.get('tpl_top', 0) >= MIN_TPL "
+                          "else 0.0",
+    "pivot_share": "(st.get('pnew', 0) / st['pin']) if st.get('pin') else 0.0",
+    "pivot_window_requests": "float(st.get('pin', 0))",
+    "account_age_days": "_age(st)",
+    "created_day": "(st['created'] / 86400.0) if 'created' in st else None",
+    "nonstandard_signup": "1.0 if st.get('subs_n') else 0.0",
+    "out_in_ratio": "float(st.get('oir', 0.0)) if st.get('lr_n') else None",
+    "mean_output_tokens": "(st.get('out_sum', 0.0) / st['lr_n']) if st.get('lr_n') else None",
+    "n_prefixes": "float(st.get('d:pfx', 0))",
+    "shared_ip_share": "st.get('xs:ip', 0) / n",
+    "ip_accounts_median": "_ipmed(st)",
+    "card_accounts": "float(st.get('xm:card', 0))",
+    "system_accounts": "float(st.get('xm:sys', 0))",
+    "partner_hits": "0.0",
+    "partner_confidence": "0.0",
+}
+#: Online features that may be NULL (as in batch).
+_NULLABLE = frozenset(("created_day", "out_in_ratio", "mean_output_tokens"))
+_FUNCS = frozenset(("coalesce", "least", "greatest", "ln", "log", "exp", "sqrt", "abs",
+                    "power", "pow", "nullif"))
+
+
+def _is_group(name: str) -> bool:
+    return name.startswith("g_")
+
+
+def _group_src(name: str) -> str:
+    if name == "g_attach":
+        return "((g.get('g_attach') or 0.0) if g is not None else 0.0)"
+    if name == "g_size":
+        return "((g.get('g_size') or 1.0) if g is not None else 1.0)"
+    return f"(g.get({name!r}) if g is not None else None)"
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if b == 0:
+        return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * (
+            math.copysign(1.0, b))
+    return a / b
+
+
+def _ln(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+def _log10(x: float | None) -> float | None:
+    v = _ln(x)
+    return None if v is None else v / math.log(10)
+
+
+def _sqrt(x: float | None) -> float | None:
+    return None if x is None else (math.sqrt(x) if x >= 0 else math.nan)
+
+
+def _exp(x: float | None) -> float | None:
+    return None if x is None else math.exp(x)
+
+
+def _abs(x: float | None) -> float | None:
+    return None if x is None else abs(x)
+
+
+def _pow(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a) ** b
+
+
+def _coalesce(*xs: float | None) -> float | None:
+    for x in xs:
+        if x is not None:
+            return x
+    return None
+
+
+def _least(*xs: float | None) -> float | None:
+    vs = [x for x in xs if x is not None]
+    return min(vs) if vs else None
+
+
+def _greatest(*xs: float | None) -> float | None:
+    vs = [x for x in xs if x is not None]
+    return max(vs) if vs else None
+
+
+def _nullif(a: float | None, b: float | None) -> float | None:
+    return None if a is None or (b is not None and a == b) else a
+
+
+def _nop(op: str) -> Callable[[float | None, float | None], float | None]:
+    f = {"+": float.__add__, "-": float.__sub__, "*": float.__mul__}[op]
+
+    def g(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else f(float(a), b)
+    return g
+
+
+_HELPERS: dict[str, Any] = {
+    "_div": _div, "_ln": _ln, "_log10": _log10, "_sqrt": _sqrt, "_exp": _exp, "_abs": _abs,
+    "_pow": _pow, "_coalesce": _coalesce, "_least": _least, "_greatest": _greatest,
+    "_nullif": _nullif, "_add": _nop("+"), "_sub": _nop("-"), "_mul": _nop("*"),
+}
+_CALL = {"ln": "_ln", "log": "_log10", "exp": "_exp", "sqrt": "_sqrt", "abs": "_abs",
+         "power": "_pow", "pow": "_pow", "nullif": "_nullif", "coalesce": "_coalesce",
+         "least": "_least", "greatest": "_greatest"}
+
+
+def _expr_names(expr: str) -> set[str]:
     tree = ast.parse(expr, mode="eval")
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in _ALLOWED_FUNCS):
-                raise ValueError(f"function not allowed in evidence expr {expr!r}")
-        elif not isinstance(node, ast.Expression | ast.BinOp | ast.UnaryOp | ast.Constant
-                            | ast.Name | ast.Load | ast.operator | ast.unaryop):
-            raise ValueError(f"construct {type(node).__name__} not allowed in {expr!r}")
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(_ALLOWED_FUNCS)
-    return compile(tree, "<evidence>", "eval"), names
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - _FUNCS
+
+
+def _to_py(node: ast.AST, nullable: Callable[[str], bool], expr: str) -> tuple[str, bool]:
+    """(Python source, may be None) of an evidence SQL expression node."""
+    if isinstance(node, ast.Expression):
+        return _to_py(node.body, nullable, expr)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
+            and not isinstance(node.value, bool):
+        return repr(float(node.value)), False
+    if isinstance(node, ast.Name):
+        return node.id, nullable(node.id)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        s, nl = _to_py(node.operand, nullable, expr)
+        if isinstance(node.op, ast.UAdd):
+            return s, nl
+        return (f"_mul(-1.0, {s})" if nl else f"(-{s})"), nl
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult
+                                                  | ast.Div):
+        a, na = _to_py(node.left, nullable, expr)
+        b, nb = _to_py(node.right, nullable, expr)
+        if isinstance(node.op, ast.Div):
+            const = isinstance(node.right, ast.Constant) and float(node.right.value) != 0
+            if const and not na:
+                return f"({a} / {b})", False
+            return f"_div({a}, {b})", True
+        op = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}[type(node.op)]
+        if na or nb:
+            return f"{ {'+': '_add', '-': '_sub', '*': '_mul'}[op]}({a}, {b})", True
+        return f"({a} {op} {b})", False
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+            and node.func.id.lower() in _FUNCS and not node.keywords:
+        fn = node.func.id.lower()
+        args = [_to_py(a, nullable, expr) for a in node.args]
+        srcs = ", ".join(s for s, _ in args)
+        any_null = any(nl for _, nl in args)
+        if fn in ("least", "greatest") and not any_null and len(args) >= 2:
+            return f"{'min' if fn == 'least' else 'max'}({srcs})", False
+        if fn == "coalesce":
+            return f"_coalesce({srcs})", all(nl for _, nl in args)
+        if fn in ("least", "greatest"):
+            return f"{_CALL[fn]}({srcs})", all(nl for _, nl in args)
+        if fn == "abs" and not any_null:
+            return f"abs({srcs})", False
+        return f"{_CALL[fn]}({srcs})", any_null or fn == "nullif"
+    raise ValueError(f"construct {ast.dump(node)[:60]} not allowed in evidence expr {expr!r}")
+
+
+@dataclass(frozen=True)
+class CompiledEvidence:
+    """The evidence items as one function ``fn(st, g) -> (contributions, raw, final_raw)``."""
+
+    fn: Callable[[Mapping[str, float], Mapping[str, Any] | None],
+                 tuple[tuple[float, ...], float, float]]
+    items: tuple[dict[str, Any], ...]
+    source: str
+    features: frozenset[str]
+
+
+def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float],
+                     min_requests: float, min_template_size: int,
+                     helpers: Mapping[str, Any] | None = None) -> CompiledEvidence:
+    """Compile evidence items into one Python function (source kept in ``.source``).
+
+    Each item contributes ``w * ramp(expr, lo, hi) * damp`` where ``damp`` is
+    ``least(n_requests / min_requests, 1)``, or for ``group: true`` items
+    ``least(coalesce(g_requests, 0) / min_requests, 1)``, exactly as
+    :func:`distillguard.scoring.evidence.evidence_frame`.
+    """
+    needed: set[str] = set()
+    parts: list[tuple[str, dict[str, Any], float, float, float]] = []
+
+    def nullable(name: str) -> bool:
+        if _is_group(name):
+            return name not in ("g_attach", "g_size")
+        if name not in FEATURE_SRC:
+            raise KeyError(name)
+        return name in _NULLABLE
+
+    for it, w in zip(items, weights, strict=True):
+        expr = str(it["expr"])
+        src, nl = _to_py(ast.parse(expr, mode="eval"), nullable, expr)
+        needed |= _expr_names(expr)
+        parts.append((src, dict(it), float(it["lo"]), float(it["hi"]), float(w), nl))
+    lines = ["def _evidence(st, g):",
+             "    get = st.get",
+             "    n = float(st.get('n', 0)) or 1.0",
+             "    nd = float(st.get('distinct', 0)) or 1.0",
+             f"    damp = min(n / {float(min_requests)!r}, 1.0)",
+             "    gdamp = min(float(g.get('g_requests') or 0.0) / "
+             f"{float(min_requests)!r}, 1.0) if g is not None else 0.0"]
+    gnames = sorted(x for x in needed if _is_group(x))
+    if gnames:          # the group row's columns; without one: NULL, g_attach 0, g_size 1
+        lines.append("    if g is None:")
+        lines += [f"        {x} = {0.0 if x == 'g_attach' else 1.0 if x == 'g_size' else None}"
+                  for x in gnames]
+        lines.append("    else:")
+        lines += [f"        {x} = {_group_src(x)}" for x in gnames]
+    for name in sorted(needed - set(gnames)):
+        lines.append(f"    {name} = {FEATURE_SRC[name].replace('st.get(', 'get(')}")
+    own, grp = [], []
+    for i, (src, it, lo, hi, w, nl) in enumerate(parts):
+        d = "gdamp" if it.get("group") else "damp"
+        pad = "    "
+        if it.get("group"):        # no group row: damped by 0 group requests, as in batch
+            lines += ["    if g is None:", f"        e{i} = 0.0", "    else:"]
+            pad = "        "
+        ramp = [f"r = (v - {lo!r}) / {hi - lo!r}",
+                f"e{i} = {w!r} * (0.0 if r <= 0.0 else 1.0 if (r >= 1.0 or r != r) "
+                f"else r) * {d}"]
+        if nl:          # may be NULL: a NULL ramp contributes 0 (batch coalesce(ramp, 0))
+            body = ["try:", f"    v = {src}",
+                    "except (ArithmeticError, ValueError, TypeError):", "    v = None",
+                    "if v is None:", f"    e{i} = 0.0", "else:", *["    " + x for x in ramp]]
+        else:
+            body = ["try:", f"    v = {src}", *["    " + x for x in ramp],
+                    "except (ArithmeticError, ValueError, TypeError):", f"    e{i} = 0.0"]
+        lines += [pad + ln for ln in body]
+        (grp if it.get("group") else own).append(f"e{i}")
+    contrib = ", ".join(f"e{i}" for i in range(len(parts)))
+    raw = " + ".join(own) or "0.0"
+    lines.append(f"    raw = {raw}")
+    lines.append(f"    return ({contrib}{',' if len(parts) == 1 else ''}), raw, "
+                 f"raw + {' + '.join(grp) or '0.0'}")
+    source = "\n".join(lines) + "\n"
+    ns: dict[str, Any] = {**_HELPERS, **_FEATURE_HELPERS, "MIN_TPL": int(min_template_size),
+                          **(helpers or {})}
+    exec(compile(source, "<evidence>", "exec"), ns)  # noqa: S102 - generated from an AST whitelist
+    return CompiledEvidence(ns["_evidence"], tuple(p[1] for p in parts), source,
+                            frozenset(needed))
+
+
+def _entropy(st: Mapping[str, float], n: float) -> float:
+    """Hour-of-day entropy / ln 24: (ln n - sum_h c_h ln c_h / n) / ln 24, the sum kept
+    running in ``hcl`` (each request adds c ln c - (c - 1) ln (c - 1) for its hour)."""
+    return (math.log(n) - st.get("hcl", 0.0) / n) / _LOG24 if n > 0 else 0.0
+
+
+def _age(st: Mapping[str, float]) -> float:
+    first, created = st.get("first_ts"), st.get("created")
+    if created is None or first is None:
+        return 365.0
+    # date_diff('day', created, first request): calendar days (UTC) apart, not 24 h units
+    return float(math.floor(first / 86400) - math.floor(created / 86400))
+
+
+def _ipmed(st: Mapping[str, Any]) -> float | None:
+    """Median accounts per address over the account's requests (``ip_accounts_median``),
+    from the histogram the store keeps when an item reads it (``x:ip``)."""
+    hist = st.get("\x1fh:x:ip")
+    if not hist:
+        return 0.0
+    vals = sorted((int(k[1:]), int(c)) for k, c in hist.items() if k[:1] == "c" and c)
+    tot = sum(c for _, c in vals)
+    if not tot:
+        return 0.0
+
+    def at(r: int) -> int:
+        for v, c in vals:
+            if r < c:
+                return v
+            r -= c
+        return vals[-1][0]
+
+    pos = (tot - 1) / 2
+    lo = math.floor(pos)
+    a = at(lo)
+    return float(a + (pos - lo) * (at(lo + 1) - a)) if pos > lo else float(a)
+
+
+_FEATURE_HELPERS = {"_entropy": _entropy, "_age": _age, "_ipmed": _ipmed}
+
+
+# ------------------------------------------------------------------ request keys
+
+_IP4 = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+)\.[0-9]+")
+_IP6 = re.compile(r"([0-9a-f]{1,4}:[0-9a-f]{1,4}:[0-9a-f]{1,4}):")
+_WS = re.compile(r"[\t\n\f\r ]+")        # RE2's \s
+
+
+def ip_prefix(ip: str | None, ip4_prefix: int = 24) -> str | None:
+    """``features.defs.ip_prefix_sql`` in Python: IPv4 /24 (other lengths: the address +
+    ``/32``), IPv6 /48, else the address itself; None for a missing address."""
+    if ip is None:
+        return None
+    if _IP4.fullmatch(ip):
+        return _IP4.fullmatch(ip).group(1) + ".0/24" if ip4_prefix == 24 else ip + "/32"
+    low = ip.lower()
+    m = _IP6.match(low)
+    return m.group(1) + "::/48" if m else ip
+
+
+def system_key(system: str | None) -> str | None:
+    """``features.defs.SYSTEM_KEY_SQL``: md5 of the first 2,000 characters, lower-cased,
+    whitespace runs collapsed; None for a missing or empty system prompt."""
+    if not system:
+        return None
+    head = system[:2000]
+    k = _SYS_KEYS.get(head)
+    if k is None:
+        if len(_SYS_KEYS) > 10_000:               # products repeat a few system prompts
+            _SYS_KEYS.clear()
+        k = _SYS_KEYS[head] = hashlib.md5(
+            _WS.sub(" ", head.lower()).encode("utf-8", "replace"),
+            usedforsecurity=False).hexdigest()
+    return k
+
+
+_SYS_KEYS: dict[str, str] = {}
+
+
+def _h(s: str) -> str:
+    return hashlib.blake2b(s.encode("utf-8", "replace"), digest_size=8).hexdigest()
 
 
 class OnlineScorer:
@@ -151,35 +536,39 @@ class OnlineScorer:
     config : Config, optional
         Detection config (signal rules, evidence items, calibration); packaged default.
     calibrator : Calibrator, optional
-        Defaults to the config's ``scoring.calibration`` params, as in batch scoring.
+        Defaults to the config's ``scoring.calibration`` params; replaced by the batch run's
+        calibration when :meth:`load_groups` finds one.
     campaigns : campaigns.json path or list, or mapping account_id → campaign_id, optional
-        The latest batch run's campaigns (see :meth:`load_campaigns`). From campaigns.json
-        (path or ``DetectResult.campaigns``) members are lifted to their campaign's score as
-        in batch; a bare mapping only carries membership into decisions and alerts.
+        The latest batch run's campaigns (see :meth:`load_campaigns`): membership in
+        decisions, alerts and reasons.
+    groups : results folder, batch store connection, or frame, optional
+        The latest batch run's community context (see :meth:`load_groups`).
     """
 
     def __init__(self, state: StateStore | None = None, config: Config | None = None,
                  calibrator: Calibrator | None = None,
                  campaigns: Mapping[str, str] | Sequence[Mapping[str, Any]] | str | Path
-                 | None = None) -> None:
+                 | None = None, groups: Any = None) -> None:
         from distillguard.signals.rules import load_rules
 
         self.state = state if state is not None else MemoryState()
         self.cfg = config or load_config()
+        self._given_calibrator = calibrator
         self.calibrator = calibrator or calibrator_from_config(self.cfg)
+        self.calibration: dict[str, Any] | None = None      # the loaded batch calibration
         self.campaigns: dict[str, str] = {}
-        self.campaign_scores: dict[str, float] = {}
         self._campaign_sizes: dict[str, int] = {}
+        self.groups: dict[str, dict[str, Any]] = {}
         self.load_campaigns(campaigns)
         flags, caps = load_rules(self.cfg)
-        self._flags = [(r.name, re.compile(re2_semantics(r.pattern))) for r in flags]
-        self._caps = [(r.name, re.compile(re2_semantics(r.pattern))) for r in caps]
-        # Literal prefilter (exact): a rule's regex runs only when the folded text contains
-        # one of the literals that every match of it contains (see _required_literals).
-        self._lits = {n: _required_literals(rx.pattern) for n, rx in (*self._flags, *self._caps)}
+        self._flag_rules, self._cap_rules = flags, caps
+        self._rx = _RuleSet([r.pattern for r in (*flags, *caps)], len(flags))
+        self._flag_names = tuple(r.name for r in flags)
+        self._cap_names = tuple(r.name for r in caps)
         sig = self.cfg["signals"]
         self._head, self._tail = int(sig["scan_head_chars"]), int(sig["scan_tail_chars"])
         self._sys = int(sig["scan_system_chars"])
+        self._cut = int(sig["skeleton_chars"])
         from distillguard.signals.elicit_model import default_model
 
         self._elicit = default_model()
@@ -187,33 +576,40 @@ class OnlineScorer:
         sc, fc = self.cfg["scoring"], self.cfg["features"]
         self._min_req = float(sc["min_requests"])
         self.threshold = float(sc["threshold"])
-        self._lift_min_raw = float(sc["lift_min_raw"])
         self._max_reasons = int(sc["max_reasons"])
         self._min_tpl = int(fc["min_template_size"])
         self._pivot_s = float(fc["pivot_window_hours"]) * 3600
         self._new_age_s = float(fc["new_model_min_age_hours"]) * 3600
-        self._items = []
-        self.skipped: list[str] = []
+        self._ip4 = int(self.cfg["linking"]["ip4_prefix"])
+        items, self.skipped = [], []
         for it in sc["evidence"]:
-            code, names = _compile_expr(str(it["expr"]))
-            if names - set(_ONLINE_FEATURES):
+            names = _expr_names(str(it["expr"]))
+            if any(not _is_group(x) and x not in FEATURE_SRC for x in names):
                 self.skipped.append(it["name"])   # needs a feature we cannot compute online
                 continue
-            self._items.append((it, code, float(it["lo"]), float(it["hi"]),
-                                item_weight(self.cfg, it)))
+            items.append(it)
+        self._ev = compile_evidence(items, [item_weight(self.cfg, it) for it in items],
+                                    self._min_req, self._min_tpl)
+        self._items = self._ev.items
+        self._track_iph = "ip_accounts_median" in self._ev.features
+        self._medians: dict[str, _MedianTracker] = {}
+        self._feat_fns = {name: eval(  # noqa: S307 - fixed table above
+            compile(f"lambda st, n, nd: {src}", "<feature>", "eval"),
+            {**_FEATURE_HELPERS, "MIN_TPL": self._min_tpl}) for name, src in FEATURE_SRC.items()}
+        if groups is not None:
+            self.load_groups(groups)
 
+    # ------------------------------------------------------------------ batch context
     def load_campaigns(self, campaigns: Mapping[str, str] | Sequence[Mapping[str, Any]] | str
                        | Path | None) -> None:
         """Replace the campaign memberships with those of a batch run.
 
         ``campaigns`` is the path of a batch ``campaigns.json``, its parsed list (or
-        ``DetectResult.campaigns``), or a bare mapping account_id → campaign_id. With the
-        campaign scores of campaigns.json a member's score becomes
-        max(own score, campaign score) whenever its own raw score is >= ``lift_min_raw``: the
-        batch lift (the batch already required the member's link degree). A gateway calls
-        this after each batch run.
+        ``DetectResult.campaigns``), or a bare mapping account_id → campaign_id. Membership
+        goes into policy decisions (``campaign`` condition), alerts and reasons; the score
+        itself comes from the evidence (group items with :meth:`load_groups`), as in batch.
         """
-        self.campaigns, self.campaign_scores, self._campaign_sizes = {}, {}, {}
+        self.campaigns, self._campaign_sizes = {}, {}
         if campaigns is None:
             return
         where = str(campaigns) if isinstance(campaigns, str | Path) else "campaigns"
@@ -227,14 +623,60 @@ class OnlineScorer:
                 return
             for c in campaigns:
                 cid = str(c["campaign_id"])
-                self.campaign_scores[cid] = float(c["score"])
                 self._campaign_sizes[cid] = len(c["accounts"])
                 for a in c["accounts"]:
                     self.campaigns[str(a)] = cid
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            self.campaigns, self.campaign_scores, self._campaign_sizes = {}, {}, {}
+            self.campaigns, self._campaign_sizes = {}, {}
             raise RespondError(f"{where}: not a batch campaigns.json (a list of "
                                f"{{campaign_id, score, accounts}}): {exc}") from exc
+
+    def load_groups(self, source: Any, *, calibration: bool = True) -> int:
+        """Load the latest batch run's community context; returns the accounts loaded.
+
+        ``source`` is a results folder of ``distillguard detect`` (``groups.parquet`` and
+        ``calibration.json``, see :func:`write_batch_context`), the ``groups.parquet`` path
+        itself, a batch store connection after :func:`distillguard.api.analyse`, or a frame
+        with ``account_id``, ``g_attach`` and the ``g_*`` columns. Accounts absent from it
+        get no group evidence. With ``calibration`` the batch run's calibration
+        (``calibration_used``) replaces the scorer's, unless a calibrator was given.
+        """
+        import polars as pl
+
+        cal = None
+        where = str(source) if isinstance(source, str | Path) else type(source).__name__
+        try:
+            if isinstance(source, str | Path):
+                p = Path(source)
+                folder = p if p.is_dir() else p.parent
+                frame = pl.read_parquet(p / GROUPS_FILE if p.is_dir() else p)
+                if (folder / CALIBRATION_FILE).is_file():
+                    cal = json.loads((folder / CALIBRATION_FILE).read_text("utf-8"))
+            elif isinstance(source, pl.DataFrame):
+                frame = source
+            else:
+                frame, cal = batch_context(source)
+        except (OSError, ValueError, json.JSONDecodeError, pl.exceptions.PolarsError) as exc:
+            raise RespondError(f"{where}: no batch group context ({GROUPS_FILE}): {exc}") \
+                from exc
+        cols = [c for c in frame.columns if c.startswith("g_") or c == "community"]
+        if "account_id" not in frame.columns or "g_attach" not in cols:
+            raise RespondError(f"{where}: group context needs account_id, g_attach and g_*")
+        self.groups = {str(r.pop("account_id")): r
+                       for r in frame.select("account_id", *cols).iter_rows(named=True)}
+        if calibration and cal is not None:
+            self.load_calibration(cal)
+        return len(self.groups)
+
+    def load_calibration(self, cal: Mapping[str, Any] | str | Path) -> None:
+        """Use a batch run's calibration (``calibration_used`` / ``calibration.json``)."""
+        if isinstance(cal, str | Path):
+            cal = json.loads(Path(cal).read_text("utf-8"))
+        self.calibration = dict(cal)
+        if self._given_calibrator is None:
+            fpr = float(cal.get("promised_fpr", self.cfg["scoring"]["target_fpr"]))
+            self.calibrator = Calibrator.from_params(float(cal["raw_threshold"]),
+                                                     float(cal["raw_scale"]), fpr)
 
     # ------------------------------------------------------------------ signals
     def _scan(self, prompt: str, system: str) -> str:
@@ -255,83 +697,105 @@ class OnlineScorer:
         if elicit:
             return (*self.signals(prompt, system, n_tools),
                     float(self._elicit.predict_proba([scan])[0]))
-        low, lits = _fold(scan), self._lits
-        flags = tuple(n for n, rx in self._flags if _may_match(lits[n], low) and rx.search(scan))
-        cap = "chat"
-        for name, rx in self._caps:
-            if (name == "agentic" and n_tools > 0) or (_may_match(lits[name], low)
-                                                       and rx.search(scan)):
-                cap = name
-                break
-        return flags, cap
+        return self._rx.signals(scan, n_tools > 0, self._flag_names, self._cap_names)
 
     def _template_keys(self, prompt: str) -> tuple[str, ...]:
+        """First and last six words of the batch's skeleton text (``prompt_ends``: the
+        prompt, or its first and last ``skeleton_chars`` around `` … ``), lower-cased, URLs,
+        e-mails and numbers replaced as in ``signals.templates.skeleton_frame``."""
         p = prompt or ""
-        if len(p) > self._head + self._tail:
-            p = p[:self._head] + " " + p[-self._tail:]
-        p = _DIGITS.sub("0", _EMAIL.sub(" <email> ", _URL.sub(" <url> ", p.lower())))
-        words = p.split()
+        cut = self._cut
+        if len(p) > 2 * cut:
+            p = p[:cut] + " … " + p[-cut:]
+        words = p.lower().split()
         if len(words) < 10:
-            return ()
-        return ("h:" + _h(" ".join(words[:6])), "t:" + _h(" ".join(words[-6:])))
+            # the substitutions may split a word (" <url> "): count after them
+            words = _subst(" ".join(words)).split()
+            if len(words) < 10:
+                return ()
+        # The substitutions work inside whitespace-separated words (none of the patterns
+        # matches whitespace) and never drop a word, so the first and last six words of the
+        # result come from the first and last six input words.
+        head = _subst(" ".join(words[:6])).split()[:6]
+        tail = _subst(" ".join(words[-6:])).split()[-6:]
+        return ("h:" + _h(" ".join(head)), "t:" + _h(" ".join(tail)))
 
     # ------------------------------------------------------------------ update
-    def observe(self, req: RequestView) -> OnlineScore:
-        """Record one request and return the account's score including it."""
-        flags, cap, elicit_p = self.signals(req.prompt, req.system, req.n_tools, elicit=True)
-        elicit_m = elicit_p >= self._elicit_thr
-        t0, models = self.state.globals(req.model, req.ts)
-        new_models = {m: fs for m, fs in models.items() if fs >= t0 + self._new_age_s}
-        in_window = any(fs <= req.ts < fs + self._pivot_s for fs in new_models.values())
-        on_new = req.model in new_models and req.ts < new_models[req.model] + self._pivot_s
-        hour = datetime.fromtimestamp(req.ts, UTC).hour
-        incr = {"n": 1, f"h{hour:02d}": 1}
-        for name in flags:
-            incr[name] = 1
-        if elicit_m:
-            incr["elicit_model"] = 1
-        if req.n_user_turns <= 1 and req.context_chars == 0:
-            incr["single"] = 1
-        if cap in _FOCUS:
-            incr["focus"] = 1
-        if (req.reasoning_effort or "").lower() in _HIGH_EFFORT:
-            incr["high_effort"] = 1
-        if req.n_tools > 0:
-            incr["tools"] = 1
+    def observe(self, req: RequestView, *, elicit_p: float | None = None) -> OnlineScore:
+        """Record one request and return the account's score including it.
+
+        ``elicit_p``: the request's learned elicitation probability when already computed
+        (replay scores a whole batch of scan texts at once with the same model,
+        ``signals.elicit_model.scan_probs``); otherwise :meth:`signals` computes it.
+        """
+        if elicit_p is None:
+            flags, cap, elicit_p = self.signals(req.prompt, req.system, req.n_tools,
+                                                elicit=True)
+        else:
+            flags, cap = self.signals(req.prompt, req.system, req.n_tools)
+        ts = req.ts
+        t0, models = self.state.globals(req.model, ts)
+        hour = _HOURS[int(ts // 3600) % 24]
+        incr = {"n": 1, hour: 1}
+        # new-model pivot windows: the union of new models' first pivot_window_hours
+        new_after = t0 + self._new_age_s
+        pivot = self._pivot_s
+        in_window = on_new = False
+        for m, fs in models.items():
+            if fs >= new_after and fs <= ts < fs + pivot:
+                in_window = True
+                if m == req.model:
+                    on_new = True
         if in_window:
             incr["pin"] = 1
             if on_new:
                 incr["pnew"] = 1
+        turns, ctx = req.n_user_turns, req.context_chars
+        if turns <= 1 and ctx == 0:
+            incr["single"] = 1
+        if turns >= 2:
+            incr["fu"] = 1
+        if cap in _FOCUS:
+            incr["focus"] = 1
+        if req.reasoning_effort and req.reasoning_effort.lower() in _HIGH_EFFORT:
+            incr["high_effort"] = 1
+        if req.n_tools > 0:
+            incr["tools"] = 1
         if req.signup_channel is not None and req.signup_channel.lower() in _SUBSIDISED:
             incr["subs_n"] = 1                    # batch: max over the account's requests
-        sets: dict[str, float] = {"first_ts": req.ts}
-        if req.account_created is not None:
-            sets["created"] = req.account_created
         ph = _h(req.prompt or "")
-        upd = AccountUpdate(incr, sets, ph, self._template_keys(req.prompt), req.ts)
+        distinct = {"rerun": f"{ph}|{turns}|{ctx}"}
+        for name in flags:
+            distinct[name] = ph
+        if flags:
+            distinct["elicit"] = ph
+        if elicit_p >= self._elicit_thr:
+            distinct["emodel"] = ph
+        cross: dict[str, str] = {}
+        if req.ip:
+            cross["ip"] = req.ip
+        pfx = ip_prefix(req.ip, self._ip4)
+        if pfx is not None:
+            distinct["pfx"] = pfx
+        if req.payment_fingerprint:
+            cross["card"] = req.payment_fingerprint
+        sk = system_key(req.system)
+        if sk is not None:
+            cross["sys"] = sk
+        upd = AccountUpdate(incr, {"first_ts": ts}, ph, self._template_keys(req.prompt), ts,
+                            maxs={"created": req.account_created}
+                            if req.account_created is not None else {},
+                            distinct=distinct, cross=cross, cross_max=("card", "sys"),
+                            cross_hist=("ip",) if self._track_iph else ())
         acct = req.account_id
         st = self.state.update(acct, upd)
-        # account_created: the batch reads the latest value (max); "created" is write-once, so
-        # a later, larger value is added as a difference (rare: attributes seldom change).
-        if req.account_created is not None and req.account_created > st.get("created", math.inf):
-            self.state.add_float(acct, "created", req.account_created - st["created"])
-            st["created"] = req.account_created
-        if flags:
-            # n_elicit = distinct prompts with any elicitation flag: the flagged prompts'
-            # hashes go to a side set; its size is cached in the account hash ("ne") so
-            # unflagged requests read it for free (set, as a difference, to the side count).
-            side = self.state.update(acct + _ELICIT, AccountUpdate({"n": 1}, {}, ph, (), req.ts))
-            d = float(side["distinct"]) - float(st.get("ne", 0.0))
-            if d:
-                self.state.add_float(acct, "ne", d)
-                st["ne"] = float(side["distinct"])
-        if elicit_m:                 # n_elicit_model: the same, for the learned signal
-            side = self.state.update(acct + _ELICIT_MODEL,
-                                     AccountUpdate({"n": 1}, {}, ph, (), req.ts))
-            d = float(side["distinct"]) - float(st.get("nem", 0.0))
-            if d:
-                self.state.add_float(acct, "nem", d)
-                st["nem"] = float(side["distinct"])
+        # hour entropy: the running sum of c ln c over the hour counters gains
+        # c ln c - (c - 1) ln (c - 1) for this request's hour (c: its count now)
+        c = st.get(hour, 1)
+        if c > 1:
+            hcl = st.get("hcl", 0.0) + c * math.log(c) - (c - 1) * math.log(c - 1)
+            self.state.add_float(acct, "hcl", hcl - st.get("hcl", 0.0))
+            st["hcl"] = hcl
         out = self._score(acct, st, flags, cap)
         out.elicit_p = elicit_p
         return out
@@ -351,149 +815,269 @@ class OnlineScorer:
         ts = now_s() if ts is None else ts
         ratio = output_tokens / max(input_tokens if input_tokens is not None else 1, 1)
         key = "z" if ratio <= 0 else f"b{math.floor(math.log(ratio) / _RATIO_BIN)}"
-        hist = self.state.update(account_id + _RATIOS, AccountUpdate({key: 1}, ts=ts))
         st = self.state.update(account_id, AccountUpdate(
-            {"lr_n": 1, "out_sum": int(output_tokens)}, ts=ts))
-        d = _hist_median(hist) - float(st.get("oir", 0.0))
+            {"lr_n": 1, "out_sum": int(output_tokens)}, ts=ts, hist=("ratio", key)))
+        hist = st["\x1fh:ratio"]
+        tr = self._medians.get(account_id)
+        if tr is None or not tr.add(hist, key):
+            if len(self._medians) > 200_000:          # bounded: rebuilt from the histogram
+                self._medians.clear()
+            tr = self._medians[account_id] = _MedianTracker(hist)
+        med = tr.median(hist)
+        d = med - float(st.get("oir", 0.0))
         if d:
             self.state.add_float(account_id, "oir", d)
+            st["oir"] = med
 
-    def features(self, st: Mapping[str, float]) -> dict[str, float]:
-        """Online equivalents of the batch features the evidence items read."""
-        n = max(float(st.get("n", 0)), 1.0)
-        hours = [float(st.get(f"h{h:02d}", 0)) for h in range(24)]
-        ent = -sum((c / n) * math.log(c / n) for c in hours if c > 0) / math.log(24)
-        tpl = float(st.get("tpl_top", 0))
-        first = st.get("first_ts")
-        created = st.get("created")
-        # date_diff('day', created, first request): calendar days (UTC) apart, not 24 h units
-        age = 365 if created is None or first is None else \
-            math.floor(first / 86400) - math.floor(created / 86400)
-        lr_n = float(st.get("lr_n", 0))
-        return {
-            "n_requests": n,
-            "cot_rate": st.get("cot_elicit", 0) / n,
-            "rubric_rate": st.get("rubric_grading", 0) / n,
-            "censor_rate": st.get("censorship_safe", 0) / n,
-            "single_turn_share": st.get("single", 0) / n,
-            "novelty": min(float(st.get("distinct", n)) / n, 1.0),
-            "hour_entropy": ent,
-            "focus_rate": st.get("focus", 0) / n,
-            "template_top_share": tpl / n if tpl >= self._min_tpl else 0.0,
-            "pivot_share": (st.get("pnew", 0) / st["pin"]) if st.get("pin") else 0.0,
-            "account_age_days": age,
-            "nonstandard_signup": 1.0 if st.get("subs_n") else 0.0,
-            # Batch: NULL without token counts, and the evidence contributes nothing; 0 does
-            # the same here (below the ramp).
-            "out_in_ratio": float(st.get("oir", 0.0)) if lr_n else 0.0,
-            "high_effort_share": st.get("high_effort", 0) / n,
-            "tools_share": st.get("tools", 0) / n,
-            "n_elicit": float(st.get("ne", 0.0)),
-            "elicit_model_rate": st.get("elicit_model", 0) / n,
-            "n_elicit_model": float(st.get("nem", 0.0)),
-            "pivot_window_requests": float(st.get("pin", 0)),
-            # Unknown until token counts arrive: the batch feature is NULL then, and its
-            # evidence contributes nothing; a large value makes the ramp contribute nothing.
-            "mean_output_tokens": (float(st.get("out_sum", 0.0)) / lr_n) if lr_n else 1e9,
-            # Partner indicators are matched in batch; online they contribute nothing.
-            "partner_hits": 0.0,
-            "partner_confidence": 0.0,
-        }
+    def features(self, st: Mapping[str, float], account_id: str | None = None
+                 ) -> dict[str, Any]:
+        """Online equivalents of the batch features (None: SQL NULL), plus the loaded group
+        columns of ``account_id`` when given."""
+        n = float(st.get("n", 0)) or 1.0
+        nd = float(st.get("distinct", 0)) or 1.0
+        out = {name: fn(st, n, nd) for name, fn in self._feat_fns.items()}
+        if not self._track_iph:
+            out["ip_accounts_median"] = None          # kept only when an item reads it
+        g = self.groups.get(account_id) if account_id is not None else None
+        if g is not None:
+            out.update(g)
+        return out
 
     def _score(self, account_id: str, st: Mapping[str, float], flags: tuple[str, ...],
                cap: str) -> OnlineScore:
-        f = self.features(st)
-        n = f["n_requests"]
-        damp = min(n / self._min_req, 1.0)
-        ev: dict[str, float] = {}
-        for it, code, lo, hi, w in self._items:
-            try:
-                val = float(eval(code, {"__builtins__": {}, **_ALLOWED_FUNCS}, f))  # noqa: S307 - AST-checked
-            except (ArithmeticError, ValueError):
-                val = 0.0
-            ramp = min(max((val - lo) / (hi - lo), 0.0), 1.0)
-            ev[it["name"]] = w * ramp * damp
-        raw = sum(ev.values())
-        score = float(self.calibrator.transform([raw])[0])
-        top = sorted(((v, it) for it, *_ in self._items if (v := ev[it["name"]]) > 0.05),
-                     key=lambda t: -t[0])[: self._max_reasons]
-        reasons = []
+        g = self.groups.get(account_id)
+        contrib, raw, final = self._ev.fn(st, g)
+        score = _score1(self.calibrator, final)
+        n = int(st.get("n", 0))
+
+        def why() -> list[str]:
+            return self._reasons(account_id, st, g, contrib)
+
+        return OnlineScore(account_id, score, raw, n, flags, cap,
+                           _Evidence(self._items, contrib), final_raw=final, _why=why)
+
+    def _reasons(self, account_id: str, st: Mapping[str, float], g: Mapping[str, Any] | None,
+                 contrib: Sequence[float]) -> list[str]:
+        """The batch reasons (``scoring.evidence.reasons_for``) of these contributions."""
+        ev = {f"ev_{it['name']}": v for it, v in zip(self._items, contrib, strict=True)}
+        feat = self.features(st, account_id)
+        k = self._max_reasons
+        rs = reasons_for(feat, ev, {"scoring": {"evidence": list(self._items)}}, k)
         cid = self.campaigns.get(account_id)
-        cs = self.campaign_scores.get(cid) if cid is not None else None
-        if cs is not None and raw >= self._lift_min_raw and cs > score:
-            score = cs                        # lifted by its batch campaign, as in batch
-            reasons.append(f"member of campaign {cid} ({self._campaign_sizes[cid]} linked "
-                           "accounts)")
-        for _, it in top:
-            feat = ALL_FEATURES.get(it["show"])
-            val = f.get(it["show"])
-            reasons.append(it["reason"].format(feat.fmt.format(val) if feat and val is not None
-                                               else val))
-        return OnlineScore(account_id, score, raw, int(n), flags, cap,
-                           reasons[: self._max_reasons], ev)
+        if cid is not None:
+            rs.insert(0, f"member of campaign {cid}")
+        return rs[:k]
 
     def account_score(self, account_id: str, ts: float | None = None) -> OnlineScore:
         """The account's score from its current counters, without recording a request.
 
         What a deployment compares with batch: the score after all traffic so far (with
-        the loaded campaigns). ``ts`` (default: now) is the time of the reading; the state
-        store treats it as activity (it refreshes the idle TTL; an account idle longer
-        than the TTL before ``ts`` reads as new).
+        the loaded group context). ``ts`` (default: now) is the time of the reading; the
+        state store treats it as activity (it refreshes the idle TTL; an account idle
+        longer than the TTL before ``ts`` reads as new). The largest card / system-prompt
+        sets among the account's keys are re-read.
         """
-        st = self.state.update(account_id, AccountUpdate(ts=now_s() if ts is None else ts))
+        st = self.state.update(account_id, AccountUpdate(ts=now_s() if ts is None else ts,
+                                                         cross_max=("card", "sys")))
         return self._score(account_id, st, (), "chat")
 
 
-#: Side keys beside an account's state: flagged prompts (n_elicit), output/input histogram.
-_ELICIT, _RATIOS = "\x1felicit", "\x1fratio"
-_ELICIT_MODEL = "\x1femodel"
+class _Evidence(Mapping[str, float]):
+    """Item name → contribution, built lazily from the compiled function's tuple."""
+
+    __slots__ = ("_items", "_v", "_d")
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], values: Sequence[float]) -> None:
+        self._items, self._v, self._d = items, values, None
+
+    def _dict(self) -> dict[str, float]:
+        if self._d is None:
+            self._d = {it["name"]: v for it, v in zip(self._items, self._v, strict=True)}
+        return self._d
+
+    def __getitem__(self, k: str) -> float:
+        return self._dict()[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._v)
+
+    def __eq__(self, other: object) -> bool:
+        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+
+class _RuleSet:
+    """The signal rules as one RE2 set (the batch engines' regex semantics).
+
+    One pass over the UTF-8 scan text gives every rule that matches anywhere; flags are
+    the first ``n_flags`` patterns, capabilities the rest in priority order. ``max_mem`` is
+    raised so the DFA never runs out of memory on long texts (RE2::Set reports no match
+    then). Without ``google-re2`` the rules run one by one with Python ``re`` (patterns
+    rewritten by :func:`re2_semantics`).
+    """
+
+    def __init__(self, patterns: Sequence[str], n_flags: int) -> None:
+        self._n = n_flags
+        try:
+            import re2
+        except ImportError:  # pragma: no cover - google-re2 is a dependency
+            self._set = None
+            self._re = [re.compile(re2_semantics(p)) for p in patterns]
+            return
+        opts = re2.Options()
+        opts.case_sensitive = False
+        opts.max_mem = 256 << 20
+        self._set = re2.Set.SearchSet(opts)
+        for p in patterns:
+            self._set.Add(p)
+        self._set.Compile()
+
+    def matches(self, scan: str) -> list[int]:
+        if self._set is None:  # pragma: no cover
+            return [i for i, rx in enumerate(self._re) if rx.search(scan)]
+        return self._set.Match(scan.encode("utf-8", "surrogatepass")) or []
+
+    def signals(self, scan: str, has_tools: bool, flag_names: Sequence[str],
+                cap_names: Sequence[str]) -> tuple[tuple[str, ...], str]:
+        hits = self.matches(scan)
+        n = self._n
+        if not hits:
+            return (), ("agentic" if has_tools and "agentic" in cap_names else "chat")
+        hs = sorted(hits)
+        flags = tuple(flag_names[i] for i in hs if i < n)
+        caps = {i - n for i in hs if i >= n}
+        for j, name in enumerate(cap_names):
+            if j in caps or (has_tools and name == "agentic"):
+                return flags, name
+        return flags, "chat"
+
+
+_SUBST_NEEDED = re.compile(r"[@:]|\d")
+
+
+def _subst(text: str) -> str:
+    if _SUBST_NEEDED.search(text) is None:     # no URL, e-mail or number to replace
+        return text
+    return _DIGITS.sub("0", _EMAIL.sub(" <email> ", _URL.sub(" <url> ", text)))
+
+
 #: Width of a log(output/input) histogram bin: the median is within ~1% of the exact one.
 _RATIO_BIN = 0.02
 
 
-def _hist_median(hist: Mapping[str, float]) -> float:
+def _hist_median(hist: Mapping[str, float],
+                 bins: Sequence[tuple[int, str]] | None = None) -> float:
     """Median (interpolated, like SQL ``median``) of the ratios binned in ``hist``.
 
     ``z`` counts zero ratios; ``b<k>`` those with log(ratio) in [k, k + 1) x _RATIO_BIN,
-    taken as spread evenly over the bin (in log space).
+    taken as spread evenly over the bin (in log space). ``bins``: the (k, key) pairs in
+    order, when the caller keeps them.
     """
-    bins = sorted((int(k[1:]), int(v)) for k, v in hist.items() if k[:1] == "b" and v)
+    if bins is None:
+        bins = sorted((int(k[1:]), k) for k in hist if k[:1] == "b")
     zeros = int(hist.get("z", 0))
-    n = zeros + sum(c for _, c in bins)
+    n = int(sum(hist.values()))
     if n == 0:
         return 0.0
-
-    def at(r: int) -> float:          # r-th smallest (0-based)
-        if r < zeros:
-            return 0.0
-        r -= zeros
-        for k, c in bins:
-            if r < c:
-                return math.exp(_RATIO_BIN * (k + (r + 0.5) / c))
-            r -= c
-        return math.exp(_RATIO_BIN * (bins[-1][0] + 1))   # not reached
-
     pos = (n - 1) / 2
     lo = math.floor(pos)
-    v = at(lo)
-    return v + (pos - lo) * (at(lo + 1) - v) if pos > lo else v
+    # the lo-th and (lo + 1)-th smallest (0-based), in one walk over the bins
+    want = (lo, lo + 1) if pos > lo else (lo,)
+    got: list[float] = []
+    seen = zeros
+    for r in want:
+        if r < zeros:
+            got.append(0.0)
+    if len(got) < len(want):
+        for k, key in bins:
+            c = int(hist[key])
+            while len(got) < len(want) and want[len(got)] < seen + c:
+                r = want[len(got)] - seen
+                got.append(math.exp(_RATIO_BIN * (k + (r + 0.5) / c)))
+            if len(got) == len(want):
+                break
+            seen += c
+    v = got[0]
+    return v + (pos - lo) * (got[1] - v) if len(got) > 1 else v
 
 
-_ONLINE_FEATURES = ("n_requests", "cot_rate", "rubric_rate", "censor_rate", "single_turn_share",
-                    "novelty", "hour_entropy", "focus_rate", "template_top_share", "pivot_share",
-                    "account_age_days", "nonstandard_signup", "out_in_ratio",
-                    "high_effort_share", "tools_share", "pivot_window_requests", "n_elicit",
-                    "mean_output_tokens", "partner_hits", "partner_confidence",
-                    "elicit_model_rate", "n_elicit_model")
+class _MedianTracker:
+    """Where the median of a ratio histogram lies, moved as values arrive (O(log bins) per
+    response instead of a sort and a walk). ``z`` (zero ratios) is the first bin.
 
+    :meth:`add` returns False when the histogram changed by more than the one value (e.g.
+    another gateway worker's response): the caller rebuilds the tracker from it.
+    """
 
-def _h(s: str) -> str:
-    return hashlib.blake2b(s.encode("utf-8", "replace"), digest_size=8).hexdigest()
+    __slots__ = ("bins", "idx", "before", "n")
+
+    def __init__(self, hist: Mapping[str, float]) -> None:
+        self.bins = sorted((-(1 << 62), k) if k == "z" else (int(k[1:]), k) for k in hist)
+        self.n = int(sum(hist.values()))
+        self.idx, self.before = 0, 0
+        self._settle(hist)
+
+    def _settle(self, hist: Mapping[str, float]) -> None:
+        lo = (self.n - 1) // 2
+        bins, i, before = self.bins, self.idx, self.before
+        while i > 0 and before > lo:
+            i -= 1
+            before -= int(hist[bins[i][1]])
+        while i < len(bins) - 1 and before + int(hist[bins[i][1]]) <= lo:
+            before += int(hist[bins[i][1]])
+            i += 1
+        self.idx, self.before = i, before
+
+    def add(self, hist: Mapping[str, float], key: str) -> bool:
+        if int(sum(hist.values())) != self.n + 1:
+            return False
+        item = (-(1 << 62), key) if key == "z" else (int(key[1:]), key)
+        p = bisect.bisect_left(self.bins, item)
+        if p == len(self.bins) or self.bins[p] != item:
+            if int(hist[key]) != 1:
+                return False
+            self.bins.insert(p, item)
+            if p <= self.idx and self.n:
+                self.idx += 1
+                self.before += 1
+        elif p < self.idx:
+            self.before += 1
+        self.n += 1
+        self._settle(hist)
+        return True
+
+    def median(self, hist: Mapping[str, float]) -> float:
+        if self.n == 0:
+            return 0.0
+        pos = (self.n - 1) / 2
+        lo = math.floor(pos)
+        k, key = self.bins[self.idx]
+        c = int(hist[key])
+        r = lo - self.before
+
+        def val(k: int, r: int, c: int) -> float:
+            return 0.0 if k < -(1 << 61) else math.exp(_RATIO_BIN * (k + (r + 0.5) / c))
+
+        v = val(k, r, c)
+        if pos == lo:
+            return v
+        if r + 1 < c:
+            v2 = val(k, r + 1, c)
+        else:
+            k2, key2 = self.bins[self.idx + 1]
+            v2 = val(k2, 0, int(hist[key2]))
+        return v + (pos - lo) * (v2 - v)
 
 
 # RE2 (DuckDB's regexp_matches, Spark's rlike) reads \w \d \s \b as ASCII classes; Python's
 # ``re`` reads them as Unicode. Rewritten so both match the same text (``(?i)`` still folds
-# Unicode case in both). Inside a character class only \w \d \s are rewritten.
+# Unicode case in both). Inside a character class only \w \d \s are rewritten. Used where
+# Python ``re`` must stand in for RE2 (elicitation training, no google-re2).
 _RE2_OUT = {"w": r"(?a:\w)", "W": r"(?a:\W)", "b": r"(?a:\b)", "B": r"(?a:\B)",
             "d": "[0-9]", "D": "[^0-9]", "s": r"[\t\n\f\r ]", "S": r"[^\t\n\f\r ]"}
 _RE2_IN_CLASS = {"w": "0-9A-Za-z_", "d": "0-9", "s": r"\t\n\f\r "}
@@ -525,72 +1109,49 @@ def re2_semantics(pattern: str) -> str:
     return "".join(out)
 
 
-# ------------------------------------------------------- literal prefilter (speed only)
-# A rule's regex can only match text that contains, case-insensitively, one of the literals
-# _required_literals finds in its parsed pattern; testing those with ``in`` on folded text is
-# ~10x cheaper than the (?i) regex. Folding reproduces re's case-insensitive equality: simple
-# lowercase (str.lower() but İ → i) plus re's extra equivalences (ſ ~ s, ς ~ σ, ᲀ ~ в ...),
-# mapped to one representative, so the prefilter never hides a match. Without CPython's
-# parser modules the regexes simply always run.
-try:
-    import re._casefix as _casefix
-    import re._constants as _sc
-    import re._parser as _sre_parse
-    _PRE = {cp: chr(cp).lower()[0] for cp in range(0x80, 0x10000) if len(chr(cp).lower()) != 1}
-    _CANON = {cp: min((k, *vs)) for k, vs in _casefix._EXTRA_CASES.items() for cp in (k, *vs)
-              if cp != min((k, *vs))}
-except (ImportError, AttributeError):  # pragma: no cover - other Pythons
-    _sre_parse = None
-    _PRE, _CANON = {}, {}
+def _score1(cal: Calibrator, raw: float) -> float:
+    """``Calibrator.transform`` of one value, without numpy."""
+    z = (raw - cal.raw_threshold_) / cal.raw_scale_
+    z = -50.0 if z < -50.0 else 50.0 if z > 50.0 else z
+    return 1.0 / (1.0 + math.exp(-z))
 
 
-def _fold(s: str) -> str:
-    return s.lower() if s.isascii() else s.translate(_PRE).lower().translate(_CANON)
+# ------------------------------------------------------------------ batch context
+
+def batch_context(con: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(group frame, calibration) of the last batch run on a store connection.
+
+    The frame has, per account in a link community (``community >= 0``), its community,
+    ``g_attach`` and every ``g_*`` column of the ``groups`` table: the ``_score_in``
+    relation :func:`distillguard.scoring.score_accounts` scored (recomputed with
+    ``scoring_input_sql`` when that temporary table is gone). The calibration is
+    ``calibration_used(con)`` (None before any scoring run).
+    """
+    from distillguard.scoring import calibration_used
+    from distillguard.scoring.evidence import scoring_input_sql
+    from distillguard.store import table_exists
+
+    rel = "_score_in" if table_exists(con, "_score_in") else f"({scoring_input_sql()})"
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()]
+    keep = ["account_id", "community", "g_attach",
+            *[c for c in cols if c.startswith("g_") and c != "g_attach"]]
+    frame = con.sql(f"SELECT {', '.join(keep)} FROM {rel} WHERE community >= 0 "
+                    "ORDER BY account_id").pl()
+    cal = calibration_used(con) if table_exists(con, "calibration") else None
+    if cal is not None:     # NaN (not estimated) as null: strict JSON
+        cal = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in cal.items()}
+    return frame, cal
 
 
-def _may_match(lits: tuple[str, ...] | None, low: str) -> bool:
-    return lits is None or any(x in low for x in lits)
-
-
-def _lits(items: Any) -> frozenset[str] | None:
-    """Literals one of which every match of the parsed sequence ``items`` contains, or None."""
-    best: frozenset[str] | None = None
-    run: list[str] = []
-
-    def consider(cand: frozenset[str] | None) -> None:
-        nonlocal best
-        if cand and (best is None or min(map(len, cand)) > min(map(len, best))):
-            best = cand
-
-    for op, av in [*items, (None, None)]:
-        if op is _sc.LITERAL:
-            run.append(chr(av))
-            continue
-        if run:                                   # a run of literals ends here
-            consider(frozenset(["".join(run)]))
-            run = []
-        if op is _sc.SUBPATTERN:
-            consider(_lits(av[-1]))
-        elif op is _sc.ATOMIC_GROUP:
-            consider(_lits(av))
-        elif op is _sc.BRANCH:
-            subs = [_lits(b) for b in av[1]]
-            if all(subs):
-                consider(frozenset().union(*subs))  # type: ignore[arg-type]
-        elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT) and av[0] >= 1:
-            consider(_lits(av[2]))
-    return best
-
-
-def _required_literals(pattern: str) -> tuple[str, ...] | None:
-    """Folded literals of which any match of ``pattern`` contains one; None: no prefilter."""
-    if _sre_parse is None:
-        return None
-    try:
-        lits = _lits(list(_sre_parse.parse(pattern)))
-    except Exception:  # noqa: BLE001 - unparseable here: fall back to the full regex
-        return None
-    return tuple(sorted({_fold(x) for x in lits})) if lits else None
+def write_batch_context(con: Any, out_dir: str | Path) -> None:
+    """``groups.parquet`` and ``calibration.json`` of the last batch run into ``out_dir``:
+    what :meth:`OnlineScorer.load_groups` reads (``distillguard detect`` writes them)."""
+    out = Path(out_dir)
+    frame, cal = batch_context(con)
+    frame.write_parquet(out / GROUPS_FILE)
+    if cal is not None:
+        (out / CALIBRATION_FILE).write_text(json.dumps(cal, indent=2), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------- replay
@@ -603,48 +1164,138 @@ def _epoch(v: Any) -> float | None:
     return float(v)
 
 
-def iter_store_rows(con: Any, batch_rows: int = 50_000) -> Iterator[dict[str, Any]]:
-    """Stored requests in time order, streamed in Arrow record batches (bounded memory)."""
-    from distillguard.features.defs import OUTPUT_TOKENS_SQL
+_ROW_SQL = """
+    SELECT request_id, epoch(ts) AS t, account_id, model, prompt, system, n_user_turns,
+           context_chars, n_tools, reasoning_effort, epoch(account_created) AS created,
+           signup_channel, ip, payment_fingerprint, input_tokens,
+           {output_tokens} AS output_tokens{scan}
+    FROM requests r ORDER BY ts, request_id"""
 
-    reader = con.sql(f"""
-        SELECT request_id, ts, account_id, model, prompt, system, n_user_turns, context_chars,
-               n_tools, reasoning_effort, account_created, signup_channel, input_tokens,
-               {OUTPUT_TOKENS_SQL} AS output_tokens
-        FROM requests r ORDER BY ts, request_id""").to_arrow_reader(batch_rows)
+
+def iter_store_rows(con: Any, batch_rows: int = 50_000, *, cfg: Config | None = None,
+                    elicit: bool = False) -> Iterator[dict[str, Any]]:
+    """Stored requests in time order, streamed in Arrow record batches (bounded memory).
+
+    ``ts`` and ``account_created`` come as epoch seconds (``t``, ``created``). With
+    ``elicit`` each row also has ``elicit_p``: the learned model's probability of its scan
+    text, scored a batch at a time (``scan_probs``, the batch engines' call: same values as
+    one text at a time).
+    """
+    from distillguard.features.defs import OUTPUT_TOKENS_SQL
+    from distillguard.signals.sql import scan_text_sql
+
+    scan = f", {scan_text_sql(cfg or load_config())} AS scan" if elicit else ""
+    reader = con.sql(_ROW_SQL.format(output_tokens=OUTPUT_TOKENS_SQL, scan=scan)
+                     ).to_arrow_reader(batch_rows)
     for batch in reader:
-        yield from batch.to_pylist()
+        if elicit:
+            from distillguard.signals.elicit_model import scan_probs
+
+            probs = scan_probs(batch.column("scan")).tolist()
+            rows = batch.drop_columns(["scan"]).to_pylist()
+            for r, p in zip(rows, probs, strict=True):
+                r["elicit_p"] = p
+            yield from rows
+        else:
+            yield from batch.to_pylist()
+
+
+class BatchRefresh:
+    """The batch pipeline re-run on the requests replayed so far, as a deployment re-running
+    detection on a schedule would.
+
+    One store accumulates the replayed requests (each refresh appends those since the last
+    one) and keeps per-request signals between runs (``signals.enable_incremental``: only
+    new requests get rules, template keys and ``elicit_p``; template ids, features, links,
+    groups and scores are recomputed over everything). After each run the scorer loads the
+    run's groups, calibration and campaigns.
+    """
+
+    def __init__(self, source: Any, scorer: OnlineScorer, cfg: Config) -> None:
+        from distillguard.signals import enable_incremental
+        from distillguard.store import connect
+
+        # its own cursor: the replay streams rows on the source connection meanwhile
+        self.source, self.scorer, self.cfg = source.cursor(), scorer, cfg
+        self.con = connect(None)
+        enable_incremental(self.con)
+        self.upto: float | None = None
+        self.runs: list[dict[str, Any]] = []
+
+    def __call__(self, until: float) -> dict[str, Any]:
+        """Append requests with ``ts < until`` (epoch s), run ``analyse``, load its context."""
+        import time
+
+        from distillguard.api import analyse
+
+        t0 = time.perf_counter()
+        lo = "" if self.upto is None else f"epoch(ts) >= {self.upto!r} AND "
+        new = self.source.sql(f"SELECT * FROM requests WHERE {lo}epoch(ts) < {until!r}"
+                              ).to_arrow_table()
+        self.upto = until
+        self.con.register("_dg_new", new)
+        try:
+            self.con.execute("INSERT INTO requests SELECT * FROM _dg_new")
+        finally:
+            self.con.unregister("_dg_new")
+        n = self.con.execute("SELECT count(*) FROM requests").fetchone()[0]
+        timings: dict[str, float] = {}
+        if n:
+            _, campaigns = analyse(self.con, self.cfg, timings=timings)
+            self.scorer.load_groups(self.con)
+            self.scorer.load_campaigns(campaigns)
+        run = {"until": datetime.fromtimestamp(until, UTC).isoformat().replace("+00:00", "Z"),
+               "requests": int(n), "new_requests": new.num_rows,
+               "communities": len({g.get("community") for g in self.scorer.groups.values()}),
+               "seconds": round(time.perf_counter() - t0, 2),
+               "stages": {k: round(v, 2) for k, v in timings.items() if "." not in k}}
+        self.runs.append(run)
+        return run
+
+    def close(self) -> None:
+        self.con.close()
+        self.source.close()
 
 
 def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
            policy: Policy | None = None, scorer: OnlineScorer | None = None,
            config: Config | None = None,
-           campaigns: Sequence[Mapping[str, Any]] | str | Path | None = None) -> dict[str, Any]:
+           campaigns: Sequence[Mapping[str, Any]] | str | Path | None = None,
+           groups: Any = None, refresh_hours: float | None = None) -> dict[str, Any]:
     """Score logs as if they arrived live; write ``alerts.jsonl`` and ``online_accounts.csv``.
 
     Each ``alerts.jsonl`` line is ``{ts, account_id, campaign_id, score, action, reasons}``
     for a request at which the account's policy action *escalated* (so the first line per
     account is its time-to-detection, and the file stays small). Suspensions are sticky, as
     in the gateway. ``online_accounts.csv`` holds each account's end-of-stream online score
-    (after its last request and response), flag, campaign and peak score: the figures to
-    compare with the batch ``accounts.csv`` of the same traffic.
+    (after its last request and response), flag, campaign, raw and final raw evidence and
+    peak score: the figures to compare with the batch ``accounts.csv`` of the same traffic.
 
-    ``campaigns``: a batch ``campaigns.json`` (path or list) loaded into the scorer first, as
-    a gateway loads the latest batch run's campaigns.
+    ``campaigns`` (a batch ``campaigns.json``) and ``groups`` (a batch results folder, see
+    :meth:`OnlineScorer.load_groups`) load a batch run's context first, as a gateway loads
+    the latest batch run's. ``refresh_hours``: every that many hours of stream time (from
+    the first request) the batch pipeline runs on the requests replayed so far and the
+    scorer loads its groups, calibration and campaigns (:class:`BatchRefresh`); the
+    summary's ``refresh`` lists each run and its cost.
 
     Returns a summary: requests, accounts, alerts, accounts per final action, accounts
-    flagged at the end (``flagged``), and ``transient`` accounts whose score crossed the
-    threshold during the stream but ended below it.
+    flagged at the end (``flagged``), ``transient`` accounts whose score crossed the
+    threshold during the stream but ended below it, and ``seconds``.
     """
+    import time
+
     from distillguard.ingest import ingest_files
     from distillguard.respond.policy import ACTIONS, load_policy
     from distillguard.store import connect
 
+    t_start = time.perf_counter()
     cfg = config or (scorer.cfg if scorer else load_config())
     policy = policy or load_policy()
     scorer = scorer or OnlineScorer(config=cfg)
     if campaigns is not None:
         scorer.load_campaigns(campaigns)
+    if groups is not None:
+        scorer.load_groups(groups)
     paths = [logs] if isinstance(logs, str | Path) else list(logs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -654,25 +1305,42 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     last_ts: dict[str, float] = {}
     peak: dict[str, float] = {}
     n_req = n_alerts = 0
+    refresh = None
+    step = float(refresh_hours) * 3600 if refresh_hours else None
+    next_refresh: float | None = None
+    thr = scorer.threshold
+    sev_of = {a: i for i, a in enumerate(ACTIONS)}
+    observe, observe_response = scorer.observe, scorer.observe_response
     try:
         ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
+        t_ingest = time.perf_counter() - t_start
+        if step:
+            refresh = BatchRefresh(con, scorer, cfg)
         with (out / "alerts.jsonl").open("wb") as fh:
-            for row in iter_store_rows(con):
-                n_req += 1
+            for row in iter_store_rows(con, cfg=cfg, elicit=True):
                 acct = row["account_id"]
-                ts = _epoch(row["ts"]) or 0.0
-                s = scorer.observe(RequestView(
+                ts = row["t"]
+                if step:
+                    if next_refresh is None:
+                        next_refresh = ts + step
+                    while ts >= next_refresh:
+                        refresh(next_refresh)
+                        next_refresh += step
+                n_req += 1
+                s = observe(RequestView(
                     acct, row["model"], ts, row["prompt"] or "", row["system"] or "",
-                    int(row["n_user_turns"] or 0), int(row["context_chars"] or 0),
-                    int(row["n_tools"] or 0), row["reasoning_effort"],
-                    _epoch(row["account_created"]), row["signup_channel"]))
-                scorer.observe_response(acct, row["input_tokens"], row["output_tokens"], ts)
+                    row["n_user_turns"] or 0, row["context_chars"] or 0,
+                    row["n_tools"] or 0, row["reasoning_effort"], row["created"],
+                    row["signup_channel"], row["ip"], row["payment_fingerprint"]),
+                    elicit_p=row["elicit_p"])
+                if row["output_tokens"] is not None:
+                    observe_response(acct, row["input_tokens"], row["output_tokens"], ts)
                 last_ts[acct] = ts
                 if s.score > peak.get(acct, -1.0):
                     peak[acct] = s.score
                 d = decide(policy, scorer, s, acct, ts)
                 final[acct] = d.action
-                sev = ACTIONS.index(d.action)
+                sev = sev_of[d.action]
                 if sev > level.get(acct, 0):
                     level[acct] = sev
                     n_alerts += 1
@@ -683,26 +1351,41 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                         "reasons": s.reasons}) + b"\n")
     finally:
         con.close()
+        if refresh is not None:
+            refresh.close()
     n_flagged = n_transient = 0
     with (out / "online_accounts.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["account_id", "score", "flagged", "campaign_id", "raw", "n_requests",
-                    "peak_score", "reasons"])
+        w.writerow(["account_id", "score", "flagged", "campaign_id", "raw", "final_raw",
+                    "n_requests", "peak_score", "reasons"])
         for acct in sorted(last_ts):
             e = scorer.account_score(acct, last_ts[acct])
-            flagged = e.score >= scorer.threshold
+            flagged = e.score >= thr
             n_flagged += flagged
-            n_transient += (not flagged) and peak[acct] >= scorer.threshold
+            n_transient += (not flagged) and peak[acct] >= thr
             w.writerow([acct, f"{e.score:.6f}", "true" if flagged else "false",
-                        scorer.campaigns.get(acct, ""), f"{e.raw:.6f}", e.n_requests,
-                        f"{max(peak[acct], e.score):.6f}", "; ".join(e.reasons)])
+                        scorer.campaigns.get(acct, ""), f"{e.raw:.6f}", f"{e.final_raw:.6f}",
+                        e.n_requests, f"{max(peak[acct], e.score):.6f}", "; ".join(e.reasons)])
     by_action: dict[str, int] = {}
     for a in final.values():
         by_action[a] = by_action.get(a, 0) + 1
-    return {"requests": n_req, "accounts": len(final), "alerts": n_alerts,
-            "final_actions": by_action, "flagged": n_flagged, "transient": n_transient,
-            "campaigns_loaded": len(scorer.campaign_scores),
-            "policy_version": policy.version, "skipped_evidence": scorer.skipped}
+    secs = time.perf_counter() - t_start
+    summary: dict[str, Any] = {
+        "requests": n_req, "accounts": len(final), "alerts": n_alerts,
+        "final_actions": by_action, "flagged": n_flagged, "transient": n_transient,
+        "campaigns_loaded": len(set(scorer.campaigns.values())),
+        "group_accounts_loaded": len(scorer.groups),
+        "calibration": scorer.calibration,
+        "policy_version": policy.version, "skipped_evidence": scorer.skipped,
+        "seconds": round(secs, 2),
+        "requests_per_second": round(n_req / secs, 1) if secs > 0 else None}
+    if refresh is not None:
+        rs = refresh.runs
+        summary["refresh"] = {"hours": refresh_hours, "runs": len(rs),
+                              "seconds": round(sum(r["seconds"] for r in rs), 2),
+                              "each": rs}
+        summary["seconds_stream"] = round(secs - t_ingest - summary["refresh"]["seconds"], 2)
+    return summary
 
 
 def decide(policy: Policy, scorer: OnlineScorer, s: OnlineScore, account_id: str,

@@ -1,10 +1,19 @@
 """Online per-account state: an in-process store and a Redis store with the same interface.
 
 State per account is a flat hash of counters (``n``, ``cot``, ``h07`` ...), a distinct-prompt
-counter (exact set in process; HyperLogLog in Redis), and template-key counts. Every account
-key carries a TTL refreshed on each request (``ttl_s``): state is a window "since the account
-became active, until it has been idle for ttl_s". Several gateway workers share one Redis so
-an account spread over workers is scored on all its traffic.
+counter (exact set in process; HyperLogLog in Redis), named distinct sets (``d:<name>`` in
+the hash holds each one's size: per-flag prompts, re-run keys, network prefixes) and
+template-key counts. Every account key carries a TTL refreshed on each request (``ttl_s``):
+state is a window "since the account became active, until it has been idle for ttl_s".
+Several gateway workers share one Redis so an account spread over workers is scored on all
+its traffic.
+
+Cross-account state: per (kind, key) — an address, a payment fingerprint, a system-prompt
+key — the set of accounts seen with it (HyperLogLog in Redis), with its own idle TTL. An
+update adding the account to such a set gets its size back (``x:<kind>``) and counts the
+request as shared (``xs:<kind>``) when it is 2 or more; for the kinds in ``cross_max`` the
+account remembers its keys and ``xm:<kind>`` is the largest set among them, re-read on
+every update.
 
 Global state: the store's start time ``t0`` and each model's first-seen time (for the 24 h
 new-model pivot evidence), a per-minute request counter (throttle) and sticky suspensions.
@@ -15,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,13 +38,30 @@ __all__ = ["AccountUpdate", "MemoryState", "RedisState", "StateStore"]
 
 @dataclass
 class AccountUpdate:
-    """Increments for one request; ``sets`` are write-once values (first writer wins)."""
+    """Changes for one request.
+
+    ``incr``: counter increments; ``sets``: write-once values (first writer wins);
+    ``maxs``: values kept at their maximum; ``prompt_hash``: member of the distinct-prompt
+    set (``distinct``); ``distinct``: set name → member of that named distinct set (its
+    size is ``d:<name>``); ``cross``: kind → key of a cross-account set the account joins
+    (``x:<kind>`` its size now, ``xs:<kind>`` requests that found it shared);
+    ``cross_max``: kinds whose largest set among the account's keys is read into
+    ``xm:<kind>``; ``hist``: (name, bin) counted in the account's histogram ``name``;
+    ``cross_hist``: kinds whose set size is counted in histogram ``x:<kind>`` (bin
+    ``c<size>``). A histogram touched by the update is returned under ``\x1fh:<name>``.
+    """
 
     incr: dict[str, int] = field(default_factory=dict)
     sets: dict[str, float] = field(default_factory=dict)
     prompt_hash: str = ""
     template_keys: tuple[str, ...] = ()
     ts: float = 0.0
+    maxs: dict[str, float] = field(default_factory=dict)
+    distinct: dict[str, str] = field(default_factory=dict)
+    cross: dict[str, str] = field(default_factory=dict)
+    cross_max: tuple[str, ...] = ()
+    hist: tuple[str, str] | None = None
+    cross_hist: tuple[str, ...] = ()
 
 
 class StateStore(Protocol):
@@ -64,52 +89,122 @@ class StateStore(Protocol):
         """Lift a suspension."""
 
 
+class _Acct:
+    """One account's in-process state."""
+
+    __slots__ = ("st", "prompts", "sets", "tpl", "xkeys", "hists", "seen")
+
+    def __init__(self) -> None:
+        self.st: dict[str, float] = {}
+        self.prompts: set[str] = set()
+        self.sets: dict[str, set[str]] = {}
+        self.tpl: dict[str, int] = {}
+        self.xkeys: dict[str, set[str]] = {}
+        self.hists: dict[str, dict[str, int]] = {}
+        self.seen: float | None = None
+
+
 class MemoryState:
-    """In-process store (one gateway worker, tests, replay). Thread-safe."""
+    """In-process store (one gateway worker, tests, replay). Thread-safe.
+
+    :meth:`update` returns the account's live counter dict (read it, do not keep it across
+    updates of the same account).
+    """
 
     def __init__(self, ttl_s: int = 7 * 86400) -> None:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._acct: dict[str, dict[str, float]] = {}
-        self._prompts: dict[str, set[str]] = defaultdict(set)
-        self._tpl: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._seen: dict[str, float] = {}
+        self._acct: dict[str, _Acct] = {}
+        self._cross: dict[tuple[str, str], list[Any]] = {}     # (kind, key) → [accounts, seen]
         self._t0: float | None = None
         self._models: dict[str, float] = {}
         self._rate: dict[tuple[str, int], int] = {}
         self._susp: dict[str, dict[str, Any]] = {}
 
-    def _expire(self, account_id: str, now: float) -> None:
-        last = self._seen.get(account_id)
-        if last is not None and now - last > self.ttl_s:
-            self._acct.pop(account_id, None)
-            self._prompts.pop(account_id, None)
-            self._tpl.pop(account_id, None)
+    def _cross_set(self, kind: str, key: str, now: float) -> set[str] | None:
+        x = self._cross.get((kind, key))
+        if x is None:
+            return None
+        if now - x[1] > self.ttl_s:          # idle longer than the TTL: gone, as in Redis
+            del self._cross[(kind, key)]
+            return None
+        return x[0]
 
     def update(self, account_id: str, u: AccountUpdate) -> dict[str, float]:
+        ts = u.ts
         with self._lock:
-            self._expire(account_id, u.ts)
-            self._seen[account_id] = u.ts
-            st = self._acct.setdefault(account_id, {})
+            rec = self._acct.get(account_id)
+            if rec is None or (rec.seen is not None and ts - rec.seen > self.ttl_s):
+                rec = self._acct[account_id] = _Acct()
+            rec.seen = ts
+            st = rec.st
             for k, v in u.incr.items():
                 st[k] = st.get(k, 0) + v
             for k, v in u.sets.items():
-                st.setdefault(k, v)
+                if k not in st:
+                    st[k] = v
+            for k, v in u.maxs.items():
+                if v is not None and (k not in st or v > st[k]):
+                    st[k] = v
             if u.prompt_hash:
-                self._prompts[account_id].add(u.prompt_hash)
-            tpl = self._tpl[account_id]
-            for key in u.template_keys:
-                tpl[key] += 1
-                if tpl[key] > st.get("tpl_top", 0):
-                    st["tpl_top"] = tpl[key]
-            out = dict(st)
-            out["distinct"] = len(self._prompts[account_id])
-            return out
+                rec.prompts.add(u.prompt_hash)
+            st["distinct"] = len(rec.prompts)
+            for name, member in u.distinct.items():
+                ds = rec.sets.get(name)
+                if ds is None:
+                    ds = rec.sets[name] = set()
+                ds.add(member)
+                st["d:" + name] = len(ds)
+            if u.template_keys:
+                tpl = rec.tpl
+                for key in u.template_keys:
+                    c = tpl[key] = tpl.get(key, 0) + 1
+                    if c > st.get("tpl_top", 0):
+                        st["tpl_top"] = c
+            for kind, key in u.cross.items():
+                x = self._cross.get((kind, key))
+                if x is None or ts - x[1] > self.ttl_s:
+                    x = self._cross[(kind, key)] = [set(), ts]
+                x[1] = ts
+                x[0].add(account_id)
+                c = len(x[0])
+                st["x:" + kind] = c
+                if c >= 2:
+                    st["xs:" + kind] = st.get("xs:" + kind, 0) + 1
+                if kind in u.cross_max:
+                    ks = rec.xkeys.get(kind)
+                    if ks is None:
+                        ks = rec.xkeys[kind] = set()
+                    ks.add(key)
+                if kind in u.cross_hist:
+                    self._hist(rec, st, "x:" + kind, f"c{c}")
+            if u.hist is not None:
+                self._hist(rec, st, *u.hist)
+            for kind in u.cross_max:
+                ks = rec.xkeys.get(kind)
+                if ks:
+                    best = 0
+                    for key in ks:
+                        xs = self._cross_set(kind, key, ts)
+                        if xs is not None and len(xs) > best:
+                            best = len(xs)
+                    st["xm:" + kind] = best
+            return st
+
+    @staticmethod
+    def _hist(rec: _Acct, st: dict[str, Any], name: str, key: str) -> None:
+        h = rec.hists.get(name)
+        if h is None:
+            h = rec.hists[name] = {}
+            st["\x1fh:" + name] = h            # live: later updates show in it
+        h[key] = h.get(key, 0) + 1
 
     def add_float(self, account_id: str, key: str, value: float) -> None:
         with self._lock:
-            st = self._acct.setdefault(account_id, {})
-            st[key] = st.get(key, 0.0) + value
+            rec = self._acct.get(account_id)
+            if rec is None:
+                rec = self._acct[account_id] = _Acct()
+            rec.st[key] = rec.st.get(key, 0.0) + value
 
     def globals(self, model: str, ts: float) -> tuple[float, dict[str, float]]:
         with self._lock:
@@ -138,16 +233,29 @@ class MemoryState:
             self._susp.pop(account_id, None)
 
 
-# One round trip for a request's account update (was a pipeline plus a separate HSET for the
-# template top count, which could under-count under concurrent writers): increments,
-# write-once sets, distinct-prompt HLL, template counts and their top (atomic here), then the
-# counters, the distinct count and the suspension record read back, TTLs refreshed.
+# One round trip for a request's account update: increments, write-once sets, maxima,
+# distinct-prompt HLL, template counts and their top (atomic here), the named distinct sets
+# (HLL ``<a>:d:<name>``, size into ``d:<name>``), the cross-account sets (HLL
+# ``<prefix>x:<kind>:<key>`` holding account ids; the account's own keys of a ``cross_max``
+# kind in the set ``<a>:xk:<kind>``, the largest of them into ``xm:<kind>``), then the
+# counters, the distinct count, the suspension record and the cross-set sizes read back, TTLs
+# refreshed. Keys built inside the script (named sets, cross sets) are not declared in KEYS:
+# fine on one Redis, not on Redis Cluster.
 _UPDATE_LUA = """
 local a, hp, ht = KEYS[1], KEYS[2], KEYS[3]
+local ttl = ARGV[1]
 local i = 2
 for _ = 1, tonumber(ARGV[i]) do redis.call('HINCRBY', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
 i = i + 1
 for _ = 1, tonumber(ARGV[i]) do redis.call('HSETNX', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  local cur = redis.call('HGET', a, ARGV[i + 1])
+  if (not cur) or tonumber(ARGV[i + 2]) > tonumber(cur) then
+    redis.call('HSET', a, ARGV[i + 1], ARGV[i + 2])
+  end
+  i = i + 2
+end
 i = i + 1
 if ARGV[i] ~= '' then redis.call('PFADD', hp, ARGV[i]) end
 i = i + 1
@@ -160,10 +268,63 @@ end
 if top > tonumber(redis.call('HGET', a, 'tpl_top') or '0') then
   redis.call('HSET', a, 'tpl_top', top)
 end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  local k = a .. ':d:' .. ARGV[i + 1]
+  redis.call('PFADD', k, ARGV[i + 2])
+  redis.call('HSET', a, 'd:' .. ARGV[i + 1], redis.call('PFCOUNT', k))
+  redis.call('EXPIRE', k, ttl)
+  i = i + 2
+end
+local xp, acct = ARGV[i + 1], ARGV[i + 2]
+i = i + 3
+local xc, hs = {}, {}
+for _ = 1, tonumber(ARGV[i]) do
+  local kind, key = ARGV[i + 1], ARGV[i + 2]
+  local xk = xp .. kind .. ':' .. key
+  redis.call('PFADD', xk, acct)
+  local c = redis.call('PFCOUNT', xk)
+  redis.call('EXPIRE', xk, ttl)
+  xc[#xc + 1] = kind
+  xc[#xc + 1] = c
+  if c >= 2 then redis.call('HINCRBY', a, 'xs:' .. kind, 1) end
+  if ARGV[i + 3] == '1' then redis.call('SADD', a .. ':xk:' .. kind, key) end
+  if ARGV[i + 4] == '1' then
+    local hk = a .. ':h:x:' .. kind
+    redis.call('HINCRBY', hk, 'c' .. c, 1)
+    redis.call('EXPIRE', hk, ttl)
+    hs[#hs + 1] = 'x:' .. kind
+    hs[#hs + 1] = redis.call('HGETALL', hk)
+  end
+  i = i + 4
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  local kind = ARGV[i + 1]
+  local ks = a .. ':xk:' .. kind
+  local members = redis.call('SRANDMEMBER', ks, 64)
+  if #members > 0 then
+    local best = 0
+    for _, key in ipairs(members) do
+      local c = redis.call('PFCOUNT', xp .. kind .. ':' .. key)
+      if c > best then best = c end
+    end
+    redis.call('HSET', a, 'xm:' .. kind, best)
+    redis.call('EXPIRE', ks, ttl)
+  end
+  i = i + 1
+end
+if ARGV[i + 1] ~= '' then
+  local hk = a .. ':h:' .. ARGV[i + 1]
+  redis.call('HINCRBY', hk, ARGV[i + 2], 1)
+  redis.call('EXPIRE', hk, ttl)
+  hs[#hs + 1] = ARGV[i + 1]
+  hs[#hs + 1] = redis.call('HGETALL', hk)
+end
 local h = redis.call('HGETALL', a)
 local d = redis.call('PFCOUNT', hp)
-for _, k in ipairs({a, hp, ht}) do redis.call('EXPIRE', k, ARGV[1]) end
-return {h, d, redis.call('GET', KEYS[4])}
+for _, k in ipairs({a, hp, ht}) do redis.call('EXPIRE', k, ttl) end
+return {h, d, redis.call('GET', KEYS[4]), xc, hs}
 """
 
 
@@ -264,20 +425,79 @@ class RedisState:
                 pipe.pfadd(hp, u.prompt_hash)
             for key in u.template_keys:
                 pipe.hincrby(ht, key, 1)
+            for name, member in u.distinct.items():
+                pipe.pfadd(f"{a}:d:{name}", member)
+                pipe.pfcount(f"{a}:d:{name}")
+                pipe.expire(f"{a}:d:{name}", self.ttl_s)
+            for kind, key in u.cross.items():
+                xk = f"{self.p}x:{kind}:{key}"
+                pipe.pfadd(xk, account_id)
+                pipe.pfcount(xk)
+                pipe.expire(xk, self.ttl_s)
+                if kind in u.cross_max:
+                    pipe.sadd(f"{a}:xk:{kind}", key)
+            for kind in u.cross_max:
+                pipe.srandmember(f"{a}:xk:{kind}", 64)
             pipe.hgetall(a)
             pipe.pfcount(hp)
             for k in (a, hp, ht):
                 pipe.expire(k, self.ttl_s)
-            res = pipe.execute()[skip:]
-            nt = len(u.template_keys)
-            base = len(u.incr) + len(u.sets) + (1 if u.prompt_hash else 0)
-            tpl_counts = res[base:base + nt]
-            st = {k: float(v) for k, v in res[base + nt].items()}
-            st["distinct"] = float(res[base + nt + 1])
-            top = max([int(c) for c in tpl_counts] or [0])
+            res = iter(pipe.execute()[skip:])
+            for _ in range(len(u.incr) + len(u.sets) + (1 if u.prompt_hash else 0)):
+                next(res)
+            top = max([int(next(res)) for _ in u.template_keys] or [0])
+            later: dict[str, Any] = {}
+            for name in u.distinct:
+                next(res)
+                later["d:" + name] = int(next(res))
+                next(res)
+            xc: dict[str, float] = {}
+            for kind in u.cross:
+                next(res)
+                xc["x:" + kind] = c = float(next(res))
+                next(res)
+                if kind in u.cross_max:
+                    next(res)
+                if c >= 2:
+                    later.setdefault("+xs:" + kind, 0)
+                    later["+xs:" + kind] += 1
+            members = {kind: next(res) for kind in u.cross_max}
+            st = {k: float(v) for k, v in next(res).items()}
+            st["distinct"] = float(next(res))
+            for k, v in u.maxs.items():
+                if v is not None and (k not in st or v > st[k]):
+                    later[k] = st[k] = float(v)
             if top > st.get("tpl_top", 0):
-                self.r.hset(a, "tpl_top", top)
-                st["tpl_top"] = top
+                later["tpl_top"] = st["tpl_top"] = top
+            for kind, ms in members.items():
+                if ms:
+                    p2 = self.r.pipeline(transaction=False)
+                    for key in ms:
+                        p2.pfcount(f"{self.p}x:{kind}:{key}")
+                    later["xm:" + kind] = st["xm:" + kind] = max(int(c) for c in p2.execute())
+            p3 = self.r.pipeline(transaction=False)
+            for k, v in later.items():
+                if k.startswith("+"):
+                    p3.hincrby(a, k[1:], v)
+                    st[k[1:]] = st.get(k[1:], 0.0) + v
+                else:
+                    p3.hset(a, k, v)
+                    st[k] = float(v)
+            if later:
+                p3.execute()
+            st.update(xc)
+            hists = [("x:" + k, f"c{int(xc['x:' + k])}") for k in u.cross if k in u.cross_hist]
+            if u.hist is not None:
+                hists.append(u.hist)
+            if hists:
+                p4 = self.r.pipeline(transaction=False)
+                for name, key in hists:
+                    p4.hincrby(f"{a}:h:{name}", key, 1)
+                    p4.expire(f"{a}:h:{name}", self.ttl_s)
+                    p4.hgetall(f"{a}:h:{name}")
+                res4 = p4.execute()
+                for j, (name, _) in enumerate(hists):
+                    st["\x1fh:" + name] = {k: int(v) for k, v in res4[3 * j + 2].items()}
             return st
 
         return self._run(go)
@@ -293,7 +513,19 @@ class RedisState:
         args.append(len(u.sets))
         for k, v in u.sets.items():
             args += [k, v]
+        args.append(len(u.maxs))
+        for k, v in u.maxs.items():
+            args += [k, repr(float(v))]
         args += [u.prompt_hash or "", len(u.template_keys), *u.template_keys]
+        args.append(len(u.distinct))
+        for k, v in u.distinct.items():
+            args += [k, v]
+        args += [f"{self.p}x:", account_id, len(u.cross)]
+        for k, v in u.cross.items():
+            args += [k, v, "1" if k in u.cross_max else "0", "1" if k in u.cross_hist else "0"]
+        args.append(len(u.cross_max))
+        args += list(u.cross_max)
+        args += list(u.hist) if u.hist is not None else ["", ""]
 
         keys = [a, hp, ht, f"{self.p}s:{account_id}"]
 
@@ -308,10 +540,17 @@ class RedisState:
                 self._script = self.r.script_load(_UPDATE_LUA)
                 return self.r.evalsha(self._script, 4, *keys, *args)
 
-        flat, distinct, susp = self._run(go)
+        flat, distinct, susp, xc, hs = self._run(go)
         it = iter(flat)
-        st = {k: float(v) for k, v in zip(it, it, strict=True)}
+        st: dict[str, Any] = {k: float(v) for k, v in zip(it, it, strict=True)}
         st["distinct"] = float(distinct)
+        it = iter(xc)
+        for kind, c in zip(it, it, strict=True):
+            st["x:" + kind] = float(c)
+        it = iter(hs)
+        for name, flat_h in zip(it, it, strict=True):
+            ih = iter(flat_h)
+            st["\x1fh:" + name] = {k: int(v) for k, v in zip(ih, ih, strict=True)}
         stash = getattr(self._local, "susp", None)
         if stash is None or len(stash) > 8:
             stash = self._local.susp = {}
