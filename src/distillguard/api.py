@@ -101,8 +101,10 @@ def calibration_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: pl.DataFrame,
                   campaigns: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """accounts.csv, campaigns.json and (given the full store) report.html into ``out_dir``."""
+    """accounts.csv, campaigns.json and (given the full store) report.html, groups.parquet
+    and calibration.json (the online scorer's batch context) into ``out_dir``."""
     from distillguard.report import write_report
+    from distillguard.respond.online import write_batch_context
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "accounts.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -115,6 +117,7 @@ def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: 
         json.dumps(campaigns, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     if con is not None:
         write_report(out_dir / "report.html", con, campaigns, summary)
+        write_batch_context(con, out_dir)
 
 
 #: ``detect``'s default store: ``store.duckdb`` in the output folder.
