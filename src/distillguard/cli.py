@@ -266,7 +266,12 @@ def bench(
     world_size: Annotated[str, typer.Option(help="bench | ci (small worlds)")] = "bench",
     replay: Annotated[bool, typer.Option(
         help="With --worlds: replay every report world through the online scorer")] = True,
-    jobs: Annotated[int, typer.Option(help="With --worlds: report worlds run in parallel")] = 2,
+    jobs: Annotated[int, typer.Option(help="With --worlds: worlds run in parallel")] = 2,
+    tune_worlds: Annotated[int | None, typer.Option(
+        help="With --worlds: how many of them are tune worlds (default a quarter)")] = None,
+    refit: Annotated[bool, typer.Option(
+        help="With --worlds: fit the evidence weights on the tune worlds (else only the "
+        "calibration; the config's weights stay)")] = True,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -278,7 +283,7 @@ def bench(
     names = [b for b in baselines.split(",") if b]
     if worlds is not None:
         _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
-                      timing, names, replay, jobs)
+                      timing, names, replay, jobs, tune_worlds, refit)
         return
     kw = dict(scenario=scenario, seed=seed, legit=legit_corpus or None,
               distill=distill_corpus or None, timing=timing or None, baselines=names,
@@ -382,7 +387,8 @@ def bench(
 
 
 def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
-                  timing: Any, baselines: list[str], replay: bool, jobs: int) -> None:
+                  timing: Any, baselines: list[str], replay: bool, jobs: int,
+                  n_tune: int | None, refit: bool) -> None:
     from distillguard.bench.worlds import AGG_METRICS, bench_worlds
 
     try:
@@ -390,7 +396,7 @@ def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: 
             res = bench_worlds(out, n_worlds=n, worlds_seed=seed, size=size,
                                legit=legit or None, distill=distill or None,
                                timing=timing or None, baselines=baselines, replay=replay,
-                               jobs=jobs, progress=prog)
+                               jobs=jobs, n_tune=n_tune, refit=refit, progress=prog)
     except (DistillguardError, ValueError) as exc:
         _fail(exc)
     agg = res["aggregate"]

@@ -101,8 +101,33 @@ def _baseline_params(det: Any) -> dict[str, Any]:
     return out
 
 
+def _tune_job(args: tuple) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None, float]:
+    """One tune world through the pipeline: (design frame, labels, benign requests, s)."""
+    from distillguard.api import analyse
+    from distillguard.bench.run import requests_frame
+    from distillguard.scoring.fit import design_frame
+
+    d, cfg, with_requests, threads = args
+    if threads:
+        os.environ["DISTILLGUARD_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
+    labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
+    con = _store(logs, cfg)
+    try:
+        analyse(con, cfg)
+        design = design_frame(con, cfg)
+        req = (requests_frame(con).join(labels.filter(pl.col("label") != "distill")
+                                        .select("account_id"), on="account_id")
+               if with_requests else None)
+    finally:
+        con.close()
+    return design, labels, req, time.perf_counter() - t0
+
+
 def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = (),
-             progress: Progress | None = None, fit_weights: bool = True) -> Fitted:
+             progress: Progress | None = None, fit_weights: bool = True,
+             jobs: int = 1) -> Fitted:
     """Fit our evidence weights and calibration, and the baselines, on the tune worlds.
 
     Each tune world runs the pipeline up to linking; the evidence weights are fitted on the
@@ -111,41 +136,26 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
     False only the calibration is fitted (the config's weights stay). Baselines fit on the
     pooled legitimate requests.
     """
-    from distillguard.api import analyse
-    from distillguard.bench.run import make_baseline, requests_frame
+    from distillguard.bench.run import make_baseline
     from distillguard.scoring import Calibrator
     from distillguard.scoring.evidence import item_weight
-    from distillguard.scoring.fit import (
-        FittedWeights,
-        design_frame,
-        fit_detector,
-        overlay,
-        raw_scores,
-    )
+    from distillguard.scoring.fit import FittedWeights, fit_detector, overlay, raw_scores
 
     say = progress.done if progress else (lambda *a, **k: None)
-    designs: list[pl.DataFrame] = []
-    labels_l: list[pl.DataFrame] = []
-    req_frames: list[pl.DataFrame] = []
-    names = []
-    for d in tune_dirs:
-        d = Path(d)
-        t0 = time.perf_counter()
-        logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
-        labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
-        con = _store(logs, cfg)
-        try:
-            analyse(con, cfg)
-            designs.append(design_frame(con, cfg))
-            labels_l.append(labels)
-            if baselines:
-                req_frames.append(requests_frame(con).join(
-                    labels.filter(pl.col("label") != "distill").select("account_id"),
-                    on="account_id"))
-        finally:
-            con.close()
-        names.append(d.name)
-        say(f"tune {d.name}", time.perf_counter() - t0)
+    args = [(Path(d), cfg, bool(baselines), 1 if jobs > 1 else 0) for d in tune_dirs]
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            parts = list(ex.map(_tune_job, args))
+    else:
+        parts = [_tune_job(a) for a in args]
+    designs = [p[0] for p in parts]
+    labels_l = [p[1] for p in parts]
+    req_frames = [p[2] for p in parts if p[2] is not None]
+    names = [Path(d).name for d in tune_dirs]
+    for n, p in zip(names, parts, strict=True):
+        say(f"tune {n}", p[3])
     target = float(cfg["scoring"]["target_fpr"])
     if fit_weights:
         fw, cal = fit_detector(designs, labels_l, cfg)
@@ -593,10 +603,14 @@ def bench_worlds(
     baselines: Sequence[str] = (),
     replay: bool = True,
     jobs: int = 1,
+    refit: bool = True,
     config: Config | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Draw, fit on tune worlds, report on the others; write tables, CSVs and plots.
+
+    ``refit``: fit the evidence weights on the tune worlds too (else keep the config's
+    weights, themselves fitted on other tune worlds, and fit only the calibration).
 
     ``report_seed`` (default ``worlds_seed``) seeds the report worlds alone, so the report set
     can change while the tune set, and therefore everything fitted, stays the same.
@@ -622,7 +636,7 @@ def bench_worlds(
         d = out / "tune" / spec.world_id
         _simulate(spec, d, corpora)
         tune_dirs.append(d)
-    fitted = fit_tune(tune_dirs, cfg, baselines)
+    fitted = fit_tune(tune_dirs, cfg, baselines, fit_weights=refit, jobs=jobs)
     tick(n_tune)
     (out / "fitted.json").write_text(json.dumps(fitted.to_json(), indent=2, sort_keys=True,
                                                 default=str))
@@ -665,7 +679,7 @@ def bench_worlds(
 
 def fit_worlds(out_dir: str | Path, *, n_worlds: int = 8, worlds_seed: int = 1,
                size: str = "bench", legit: Any = None, distill: Any = None, timing: Any = None,
-               config: Config | None = None, progress: Progress | None = None
+               config: Config | None = None, progress: Progress | None = None, jobs: int = 2
                ) -> dict[str, Any]:
     """Draw ``n_worlds`` *tune* worlds, fit the evidence weights and calibration on them
     (:func:`fit_tune`) and return the config overlay; how the shipped weights are made."""
@@ -681,7 +695,7 @@ def fit_worlds(out_dir: str | Path, *, n_worlds: int = 8, worlds_seed: int = 1,
         _simulate(spec, out / spec.world_id, corpora)
         dirs.append(out / spec.world_id)
         tick(1)
-    fitted = fit_tune(dirs, cfg)
+    fitted = fit_tune(dirs, cfg, jobs=jobs)
     over = fitted.overlay
     over["scoring"]["calibration"]["fitted_on"] = (
         f"{n_worlds} tune worlds (distillguard fit --worlds {n_worlds} --worlds-seed "

@@ -7,7 +7,8 @@ infrastructure (addresses, cards), a shared client (system prompt, template), ro
 proxy exits, accounts created in a burst. Legitimate groups usually share one channel (a
 campus NAT and its grant card, a framework's system prompt, a family card); the
 coordination figure ``g_coordination`` therefore counts the channels *beyond* the
-strongest one, which the group's own reason to exist explains.
+strongest one, which the group's own reason to exist explains; accounts that declare one
+organisation explain all their channels (one customer acting openly is not concealment).
 
 Every column is computed from the per-account ``features`` table, the ``communities`` and
 the account keys the links were built from, so both engines run the same SQL on the
@@ -45,7 +46,8 @@ GROUP_COLUMNS = {
     "g_sync_z": "standard score of its members' co-activity against their own days shuffled",
     "g_sync": "g_sync_z ramped to [0, 1] (`sync_z_lo` to `sync_z_hi`): the timing channel",
     "g_coordination": "coordination channels beyond the strongest one: infrastructure, "
-                      "client, rotating exits, creation burst, timing (each 0-1, sum 0-4)",
+                      "client, rotating exits, creation burst, timing (each 0-1, sum 0-4), "
+                      "times the share of accounts *not* in one declared organisation",
 }
 
 
@@ -110,9 +112,9 @@ g AS (
   FROM base LEFT JOIN cover USING (community) LEFT JOIN burst USING (community)
 )
 SELECT g.*, coalesce(sy.g_sync_z, 0.0) AS g_sync_z, coalesce(sy.g_sync, 0.0) AS g_sync,
-  g_cover_infra + g_cover_client + g_rotation + g_burst + coalesce(sy.g_sync, 0.0)
-    - greatest(g_cover_infra, g_cover_client, g_rotation, g_burst, coalesce(sy.g_sync, 0.0))
-    AS g_coordination
+  (g_cover_infra + g_cover_client + g_rotation + g_burst + coalesce(sy.g_sync, 0.0)
+    - greatest(g_cover_infra, g_cover_client, g_rotation, g_burst, coalesce(sy.g_sync, 0.0)))
+    * (1 - g_cover_org) AS g_coordination
 FROM g LEFT JOIN {sync or "(SELECT NULL::BIGINT AS community, NULL::DOUBLE AS g_sync_z, NULL::DOUBLE AS g_sync WHERE false)"} sy USING (community)
 """
 
