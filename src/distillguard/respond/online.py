@@ -104,6 +104,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from xxhash import xxh3_64_hexdigest as _xxh
 
 from distillguard.config import Config, load_config
 from distillguard.respond._errors import RespondError
@@ -496,11 +497,21 @@ def ip_prefix(ip: str | None, ip4_prefix: int = 24) -> str | None:
     ``/32``), IPv6 /48, else the address itself; None for a missing address."""
     if ip is None:
         return None
-    if _IP4.fullmatch(ip):
-        return _IP4.fullmatch(ip).group(1) + ".0/24" if ip4_prefix == 24 else ip + "/32"
-    low = ip.lower()
-    m = _IP6.match(low)
-    return m.group(1) + "::/48" if m else ip
+    k = _PREFIXES.get((ip, ip4_prefix))
+    if k is None:
+        if len(_PREFIXES) > 100_000:
+            _PREFIXES.clear()
+        m = _IP4.fullmatch(ip)
+        if m:
+            k = m.group(1) + ".0/24" if ip4_prefix == 24 else ip + "/32"
+        else:
+            m = _IP6.match(ip.lower())
+            k = m.group(1) + "::/48" if m else ip
+        _PREFIXES[(ip, ip4_prefix)] = k
+    return k
+
+
+_PREFIXES: dict[tuple[str, int], str] = {}
 
 
 def system_key(system: str | None) -> str | None:
@@ -523,7 +534,9 @@ _SYS_KEYS: dict[str, str] = {}
 
 
 def _h(s: str) -> str:
-    return hashlib.blake2b(s.encode("utf-8", "replace"), digest_size=8).hexdigest()
+    """64-bit key of a text (prompt hashes, template keys): state-internal, not the batch
+    md5; only equality matters."""
+    return _xxh(s.encode("utf-8", "surrogatepass"))
 
 
 class OnlineScorer:
@@ -707,17 +720,19 @@ class OnlineScorer:
         cut = self._cut
         if len(p) > 2 * cut:
             p = p[:cut] + " … " + p[-cut:]
-        words = p.lower().split()
-        if len(words) < 10:
+        first = p.split(None, 9)
+        if len(first) < 10:
             # the substitutions may split a word (" <url> "): count after them
-            words = _subst(" ".join(words)).split()
+            words = _subst(" ".join(first).lower()).split()
             if len(words) < 10:
                 return ()
-        # The substitutions work inside whitespace-separated words (none of the patterns
-        # matches whitespace) and never drop a word, so the first and last six words of the
-        # result come from the first and last six input words.
-        head = _subst(" ".join(words[:6])).split()[:6]
-        tail = _subst(" ".join(words[-6:])).split()[-6:]
+            head, tail = words[:6], words[-6:]
+        else:
+            # The substitutions work inside whitespace-separated words (none of the patterns
+            # matches whitespace) and never drop a word, so the first and last six words of
+            # the result come from the first and last six input words.
+            head = _subst(" ".join(first[:6]).lower()).split()[:6]
+            tail = _subst(" ".join(p.rsplit(None, 6)[-6:]).lower()).split()[-6:]
         return ("h:" + _h(" ".join(head)), "t:" + _h(" ".join(tail)))
 
     # ------------------------------------------------------------------ update
@@ -936,11 +951,12 @@ class _RuleSet:
         for p in patterns:
             self._set.Add(p)
         self._set.Compile()
+        self._match = self._set._set.Match          # the C++ call, without the str wrapper
 
     def matches(self, scan: str) -> list[int]:
         if self._set is None:  # pragma: no cover
             return [i for i, rx in enumerate(self._re) if rx.search(scan)]
-        return self._set.Match(scan.encode("utf-8", "surrogatepass")) or []
+        return self._match(scan.encode("utf-8", "surrogatepass")) or []
 
     def signals(self, scan: str, has_tools: bool, flag_names: Sequence[str],
                 cap_names: Sequence[str]) -> tuple[tuple[str, ...], str]:

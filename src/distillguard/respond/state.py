@@ -92,7 +92,7 @@ class StateStore(Protocol):
 class _Acct:
     """One account's in-process state."""
 
-    __slots__ = ("st", "prompts", "sets", "tpl", "xkeys", "hists", "seen")
+    __slots__ = ("st", "prompts", "sets", "tpl", "xkeys", "xgen", "hists", "seen")
 
     def __init__(self) -> None:
         self.st: dict[str, float] = {}
@@ -100,6 +100,7 @@ class _Acct:
         self.sets: dict[str, set[str]] = {}
         self.tpl: dict[str, int] = {}
         self.xkeys: dict[str, set[str]] = {}
+        self.xgen: dict[str, int] = {}
         self.hists: dict[str, dict[str, int]] = {}
         self.seen: float | None = None
 
@@ -116,6 +117,9 @@ class MemoryState:
         self._lock = threading.Lock()
         self._acct: dict[str, _Acct] = {}
         self._cross: dict[tuple[str, str], list[Any]] = {}     # (kind, key) → [accounts, seen]
+        # bumped whenever a set of the kind gains an account: an account re-reads its
+        # largest set (xm:<kind>) only when that happened since its last read
+        self._xgen: dict[str, int] = {}
         self._t0: float | None = None
         self._models: dict[str, float] = {}
         self._rate: dict[tuple[str, int], int] = {}
@@ -166,7 +170,9 @@ class MemoryState:
                 if x is None or ts - x[1] > self.ttl_s:
                     x = self._cross[(kind, key)] = [set(), ts]
                 x[1] = ts
-                x[0].add(account_id)
+                if account_id not in x[0]:
+                    x[0].add(account_id)
+                    self._xgen[kind] = self._xgen.get(kind, 0) + 1
                 c = len(x[0])
                 st["x:" + kind] = c
                 if c >= 2:
@@ -182,7 +188,9 @@ class MemoryState:
                 self._hist(rec, st, *u.hist)
             for kind in u.cross_max:
                 ks = rec.xkeys.get(kind)
-                if ks:
+                gen = self._xgen.get(kind, 0)
+                if ks and rec.xgen.get(kind) != gen:
+                    rec.xgen[kind] = gen
                     best = 0
                     for key in ks:
                         xs = self._cross_set(kind, key, ts)
