@@ -25,10 +25,12 @@ from distillguard.respond.state import MemoryState
 DENY_XX = Directive.from_dict({"id": "deny-xx", "effect": "deny", "models": ["frontier-*"],
                                "users": {"country": ["XX"]}, "legal_reference": "REG-1"})
 
+# suspend from 0.6: a lone account eliciting reasoning in every prompt ends near 0.7 under the
+# fitted calibration (config 2026.12.1); throttle (0.5) comes first, suspension after 40 requests
 TEST_POLICY = Policy.from_dict({
     "version": "test-1",
     "rules": [
-        {"id": "suspend", "when": {"score_min": 0.95, "min_requests": 40}, "action": "suspend"},
+        {"id": "suspend", "when": {"score_min": 0.6, "min_requests": 40}, "action": "suspend"},
         {"id": "throttle", "when": {"score_min": 0.5}, "action": "throttle",
          "params": {"rpm": 3, "retry_after_s": 30}},
         {"id": "strip", "when": {"score_min": 0.5, "signals_any": ["cot_elicit"]},

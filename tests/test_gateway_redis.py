@@ -22,8 +22,10 @@ from distillguard.respond.state import RedisState
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server not on PATH")
 
+# suspend from 0.6: a lone account eliciting reasoning in every prompt ends near 0.7 under the
+# fitted calibration (config 2026.12.1)
 POLICY = Policy.from_dict({"version": "t", "rules": [
-    {"id": "suspend", "when": {"score_min": 0.95, "min_requests": 40}, "action": "suspend"},
+    {"id": "suspend", "when": {"score_min": 0.6, "min_requests": 40}, "action": "suspend"},
     {"id": "throttle", "when": {"score_min": 0.5}, "action": "throttle", "params": {"rpm": 3}}]})
 
 

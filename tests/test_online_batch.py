@@ -129,6 +129,8 @@ def test_online_features_equal_batch_features(run):
     api.analyse(con, cfg)
     feats = con.sql("SELECT * FROM features").pl()
     sc = OnlineScorer(config=cfg)
+    sc._trk_day = sc._trk_hr = sc._trk_ip = sc._trk_key = sc._trk_cap = True
+    sc._untracked = {"ip_accounts_median"}
     from distillguard.respond.online import iter_store_rows
     from distillguard.respond.state import AccountUpdate
 
@@ -137,7 +139,8 @@ def test_online_features_equal_batch_features(run):
                                r["system"] or "", r["n_user_turns"] or 0,
                                r["context_chars"] or 0, r["n_tools"] or 0,
                                r["reasoning_effort"], r["created"], r["signup_channel"],
-                               r["ip"], r["payment_fingerprint"]), elicit_p=r["elicit_p"])
+                               r["ip"], r["payment_fingerprint"], r["api_key_id"]),
+                   elicit_p=r["elicit_p"])
         sc.observe_response(r["account_id"], r["input_tokens"], r["output_tokens"], r["t"])
     con.close()
     exact = ("n_requests", "novelty", "rerun_share", "single_turn_share", "followup_share",
@@ -145,7 +148,9 @@ def test_online_features_equal_batch_features(run):
              "n_elicit", "n_elicit_model", "focus_rate", "high_effort_share", "hour_entropy",
              "pivot_share", "pivot_window_requests", "account_age_days", "created_day",
              "nonstandard_signup", "mean_output_tokens", "n_prefixes", "card_accounts",
-             "system_accounts")
+             "system_accounts", "active_days", "req_per_active_hour", "n_ips", "n_api_keys",
+             "capability_top_share")
+    # (the optional ones, kept only when an item reads them, are all tracked above)
     for row in feats.iter_rows(named=True):
         st = sc.state.update(row["account_id"], AccountUpdate(ts=0, cross_max=("card", "sys")))
         f = sc.features(st, row["account_id"])
@@ -215,8 +220,14 @@ def test_group_item_contributes_after_load_groups() -> None:
            "g_signup": 1.0, "g_pivot_share": 0.0, "g_cover_org": 0.0}
     assert sc.load_groups(pl.DataFrame([{"account_id": "a", **row}])) == 1
     after = sc.account_score("a", 1.7e9 + 3600)
-    assert after.evidence["g_coordination"] == pytest.approx(2.0)     # w 2.0, ramp 1
-    assert after.evidence["g_elicit"] > 0 and after.final_raw > after.raw + 2.0
+    from distillguard.scoring.evidence import item_weight
+
+    items = {it["name"]: it for it in sc.cfg["scoring"]["evidence"]}
+    w = item_weight(sc.cfg, items["g_coordination"])
+    assert after.evidence["g_coordination"] == pytest.approx(w)          # ramp 1, damp 1
+    assert after.final_raw == pytest.approx(after.raw + sum(
+        v for k, v in after.evidence.items() if items[k].get("group")))
+    assert after.final_raw > after.raw + 1.0
     # own items read the group too: the human-rhythm discount fades inside a coordinated group
     assert after.raw >= before.raw
     assert after.score > before.score

@@ -170,7 +170,13 @@ def _write_logs(path: Path) -> None:
 def test_replay_writes_escalating_alerts(tmp_path: Path) -> None:
     logs = tmp_path / "logs.jsonl"
     _write_logs(logs)
-    summary = replay(logs, tmp_path / "out")
+    # escalation mechanics, independent of where the shipped calibration puts a lone
+    # 80-request account: throttle from 0.3, suspend from 0.5 after 40 requests
+    policy = Policy.from_dict({"version": "t", "rules": [
+        {"id": "suspend", "when": {"score_min": 0.5, "min_requests": 40}, "action": "suspend"},
+        {"id": "throttle", "when": {"score_min": 0.3}, "action": "throttle",
+         "params": {"rpm": 3}}]})
+    summary = replay(logs, tmp_path / "out", policy=policy)
     alerts = [json.loads(x) for x in (tmp_path / "out" / "alerts.jsonl").read_text().splitlines()]
     assert summary["requests"] == 160 and summary["final_actions"]["suspend"] == 1
     assert {a["account_id"] for a in alerts} == {"hydra"}

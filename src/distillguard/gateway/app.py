@@ -400,7 +400,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         view = request_view(caller.account_id, payload, ts, caller.account_created,
                             caller.attrs.signup_channel,
                             request.client.host if request.client else None,
-                            caller.payment_fingerprint)
+                            caller.payment_fingerprint, caller.api_key_id)
         t0 = tel.now_ns() if span is not None else 0
         if guard.inline:
             sc = guard.screen(caller.account_id, caller.attrs, view)

@@ -181,15 +181,16 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
         return account, attrs, _epoch(info.get("account_created")), str(pf) if pf else None
 
     async def _screen(self, account: str, attrs: UserAttrs, data: dict[str, Any],
-                      created: float | None, ts: float, payment: str | None = None
-                      ) -> Screening:
+                      created: float | None, ts: float, payment: str | None = None,
+                      api_key_id: str | None = None) -> Screening:
         # The client address the proxy recorded (LiteLLM: metadata.requester_ip_address).
         ip = None
         for md in (data.get("metadata"), data.get("litellm_metadata")):
             if isinstance(md, Mapping) and md.get("requester_ip_address"):
                 ip = str(md["requester_ip_address"])
                 break
-        view = request_view(account, data, ts, created, attrs.signup_channel, ip, payment)
+        view = request_view(account, data, ts, created, attrs.signup_channel, ip, payment,
+                            api_key_id)
         if self.guard.inline:
             return self.guard.screen(account, attrs, view)
         import asyncio
@@ -204,7 +205,9 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
         rid = "dg-" + uuid.uuid4().hex
         ts = time.time()
         account, attrs, created, payment = self._account(user_api_key_dict)
-        sc = await self._screen(account, attrs, data, created, ts, payment)
+        token = _get(user_api_key_dict, "token")          # LiteLLM's hashed key
+        sc = await self._screen(account, attrs, data, created, ts, payment,
+                                str(token) if token else None)
         d = sc.decision
         hdr = {"X-Distillguard-Request-Id": rid,
                "X-Distillguard-Policy-Version": self.guard.policy.version,

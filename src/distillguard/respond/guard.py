@@ -46,7 +46,8 @@ def text_of(content: Any) -> str:
 def request_view(account_id: str, payload: dict[str, Any], ts: float,
                  account_created: float | None = None,
                  signup_channel: str | None = None, ip: str | None = None,
-                 payment_fingerprint: str | None = None) -> RequestView:
+                 payment_fingerprint: str | None = None,
+                 api_key_id: str | None = None) -> RequestView:
     """What the online scorer reads from a (validated) chat completion request, with the
     caller's address and payment fingerprint (infrastructure and card-sharing evidence)."""
     msgs = payload["messages"]
@@ -59,7 +60,8 @@ def request_view(account_id: str, payload: dict[str, Any], ts: float,
         account_id, payload["model"], ts, texts[last], system, len(users),
         sum(len(t) for j, t in enumerate(texts) if j != last),
         len(payload.get("tools") or []), payload.get("reasoning_effort"),
-        account_created, signup_channel or None, ip or None, payment_fingerprint or None)
+        account_created, signup_channel or None, ip or None, payment_fingerprint or None,
+        api_key_id or None)
 
 
 def content_hash(key: bytes, messages: Any) -> str:

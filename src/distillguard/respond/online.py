@@ -69,6 +69,11 @@ g_attach                 account's community row of ``_score_in``); an account n
                          evidence is 0, as in batch for an account in no community
 partner_hits,            0: partner indicators are matched in batch only, so the ``partner``
 partner_confidence       evidence never contributes online
+active_days,             kept only when an evidence item reads them (None otherwise):
+req_per_active_hour,     distinct UTC days / hours (sets ``day``, ``hr``), distinct
+n_ips, n_api_keys,       addresses / API keys (sets ``ip``, ``key``), per-capability
+capability_top_share     counters: same as batch
+gap_cv, median_gap_s     not online (no evidence item reads them)
 =======================  ================================================================
 
 Expressions: ``+ - * /``, unary minus, ``coalesce``, ``least`` / ``greatest`` (NULLs
@@ -105,6 +110,7 @@ from typing import Any
 
 import orjson
 from xxhash import xxh3_64_hexdigest as _xxh
+from xxhash import xxh3_64_intdigest as _xxh64
 
 from distillguard.config import Config, load_config
 from distillguard.respond._errors import RespondError
@@ -146,6 +152,7 @@ class RequestView:
     signup_channel: str | None = None
     ip: str | None = None                  # client address (n_prefixes, shared addresses)
     payment_fingerprint: str | None = None  # card_accounts
+    api_key_id: str | None = None          # n_api_keys
 
 
 @dataclass
@@ -216,7 +223,17 @@ FEATURE_SRC: dict[str, str] = {
     "system_accounts": "float(st.get('xm:sys', 0))",
     "partner_hits": "0.0",
     "partner_confidence": "0.0",
+    # Kept only when an evidence item reads them (each costs a distinct set or counters per
+    # request): None otherwise.
+    "active_days": "float(st.get('d:day', 0))",
+    "req_per_active_hour": "n / (st.get('d:hr', 0) or 1.0)",
+    "n_ips": "float(st.get('d:ip', 0))",
+    "n_api_keys": "float(st.get('d:key', 0))",
+    "capability_top_share": "max([st.get(k, 0) for k in CAP_KEYS]) / n",
 }
+#: Features kept only when an evidence item reads them (see FEATURE_SRC).
+_OPTIONAL = frozenset(("active_days", "req_per_active_hour", "n_ips", "n_api_keys",
+                       "capability_top_share", "ip_accounts_median"))
 #: Online features that may be NULL (as in batch).
 _NULLABLE = frozenset(("created_day", "out_in_ratio", "mean_output_tokens"))
 _FUNCS = frozenset(("coalesce", "least", "greatest", "ln", "log", "exp", "sqrt", "abs",
@@ -374,6 +391,8 @@ class CompiledEvidence:
 def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float],
                      min_requests: float, min_template_size: int,
                      helpers: Mapping[str, Any] | None = None) -> CompiledEvidence:
+    # ``helpers``: extra names for the generated code (``CAP_KEYS``: the capability
+    # counters of capability_top_share)
     """Compile evidence items into one Python function (source kept in ``.source``).
 
     Each item contributes ``w * ramp(expr, lo, hi) * damp`` where ``damp`` is
@@ -438,6 +457,7 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
                  f"raw + {' + '.join(grp) or '0.0'}")
     source = "\n".join(lines) + "\n"
     ns: dict[str, Any] = {**_HELPERS, **_FEATURE_HELPERS, "MIN_TPL": int(min_template_size),
+                          "CAP_KEYS": (),
                           **(helpers or {})}
     exec(compile(source, "<evidence>", "exec"), ns)  # noqa: S102 - generated from an AST whitelist
     return CompiledEvidence(ns["_evidence"], tuple(p[1] for p in parts), source,
@@ -601,14 +621,22 @@ class OnlineScorer:
                 self.skipped.append(it["name"])   # needs a feature we cannot compute online
                 continue
             items.append(it)
+        self._cap_keys = tuple(f"cap:{c}" for c in (*self._cap_names, "chat"))
         self._ev = compile_evidence(items, [item_weight(self.cfg, it) for it in items],
-                                    self._min_req, self._min_tpl)
+                                    self._min_req, self._min_tpl,
+                                    {"CAP_KEYS": self._cap_keys})
         self._items = self._ev.items
-        self._track_iph = "ip_accounts_median" in self._ev.features
+        need = self._ev.features
+        self._track_iph = "ip_accounts_median" in need
+        self._trk_day, self._trk_hr = "active_days" in need, "req_per_active_hour" in need
+        self._trk_ip, self._trk_key = "n_ips" in need, "n_api_keys" in need
+        self._trk_cap = "capability_top_share" in need
+        self._untracked = {f for f in _OPTIONAL if f not in need}
         self._medians: dict[str, _MedianTracker] = {}
         self._feat_fns = {name: eval(  # noqa: S307 - fixed table above
             compile(f"lambda st, n, nd: {src}", "<feature>", "eval"),
-            {**_FEATURE_HELPERS, "MIN_TPL": self._min_tpl}) for name, src in FEATURE_SRC.items()}
+            {**_FEATURE_HELPERS, "MIN_TPL": self._min_tpl, "CAP_KEYS": self._cap_keys})
+            for name, src in FEATURE_SRC.items()}
         if groups is not None:
             self.load_groups(groups)
 
@@ -786,6 +814,16 @@ class OnlineScorer:
             distinct["elicit"] = ph
         if elicit_p >= self._elicit_thr:
             distinct["emodel"] = ph
+        if self._trk_day:
+            distinct["day"] = str(int(ts // 86400))
+        if self._trk_hr:
+            distinct["hr"] = str(int(ts // 3600))
+        if self._trk_ip and req.ip is not None:
+            distinct["ip"] = req.ip
+        if self._trk_key and req.api_key_id is not None:
+            distinct["key"] = req.api_key_id
+        if self._trk_cap:
+            incr["cap:" + cap] = 1
         cross: dict[str, str] = {}
         if req.ip:
             cross["ip"] = req.ip
@@ -831,10 +869,12 @@ class OnlineScorer:
         ratio = output_tokens / max(input_tokens if input_tokens is not None else 1, 1)
         key = "z" if ratio <= 0 else f"b{math.floor(math.log(ratio) / _RATIO_BIN)}"
         st = self.state.update(account_id, AccountUpdate(
-            {"lr_n": 1, "out_sum": int(output_tokens)}, ts=ts, hist=("ratio", key)))
+            {"lr_n": 1, "out_sum": int(output_tokens)}, _NO, "", (), ts, _NO, _NO, _NO, (),
+            ("ratio", key)))
         hist = st["\x1fh:ratio"]
         tr = self._medians.get(account_id)
-        if tr is None or not tr.add(hist, key):
+        # the histogram and lr_n change in the same atomic update: lr_n is its total
+        if tr is None or not tr.add(hist, key, int(st["lr_n"])):
             if len(self._medians) > 200_000:          # bounded: rebuilt from the histogram
                 self._medians.clear()
             tr = self._medians[account_id] = _MedianTracker(hist)
@@ -850,9 +890,8 @@ class OnlineScorer:
         columns of ``account_id`` when given."""
         n = float(st.get("n", 0)) or 1.0
         nd = float(st.get("distinct", 0)) or 1.0
-        out = {name: fn(st, n, nd) for name, fn in self._feat_fns.items()}
-        if not self._track_iph:
-            out["ip_accounts_median"] = None          # kept only when an item reads it
+        out = {name: None if name in self._untracked else fn(st, n, nd)
+               for name, fn in self._feat_fns.items()}
         g = self.groups.get(account_id) if account_id is not None else None
         if g is not None:
             out.update(g)
@@ -984,6 +1023,7 @@ def _subst(text: str) -> str:
 
 #: Width of a log(output/input) histogram bin: the median is within ~1% of the exact one.
 _RATIO_BIN = 0.02
+_NO: dict[str, Any] = {}      # an empty mapping for update fields (never written to)
 
 
 def _hist_median(hist: Mapping[str, float],
@@ -1043,14 +1083,19 @@ class _MedianTracker:
         bins, i, before = self.bins, self.idx, self.before
         while i > 0 and before > lo:
             i -= 1
-            before -= int(hist[bins[i][1]])
-        while i < len(bins) - 1 and before + int(hist[bins[i][1]]) <= lo:
-            before += int(hist[bins[i][1]])
+            before -= hist[bins[i][1]]
+        last = len(bins) - 1
+        while i < last:
+            c = hist[bins[i][1]]
+            if before + c > lo:
+                break
+            before += c
             i += 1
         self.idx, self.before = i, before
 
-    def add(self, hist: Mapping[str, float], key: str) -> bool:
-        if int(sum(hist.values())) != self.n + 1:
+    def add(self, hist: Mapping[str, float], key: str, total: int) -> bool:
+        """Account for one more value in bin ``key``; ``total``: the histogram's count."""
+        if total != self.n + 1:
             return False
         item = (-(1 << 62), key) if key == "z" else (int(key[1:]), key)
         p = bisect.bisect_left(self.bins, item)
@@ -1183,7 +1228,7 @@ def _epoch(v: Any) -> float | None:
 _ROW_SQL = """
     SELECT request_id, epoch(ts) AS t, account_id, model, prompt, system, n_user_turns,
            context_chars, n_tools, reasoning_effort, epoch(account_created) AS created,
-           signup_channel, ip, payment_fingerprint, input_tokens,
+           signup_channel, ip, payment_fingerprint, api_key_id, input_tokens,
            {output_tokens} AS output_tokens{scan}
     FROM requests r ORDER BY ts, request_id"""
 
@@ -1214,6 +1259,43 @@ def iter_store_rows(con: Any, batch_rows: int = 50_000, *, cfg: Config | None = 
             yield from rows
         else:
             yield from batch.to_pylist()
+
+
+def _iter_views(con: Any, cfg: Config, batch_rows: int = 50_000
+                ) -> Iterator[tuple[RequestView, Any, Any, float]]:
+    """(RequestView, input_tokens, output_tokens, elicit_p) per stored request in time
+    order: :func:`iter_store_rows` read column-wise (no per-row dict). ``elicit_p`` is
+    scored once per distinct scan text of the whole replay (a text's value does not depend
+    on the batch it is scored in), a batch of new texts at a time."""
+    from distillguard.features.defs import OUTPUT_TOKENS_SQL
+    from distillguard.signals.elicit_model import scan_probs
+    from distillguard.signals.sql import scan_text_sql
+
+    sql = _ROW_SQL.format(output_tokens=OUTPUT_TOKENS_SQL,
+                          scan=f", {scan_text_sql(cfg)} AS scan")
+    names = ("account_id", "model", "t", "prompt", "system", "n_user_turns", "context_chars",
+             "n_tools", "reasoning_effort", "created", "signup_channel", "ip",
+             "payment_fingerprint", "api_key_id")
+    seen: dict[int, float] = {}          # xxh3 of a scan text → its elicit_p
+    for batch in con.sql(sql).to_arrow_reader(batch_rows):
+        keys = [_xxh64(t.encode("utf-8", "surrogatepass"))
+                for t in batch.column("scan").to_pylist()]
+        new: dict[int, int] = {}
+        for i, k in enumerate(keys):
+            if k not in seen and k not in new:
+                new[k] = i
+        if new:
+            if len(seen) > 2_000_000:
+                seen.clear()
+            texts = batch.column("scan").take(list(new.values()))
+            seen.update(zip(new, scan_probs(texts).tolist(), strict=True))
+        probs = [seen[k] for k in keys]
+        c = {n: batch.column(n).to_pylist() for n in (*names, "input_tokens", "output_tokens")}
+        for i in range(3, 8):           # prompt, system, turns, context, tools: NULL → "" / 0
+            col, dflt = c[names[i]], "" if i < 5 else 0
+            c[names[i]] = [dflt if v is None else v for v in col]
+        views = map(RequestView, *(c[n] for n in names))
+        yield from zip(views, c["input_tokens"], c["output_tokens"], probs, strict=True)
 
 
 class BatchRefresh:
@@ -1333,9 +1415,8 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
         if step:
             refresh = BatchRefresh(con, scorer, cfg)
         with (out / "alerts.jsonl").open("wb") as fh:
-            for row in iter_store_rows(con, cfg=cfg, elicit=True):
-                acct = row["account_id"]
-                ts = row["t"]
+            for view, in_tok, out_tok, elicit_p in _iter_views(con, cfg):
+                acct, ts = view.account_id, view.ts
                 if step:
                     if next_refresh is None:
                         next_refresh = ts + step
@@ -1343,14 +1424,9 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                         refresh(next_refresh)
                         next_refresh += step
                 n_req += 1
-                s = observe(RequestView(
-                    acct, row["model"], ts, row["prompt"] or "", row["system"] or "",
-                    row["n_user_turns"] or 0, row["context_chars"] or 0,
-                    row["n_tools"] or 0, row["reasoning_effort"], row["created"],
-                    row["signup_channel"], row["ip"], row["payment_fingerprint"]),
-                    elicit_p=row["elicit_p"])
-                if row["output_tokens"] is not None:
-                    observe_response(acct, row["input_tokens"], row["output_tokens"], ts)
+                s = observe(view, elicit_p=elicit_p)
+                if out_tok is not None:
+                    observe_response(acct, in_tok, out_tok, ts)
                 last_ts[acct] = ts
                 if s.score > peak.get(acct, -1.0):
                     peak[acct] = s.score

@@ -36,7 +36,7 @@ from distillguard.respond._errors import StateStoreError
 __all__ = ["AccountUpdate", "MemoryState", "RedisState", "StateStore"]
 
 
-@dataclass
+@dataclass(slots=True)
 class AccountUpdate:
     """Changes for one request.
 
