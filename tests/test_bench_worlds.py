@@ -37,9 +37,26 @@ def two_runs(tmp_path_factory):
     return out
 
 
+def _close(a, b, path=""):
+    """Equal up to float noise: DuckDB's parallel aggregates may sum in another order."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
 def test_fit_does_not_depend_on_report_worlds(two_runs):
     (d1, r1), (d2, r2) = two_runs
-    assert (d1 / "fitted.json").read_text() == (d2 / "fitted.json").read_text()
+    _close(json.loads((d1 / "fitted.json").read_text()),
+           json.loads((d2 / "fitted.json").read_text()))
     ids1 = {r["world_id"] for r in r1["rows"]}
     ids2 = {r["world_id"] for r in r2["rows"]}
     assert ids1.isdisjoint(ids2)  # the report worlds did change

@@ -183,8 +183,11 @@ ip_n AS (SELECT ip, count(DISTINCT account_id) AS n FROM requests
 card_n AS (SELECT payment_fingerprint, count(DISTINCT account_id) AS n FROM requests
            WHERE payment_fingerprint IS NOT NULL AND payment_fingerprint <> ''
            GROUP BY payment_fingerprint),
-sys_n AS (SELECT {SYSTEM_KEY_SQL} AS sys_key, count(DISTINCT account_id) AS n FROM requests
-          WHERE system IS NOT NULL AND system <> '' GROUP BY {SYSTEM_KEY_SQL})
+sys_r AS (SELECT request_id, {SYSTEM_KEY_SQL} AS sys_key FROM requests
+          WHERE system IS NOT NULL AND system <> ''),
+sys_a AS (SELECT s.sys_key, count(DISTINCT r.account_id) AS n
+          FROM sys_r s JOIN requests r USING (request_id) GROUP BY s.sys_key),
+sys_n AS (SELECT s.request_id, a.n FROM sys_r s JOIN sys_a a USING (sys_key))
 SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
        r.account_created,
@@ -202,7 +205,7 @@ LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
 LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
 LEFT JOIN ip_n ON r.ip = ip_n.ip
 LEFT JOIN card_n ON r.payment_fingerprint = card_n.payment_fingerprint
-LEFT JOIN sys_n ON {SYSTEM_KEY_SQL.replace("system", "r.system")} = sys_n.sys_key
+LEFT JOIN sys_n ON r.request_id = sys_n.request_id
 """
 
 

@@ -121,8 +121,10 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
                    "campaign_id"), on="account_id").group_by("campaign_id").agg(pl.col(num).mean()))
         ft_rows = {r["campaign_id"]: r for r in mean_ft.iter_rows(named=True)}
         for r in mean_ev.iter_rows(named=True):
-            camp_reasons[r["campaign_id"]] = [_group_reason(ft_rows[r["campaign_id"]])] + \
-                reasons_for(ft_rows[r["campaign_id"]], r, cfg, k)
+            # the group's own reason says what g_coordination's item would say
+            camp_reasons[r["campaign_id"]] = [_group_reason(ft_rows[r["campaign_id"]])] + [
+                x for x in reasons_for(ft_rows[r["campaign_id"]], r, cfg, k)
+                if not x.startswith("member of a group of")]
     camp = camp.with_columns(pl.col("campaign_id").replace_strict(
         camp_reasons, default=[], return_dtype=pl.List(pl.Utf8)).alias("reasons"))
     con.register("_scores", out.to_arrow())
