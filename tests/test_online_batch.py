@@ -9,11 +9,11 @@ and flag. Every account's flag must agree, and scores within a stated tolerance:
 - ``RAW_TOL`` on the raw evidence sums (own ``raw`` and ``final_raw`` with group items):
   the only approximation left that moves them on these scenarios is the median
   output/input ratio, read online from a histogram of log-ratios with 2 % bins (median
-  within ~1 %): at most 0.01 x 8 x 0.5 / 6 ≈ 0.007 raw on the long_outputs ramp (2 → 8,
-  weight 0.5). Group items read the batch run's own group row, so they are exact.
-  Measured: 0.0053 (tiny/3), 0.0036 (tiny/11).
-- ``SCORE_TOL`` on the calibrated score: the logistic's slope is at most
-  1 / (4 x raw_scale) ≈ 0.53, so ≈ 0.004. Measured: 0.0013 (tiny/3), 0.0009 (tiny/11).
+  within ~1 %): at most 0.01 x 8 x w / 6 on the long_outputs ramp (2 → 8; w = 0.62 fitted
+  in config 2026.12.1: ≈ 0.008). Group items read the batch run's own group row, so they are
+  exact. Measured: 0.0065 (tiny/3), 0.0044 (tiny/11).
+- ``SCORE_TOL`` on the calibrated score: the logistic's slope is at most 1 / (4 x raw_scale)
+  (≈ 0.25 with the fitted scale ≈ 1), so ≈ 0.002. Measured: 0.0012 (tiny/3), 0.0003 (tiny/11).
 
 Mid-stream threshold crossings of accounts that end below it (transient alerts: the online
 scorer decides on each account's traffic so far) are a separate metric, pinned below, not a
