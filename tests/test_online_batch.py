@@ -178,11 +178,18 @@ def test_incremental_signals_equal_full(run):
     inc = connect(None)
     enable_incremental(inc)
     cuts = [0, rows.num_rows // 3, 2 * rows.num_rows // 3, rows.num_rows]
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    hints = want.select("request_id", "elicit_p")
+    for j, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
         inc.register("_part", rows.slice(a, b - a))
         inc.execute("INSERT INTO requests SELECT * FROM _part")
         inc.unregister("_part")
+        if j == 1:      # elicit_p already known for half the new requests (replay's hints)
+            part = rows.slice(a, b - a).column("request_id").to_pylist()[::2]
+            inc.register("_h", hints.filter(pl.col("request_id").is_in(part)).to_arrow())
+            inc.execute("CREATE TABLE _signals_elicit_hint AS SELECT * FROM _h")
+            inc.unregister("_h")
         assert compute_signals(inc, cfg) == b - a          # only the new requests
+    assert inc.execute("SELECT count(*) FROM _signals_elicit_hint").fetchall() == [(0,)]
     got = inc.sql("SELECT * FROM signals ORDER BY request_id").pl()
     assert got.columns == want.columns
     assert got.equals(want)

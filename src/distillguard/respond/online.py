@@ -102,6 +102,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -633,6 +634,7 @@ class OnlineScorer:
         self._trk_cap = "capability_top_share" in need
         self._untracked = {f for f in _OPTIONAL if f not in need}
         self._medians: dict[str, _MedianTracker] = {}
+        self._medians_lock = threading.Lock()
         self._feat_fns = {name: eval(  # noqa: S307 - fixed table above
             compile(f"lambda st, n, nd: {src}", "<feature>", "eval"),
             {**_FEATURE_HELPERS, "MIN_TPL": self._min_tpl, "CAP_KEYS": self._cap_keys})
@@ -872,13 +874,14 @@ class OnlineScorer:
             {"lr_n": 1, "out_sum": int(output_tokens)}, _NO, "", (), ts, _NO, _NO, _NO, (),
             ("ratio", key)))
         hist = st["\x1fh:ratio"]
-        tr = self._medians.get(account_id)
-        # the histogram and lr_n change in the same atomic update: lr_n is its total
-        if tr is None or not tr.add(hist, key, int(st["lr_n"])):
-            if len(self._medians) > 200_000:          # bounded: rebuilt from the histogram
-                self._medians.clear()
-            tr = self._medians[account_id] = _MedianTracker(hist)
-        med = tr.median(hist)
+        with self._medians_lock:        # gateway workers' threads share the trackers
+            tr = self._medians.get(account_id)
+            # the histogram and lr_n change in the same atomic update: lr_n is its total
+            if tr is None or not tr.add(hist, key, int(st["lr_n"])):
+                if len(self._medians) > 200_000:      # bounded: rebuilt from the histogram
+                    self._medians.clear()
+                tr = self._medians[account_id] = _MedianTracker(hist)
+            med = tr.median(hist)
         d = med - float(st.get("oir", 0.0))
         if d:
             self.state.add_float(account_id, "oir", d)
@@ -1262,9 +1265,9 @@ def iter_store_rows(con: Any, batch_rows: int = 50_000, *, cfg: Config | None = 
 
 
 def _iter_views(con: Any, cfg: Config, batch_rows: int = 50_000
-                ) -> Iterator[tuple[RequestView, Any, Any, float]]:
-    """(RequestView, input_tokens, output_tokens, elicit_p) per stored request in time
-    order: :func:`iter_store_rows` read column-wise (no per-row dict). ``elicit_p`` is
+                ) -> Iterator[tuple[RequestView, Any, Any, float, str]]:
+    """(RequestView, input_tokens, output_tokens, elicit_p, request_id) per stored request
+    in time order: :func:`iter_store_rows` read column-wise (no per-row dict). ``elicit_p`` is
     scored once per distinct scan text of the whole replay (a text's value does not depend
     on the batch it is scored in), a batch of new texts at a time."""
     from distillguard.features.defs import OUTPUT_TOKENS_SQL
@@ -1290,12 +1293,14 @@ def _iter_views(con: Any, cfg: Config, batch_rows: int = 50_000
             texts = batch.column("scan").take(list(new.values()))
             seen.update(zip(new, scan_probs(texts).tolist(), strict=True))
         probs = [seen[k] for k in keys]
-        c = {n: batch.column(n).to_pylist() for n in (*names, "input_tokens", "output_tokens")}
+        c = {n: batch.column(n).to_pylist()
+             for n in (*names, "input_tokens", "output_tokens", "request_id")}
         for i in range(3, 8):           # prompt, system, turns, context, tools: NULL → "" / 0
             col, dflt = c[names[i]], "" if i < 5 else 0
             c[names[i]] = [dflt if v is None else v for v in col]
         views = map(RequestView, *(c[n] for n in names))
-        yield from zip(views, c["input_tokens"], c["output_tokens"], probs, strict=True)
+        yield from zip(views, c["input_tokens"], c["output_tokens"], probs, c["request_id"],
+                       strict=True)
 
 
 class BatchRefresh:
@@ -1319,6 +1324,9 @@ class BatchRefresh:
         enable_incremental(self.con)
         self.upto: float | None = None
         self.runs: list[dict[str, Any]] = []
+        # elicit_p the replay already computed for the requests since the last run
+        self.hint_ids: list[str] = []
+        self.hint_p: list[float] = []
 
     def __call__(self, until: float) -> dict[str, Any]:
         """Append requests with ``ts < until`` (epoch s), run ``analyse``, load its context."""
@@ -1336,7 +1344,19 @@ class BatchRefresh:
             self.con.execute("INSERT INTO requests SELECT * FROM _dg_new")
         finally:
             self.con.unregister("_dg_new")
-        n = self.con.execute("SELECT count(*) FROM requests").fetchone()[0]
+        if self.hint_ids:
+            import pyarrow as pa
+
+            self.con.register("_dg_hint", pa.table({"request_id": self.hint_ids,
+                                                    "elicit_p": self.hint_p}))
+            try:
+                self.con.execute("CREATE OR REPLACE TABLE _signals_elicit_hint AS "
+                                 "SELECT * FROM _dg_hint")
+            finally:
+                self.con.unregister("_dg_hint")
+            self.hint_ids.clear()
+            self.hint_p.clear()
+        n = self.con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
         timings: dict[str, float] = {}
         if n:
             _, campaigns = analyse(self.con, self.cfg, timings=timings)
@@ -1414,8 +1434,9 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
         t_ingest = time.perf_counter() - t_start
         if step:
             refresh = BatchRefresh(con, scorer, cfg)
+            hint_ids, hint_p = refresh.hint_ids, refresh.hint_p
         with (out / "alerts.jsonl").open("wb") as fh:
-            for view, in_tok, out_tok, elicit_p in _iter_views(con, cfg):
+            for view, in_tok, out_tok, elicit_p, rid in _iter_views(con, cfg):
                 acct, ts = view.account_id, view.ts
                 if step:
                     if next_refresh is None:
@@ -1423,6 +1444,8 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                     while ts >= next_refresh:
                         refresh(next_refresh)
                         next_refresh += step
+                    hint_ids.append(rid)          # the refresh store reuses elicit_p
+                    hint_p.append(elicit_p)
                 n_req += 1
                 s = observe(view, elicit_p=elicit_p)
                 if out_tok is not None:

@@ -123,6 +123,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
 # ------------------------------------------------------------------ incremental path
 #: Per-request results kept between runs of a store with incremental signals on.
 _CACHE, _CACHE_META = "_signals_cache", "_signals_cache_meta"
+#: Optional elicit_p values a caller already has (see enable_incremental).
+_HINT = "_signals_elicit_hint"
 
 
 def enable_incremental(con: duckdb.DuckDBPyConnection) -> None:
@@ -134,6 +136,11 @@ def enable_incremental(con: duckdb.DuckDBPyConnection) -> None:
     equals a full run (``tests/test_online_batch.py``). Made for stores that grow and are
     re-analysed on a schedule (``respond.online.BatchRefresh``); a change of the signal
     config (rules, skeleton, MinHash) clears the kept rows.
+
+    A caller that already scored requests with the elicitation model (the online replay)
+    may leave their values in a table ``_signals_elicit_hint (request_id, elicit_p)``: the
+    next run takes ``elicit_p`` from it for those requests (same model, same scan text, so
+    the same values) and empties it.
     """
     con.execute(f"CREATE TABLE IF NOT EXISTS {_CACHE_META} (fingerprint VARCHAR, "
                 "next_offset BIGINT)")
@@ -185,10 +192,23 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     t0 = time.perf_counter()
     cur = con.cursor()
     try:
-        reader = cur.sql("SELECT * FROM _signals_base").to_arrow_reader(batch_rows)
+        hinted = table_exists(con, _HINT)
+        q = (f"SELECT b.*, h.elicit_p AS _hint FROM _signals_base b LEFT JOIN {_HINT} h "
+             "USING (request_id)" if hinted else "SELECT * FROM _signals_base")
+        reader = cur.sql(q).to_arrow_reader(batch_rows)
         for batch in reader:
-            skel, keys, _, p = batch_work(batch.column("prompt_ends"), offset, k, perms, bands,
-                                          batch.column("scan"))
+            if hinted:
+                hint = batch.column("_hint")
+                batch = batch.drop_columns(["_hint"])
+                skel, keys, _, _ = batch_work(batch.column("prompt_ends"), offset, k, perms,
+                                              bands)
+                p = hint.to_numpy(zero_copy_only=False).astype(np.float64)
+                todo = np.flatnonzero(np.isnan(p))
+                if todo.size:
+                    p[todo] = scan_probs(batch.column("scan").take(pa.array(todo)))
+            else:
+                skel, keys, _, p = batch_work(batch.column("prompt_ends"), offset, k, perms,
+                                              bands, batch.column("scan"))
             cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
                     for i, c in enumerate(kcols)}
             tab = batch.drop_columns(["prompt_ends", "scan"])
@@ -207,6 +227,8 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     finally:
         cur.close()
     con.execute(f"UPDATE {_CACHE_META} SET next_offset = ?", [offset])
+    if table_exists(con, _HINT):
+        con.execute(f"DELETE FROM {_HINT}")
     con.execute("DROP TABLE _signals_base")
     timings["signals.keys"] = time.perf_counter() - t0
     t0 = time.perf_counter()
