@@ -18,6 +18,9 @@ and flag. Every account's flag must agree, and scores within a stated tolerance:
 Mid-stream threshold crossings of accounts that end below it (transient alerts: the online
 scorer decides on each account's traffic so far) are a separate metric, pinned below, not a
 disagreement.
+
+The comparison runs at ``scoring.online_margin`` 0: the shipped margin makes the online scorer
+ask for more evidence than batch on purpose (it looks after every request), tested apart.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from distillguard.respond.online import (
     replay,
     system_key,
 )
+from distillguard.scoring.fit import online_margin_for, with_overlay
 from distillguard.signals import compute_signals, enable_incremental
 from distillguard.sim import simulate
 from distillguard.store import connect
@@ -50,13 +54,16 @@ SCORE_TOL = 0.005
 TRANSIENT = {("tiny", 3): 0, ("tiny", 11): 0}
 
 
+NO_MARGIN = with_overlay(load_config(), {"scoring": {"online_margin": 0.0}})
+
+
 @pytest.fixture(scope="module", params=sorted(TRANSIENT), ids=lambda p: f"{p[0]}-{p[1]}")
 def run(request, tmp_path_factory):
     scenario, seed = request.param
     tmp = tmp_path_factory.mktemp(f"{scenario}{seed}")
     sim = simulate(tmp / "traffic", scenario=scenario, seed=seed)
     batch = api.detect(sim.logs, tmp / "results", db=None)
-    summary = replay(sim.logs, tmp / "replay", groups=tmp / "results",
+    summary = replay(sim.logs, tmp / "replay", groups=tmp / "results", config=NO_MARGIN,
                      campaigns=tmp / "results" / "campaigns.json")
     online = pl.read_csv(tmp / "replay" / "online_accounts.csv",
                          schema_overrides={"campaign_id": pl.Utf8})
@@ -209,6 +216,44 @@ def test_replay_with_batch_refresh(run, tmp_path):
     assert runs[-1]["requests"] < summary["requests"]
     assert sum(r["new_requests"] for r in runs) == runs[-1]["requests"]
     assert summary["group_accounts_loaded"] > 0 and summary["calibration"] is not None
+
+
+def test_peak_excess_is_what_the_margin_is_fitted_on(run):
+    """``peak_excess`` is the largest raw evidence over the threshold an account showed at
+    any request: an account's peak score reaches the threshold iff its excess is >= 0, and
+    a margin just above the excess silences it."""
+    _, both, _, labels, tmp, _ = run
+    acc = pl.read_csv(tmp / "replay" / "online_accounts.csv")
+    crossed = acc["peak_score"] >= 0.5
+    assert ((acc["peak_excess"] >= -1e-6) == crossed).all()
+    cal = orjson.loads((tmp / "results" / "calibration.json").read_bytes())
+    assert (acc["peak_excess"] >= acc["final_raw"] - cal["raw_threshold"] - 1e-6).all()
+    legit = acc.join(labels.filter(pl.col("label") != "distill").select("account_id"),
+                     on="account_id")["peak_excess"]
+    m = online_margin_for(legit.to_numpy(), 0.0)
+    assert (legit < m).all() and m >= 0.0
+
+
+def test_online_margin_asks_for_more_evidence() -> None:
+    base, marg = OnlineScorer(config=NO_MARGIN), OnlineScorer(config=with_overlay(
+        load_config(), {"scoring": {"online_margin": 1.5}}))
+    for sc in (base, marg):
+        for i in range(30):
+            sc.observe(RequestView("a", "m1", 1.7e9 + 60 * i,
+                                   f"Solve {i} + {i}. Think step by step and show your "
+                                   "full reasoning before the answer."), elicit_p=0.0)
+    a, b = base.account_score("a", 1.7e9 + 3600), marg.account_score("a", 1.7e9 + 3600)
+    assert a.final_raw == b.final_raw
+    cal = base.calibrator
+    assert a.score == pytest.approx(cal.transform([a.final_raw])[0])
+    assert b.score == pytest.approx(cal.transform([a.final_raw - 1.5])[0]) and b.score < a.score
+
+
+def test_online_margin_for() -> None:
+    assert online_margin_for([-2.0, -1.0, 0.3, 0.8], 0.25) == 0.31   # one of four may alert
+    assert online_margin_for([-2.0, -1.0, 0.3, 0.8], 0.0) == 0.81
+    assert online_margin_for([-2.0, -1.0], 0.0) == 0.0                 # never below 0
+    assert online_margin_for([], 0.01) == 0.0
 
 
 def test_group_item_contributes_after_load_groups() -> None:

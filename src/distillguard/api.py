@@ -344,19 +344,29 @@ def calibrate_store(con: duckdb.DuckDBPyConnection, cfg: Config,
 
 
 def fit(paths: Iterable[str | Path], labels: pl.DataFrame, *,
-        config: Config | str | Path | None = None, db: str | Path | None = None
-        ) -> dict[str, Any]:
+        config: Config | str | Path | None = None, db: str | Path | None = None,
+        online: bool = True) -> dict[str, Any]:
     """Fit the evidence weights and the calibration on labelled traffic.
 
     ``labels`` has ``account_id``, ``label`` (``distill`` for confirmed campaign accounts,
     anything else legitimate) and optionally ``campaign_id`` and ``kind`` (used to weigh
     campaigns and kinds of legitimate customer equally; missing: one kind, one campaign per
-    account). Returns the config overlay (``scoring.weights`` and ``scoring.calibration``)
-    to pass as ``--config``.
+    account). Returns the config overlay (``scoring.weights`` and ``scoring.calibration``,
+    and with ``online`` the ``scoring.online_margin`` from a replay of the same logs through
+    the online scorer at the fitted weights) to pass as ``--config``.
     """
-    from distillguard.scoring.fit import design_frame, fit_detector, overlay
+    import tempfile
+
+    from distillguard.scoring.fit import (
+        design_frame,
+        fit_detector,
+        online_margin_for,
+        overlay,
+        with_overlay,
+    )
 
     cfg = config if isinstance(config, Config) else load_config(config)
+    paths = [Path(p) for p in paths]
     lab = labels.with_columns(
         *[pl.lit(v).alias(c) for c, v in (("campaign_id", None), ("kind", "customer"))
           if c not in labels.columns])
@@ -364,11 +374,25 @@ def fit(paths: Iterable[str | Path], labels: pl.DataFrame, *,
                            pl.col("kind").cast(pl.Utf8).fill_null("customer"))
     con = connect(db)
     try:
-        ingest_files([Path(p) for p in paths], con, limits=cfg["ingest"])
+        ingest_files(paths, con, limits=cfg["ingest"])
         analyse(con, cfg)
         design = design_frame(con, cfg)
     finally:
         con.close()
     fw, cal = fit_detector([design], [lab], cfg)
-    return overlay(fw, cal, f"{lab.height} labelled accounts ({fw.n_positive} distillation), "
+    over = overlay(fw, cal, f"{lab.height} labelled accounts ({fw.n_positive} distillation), "
                             f"config {cfg.version}")
+    if online:
+        from distillguard.respond.online import replay
+
+        c0 = with_overlay(cfg, {**over, "scoring": {**over["scoring"], "online_margin": 0.0}})
+        with tempfile.TemporaryDirectory(prefix="dg-fit-replay-") as tmp:
+            # as a deployment runs it: batch context refreshed every 6 h of stream time
+            replay(paths, tmp, config=c0, refresh_hours=6.0)
+            acc = pl.read_csv(Path(tmp) / "online_accounts.csv",
+                              columns=["account_id", "peak_excess"])
+        legit = lab.filter(pl.col("label") != "distill").select("account_id")
+        over["scoring"]["online_margin"] = online_margin_for(
+            acc.join(legit, on="account_id")["peak_excess"].to_numpy(),
+            float(cfg["scoring"].get("online_target_fpr", 0.002)))
+    return over

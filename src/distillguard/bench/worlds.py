@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -67,8 +68,9 @@ class Fitted:
     baseline_params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        sc = self.overlay.get("scoring", {})
         return {"tune_worlds": self.tune_worlds, "calibration": self.calibration,
-                "weights": self.overlay.get("scoring", {}).get("weights", {}),
+                "weights": sc.get("weights", {}), "online_margin": sc.get("online_margin"),
                 "baselines": self.baseline_params}
 
 
@@ -125,21 +127,63 @@ def _tune_job(args: tuple) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | N
     return design, labels, req, time.perf_counter() - t0
 
 
+def _tune_replay_job(args: tuple) -> np.ndarray:
+    """Replay one tune world through the online scorer (no margin); the legitimate
+    accounts' peak raw evidence over the threshold (see ``online_margin_for``)."""
+    from distillguard.bench.ttd import time_to_detect
+
+    d, cfg, threads = args
+    if threads:
+        os.environ["DISTILLGUARD_THREADS"] = str(threads)
+    logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
+    labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
+    with tempfile.TemporaryDirectory(prefix="dg-tune-replay-") as tmp:
+        time_to_detect(logs, labels, tmp, config=cfg)
+        acc = pl.read_csv(Path(tmp) / "online_accounts.csv", columns=["account_id", "peak_excess"])
+    legit = labels.filter(pl.col("label") != "distill").select("account_id")
+    return acc.join(legit, on="account_id")["peak_excess"].to_numpy()
+
+
+def fit_online_margin(tune_dirs: Sequence[Path], cfg: Config, jobs: int = 1) -> float:
+    """Replay every tune world at ``cfg`` (margin 0) and fit ``scoring.online_margin``."""
+    from distillguard.scoring.fit import online_margin_for, with_overlay
+
+    c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
+    args = [(Path(d), c0, 1 if jobs > 1 else 0) for d in tune_dirs]
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            parts = list(ex.map(_tune_replay_job, args))
+    else:
+        parts = [_tune_replay_job(a) for a in args]
+    return online_margin_for(np.concatenate(parts),
+                             float(cfg["scoring"].get("online_target_fpr", 0.002)))
+
+
 def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = (),
              progress: Progress | None = None, fit_weights: bool = True,
-             jobs: int = 1) -> Fitted:
+             jobs: int = 1, online: bool = True) -> Fitted:
     """Fit our evidence weights and calibration, and the baselines, on the tune worlds.
 
     Each tune world runs the pipeline up to linking; the evidence weights are fitted on the
     labelled accounts of all tune worlds (:func:`distillguard.scoring.fit.fit_detector`) and
     the calibration on their legitimate accounts at those weights. With ``fit_weights``
-    False only the calibration is fitted (the config's weights stay). Baselines fit on the
-    pooled legitimate requests.
+    False only the calibration is fitted (the config's weights stay). With ``online`` every
+    tune world is then replayed through the online scorer at those weights to fit the
+    online margin (``scoring.online_margin``). Baselines fit on the pooled legitimate
+    requests.
     """
     from distillguard.bench.run import make_baseline
     from distillguard.scoring import Calibrator
     from distillguard.scoring.evidence import item_weight
-    from distillguard.scoring.fit import FittedWeights, fit_detector, overlay, raw_scores
+    from distillguard.scoring.fit import (
+        FittedWeights,
+        fit_detector,
+        overlay,
+        raw_scores,
+        with_overlay,
+    )
 
     say = progress.done if progress else (lambda *a, **k: None)
     args = [(Path(d), cfg, bool(baselines), 1 if jobs > 1 else 0) for d in tune_dirs]
@@ -168,6 +212,12 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
                .to_numpy() for dz, lab in zip(designs, labels_l, strict=True)]
         cal = Calibrator(target).fit(np.concatenate(ben))
         over = overlay(fw, cal, f"tune worlds {', '.join(names)} (calibration only)")
+    if online:
+        # at the weights and calibration just fitted, as the report worlds will be scored
+        t0 = time.perf_counter()
+        over["scoring"]["online_margin"] = fit_online_margin(
+            tune_dirs, with_overlay(cfg, over), jobs=jobs)
+        say("online margin (tune replays)", time.perf_counter() - t0)
     fitted = Fitted(names, {**cal.params(), "n_benign": cal.n_benign_, "target_fpr": target},
                     over)
     if baselines:

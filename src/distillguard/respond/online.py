@@ -610,6 +610,10 @@ class OnlineScorer:
         sc, fc = self.cfg["scoring"], self.cfg["features"]
         self._min_req = float(sc["min_requests"])
         self.threshold = float(sc["threshold"])
+        # The online scorer reads every account after every request, so a legitimate
+        # account whose evidence wanders crosses the threshold at *some* point far more
+        # often than batch flags it at the end: it asks for this much more raw evidence.
+        self.margin = float(sc.get("online_margin", 0.0))
         self._max_reasons = int(sc["max_reasons"])
         self._min_tpl = int(fc["min_template_size"])
         self._pivot_s = float(fc["pivot_window_hours"]) * 3600
@@ -904,7 +908,7 @@ class OnlineScorer:
                cap: str) -> OnlineScore:
         g = self.groups.get(account_id)
         contrib, raw, final = self._ev.fn(st, g)
-        score = _score1(self.calibrator, final)
+        score = _score1(self.calibrator, final - self.margin)
         n = int(st.get("n", 0))
 
         def why() -> list[str]:
@@ -1422,11 +1426,15 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     final: dict[str, str] = {}
     last_ts: dict[str, float] = {}
     peak: dict[str, float] = {}
+    # raw evidence over the flag threshold in use at the time, before the online margin:
+    # what `distillguard fit` needs to choose the margin (see online_margin_for)
+    excess: dict[str, float] = {}
     n_req = n_alerts = 0
     refresh = None
     step = float(refresh_hours) * 3600 if refresh_hours else None
     next_refresh: float | None = None
     thr = scorer.threshold
+    logit_thr = math.log(thr / (1.0 - thr))
     sev_of = {a: i for i, a in enumerate(ACTIONS)}
     observe, observe_response = scorer.observe, scorer.observe_response
     try:
@@ -1453,6 +1461,10 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                 last_ts[acct] = ts
                 if s.score > peak.get(acct, -1.0):
                     peak[acct] = s.score
+                cal = scorer.calibrator
+                ex = s.final_raw - cal.raw_threshold_ - cal.raw_scale_ * logit_thr
+                if ex > excess.get(acct, -math.inf):
+                    excess[acct] = ex
                 d = decide(policy, scorer, s, acct, ts)
                 final[acct] = d.action
                 sev = sev_of[d.action]
@@ -1472,15 +1484,18 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     with (out / "online_accounts.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["account_id", "score", "flagged", "campaign_id", "raw", "final_raw",
-                    "n_requests", "peak_score", "reasons"])
+                    "n_requests", "peak_score", "peak_excess", "reasons"])
         for acct in sorted(last_ts):
             e = scorer.account_score(acct, last_ts[acct])
+            cal = scorer.calibrator
+            ex = max(excess[acct], e.final_raw - cal.raw_threshold_ - cal.raw_scale_ * logit_thr)
             flagged = e.score >= thr
             n_flagged += flagged
             n_transient += (not flagged) and peak[acct] >= thr
             w.writerow([acct, f"{e.score:.6f}", "true" if flagged else "false",
                         scorer.campaigns.get(acct, ""), f"{e.raw:.6f}", f"{e.final_raw:.6f}",
-                        e.n_requests, f"{max(peak[acct], e.score):.6f}", "; ".join(e.reasons)])
+                        e.n_requests, f"{max(peak[acct], e.score):.6f}",
+                        f"{ex:.6f}", "; ".join(e.reasons)])
     by_action: dict[str, int] = {}
     for a in final.values():
         by_action[a] = by_action.get(a, 0) + 1

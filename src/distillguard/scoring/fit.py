@@ -31,8 +31,8 @@ from distillguard.config import Config
 from distillguard.scoring.calibrate import Calibrator
 from distillguard.scoring.evidence import evidence_frame, scoring_input_sql
 
-__all__ = ["FittedWeights", "design_frame", "fit_detector", "fit_weights", "overlay", "raw_scores",
-           "with_overlay"]
+__all__ = ["FittedWeights", "design_frame", "fit_detector", "fit_weights", "online_margin_for",
+           "overlay", "raw_scores", "with_overlay"]
 
 
 def design_frame(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
@@ -147,6 +147,30 @@ def overlay(fw: FittedWeights, cal: Calibrator, fitted_on: str) -> dict:
         "weights": dict(fw.weights),
         "calibration": {**cal.params(), "n_benign": cal.n_benign_, "fitted_on": fitted_on,
                         "benign_sketch": benign_sketch(cal.benign_sorted_)}}}
+
+
+def online_margin_for(peak_excess: Sequence[float] | np.ndarray, target_fpr: float) -> float:
+    """The smallest online margin at which at most ``target_fpr`` of legitimate accounts
+    ever reach the flag threshold during a replay.
+
+    ``peak_excess`` holds, per legitimate account, the largest raw evidence over the flag
+    threshold in use at the time that the online scorer saw at any request of a replay
+    without margin (``peak_excess`` in the replay's ``online_accounts.csv``). An account
+    alerts online iff its peak excess reaches the margin, so the margin is the
+    ``floor(target_fpr * n)``-th largest excess, just above it; never below 0.
+
+    >>> online_margin_for([-2.0, -1.0, 0.3, 0.8], 0.25)
+    0.31
+    """
+    ex = np.sort(np.asarray(peak_excess, dtype=float))[::-1]
+    ex = ex[np.isfinite(ex)]
+    if not ex.size:
+        return 0.0
+    k = int(np.floor(target_fpr * ex.size))
+    if k >= ex.size:
+        return 0.0
+    # strictly above the k-th largest: accounts tied with it stay quiet (ceil to 0.01)
+    return max(0.0, float(np.ceil(ex[k] * 100.0 + 1e-9) / 100.0))
 
 
 def with_overlay(cfg: Config, over: dict) -> Config:
