@@ -533,6 +533,12 @@ def _mount_subapps() -> None:
     except ImportError as exc:
         _missing_extra("intel", "intel", exc)
     try:
+        from distillguard.console import cli as console_cli
+
+        app.add_typer(console_cli.app, name="console")
+    except ImportError as exc:
+        _missing_extra("console", "console", exc)
+    try:
         from distillguard.gateway import cli as gateway_cli
         from distillguard.respond import cli as respond_cli
     except ImportError as exc:
