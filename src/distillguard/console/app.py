@@ -14,7 +14,8 @@ import io
 import secrets
 import tempfile
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -67,6 +68,7 @@ class ConsoleConfig:
     producer: str = "distillguard console"
     secure_cookies: bool = False
     gateway_audit: list[Path] = field(default_factory=list)
+    page_size: int = qy.PAGE_SIZE
 
 
 def _env() -> jinja2.Environment:
@@ -105,8 +107,13 @@ def create_app(cc: ConsoleConfig) -> FastAPI:
     env = _env()
     flashes: dict[str, list[tuple[str, str]]] = {}
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        db.close()
+
     app = FastAPI(title="distillguard console", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, lifespan=lifespan)
     app.state.db, app.state.users, app.state.actions = db, users, actions
     app.state.audit_path, app.state.work_dir = audit_path, work
     static = resources.files("distillguard.console").joinpath("static")
@@ -235,7 +242,7 @@ def create_app(cc: ConsoleConfig) -> FastAPI:
                            since=qp.get("since", ""), until=qp.get("until", ""),
                            show_excepted=qp.get("show_excepted") == "1", page=page)
         try:
-            res = qy.queue(db, f)
+            res = qy.queue(db, f, cc.page_size)
         except ValueError as exc:
             return render(request, "error.html", s, status=400, message=str(exc))
         base = {k: v for k, v in qp.items() if k != "page"}
@@ -509,10 +516,6 @@ def create_app(cc: ConsoleConfig) -> FastAPI:
         except DistillguardError as exc:
             flash(s, "error", str(exc))
         return RedirectResponse("/users", 303)
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        db.close()
 
     return app
 

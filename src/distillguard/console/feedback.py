@@ -18,6 +18,7 @@ it; applying writes a config overlay for the next ``distillguard detect --config
 from __future__ import annotations
 
 import csv
+import math
 import io
 import json
 from datetime import datetime
@@ -95,7 +96,11 @@ def preview(db: ConsoleDB, cfg: Config) -> dict[str, Any]:
     new = Calibrator(target).fit(raw[legit])
     prior = calibrator_from_config(cfg)
     sketch = cfg["scoring"]["calibration"].get("benign_sketch")
-    t_old, t_new = float(cur["raw_threshold"]), float(new.raw_threshold_)
+    # Rounded *up* to the 6 decimals written to YAML: rounding to nearest could put the
+    # threshold back under the highest known-legitimate score it was fitted to clear.
+    t_old = float(cur["raw_threshold"])
+    t_new = math.ceil(float(new.raw_threshold_) * 1e6) / 1e6
+    new.raw_threshold_ = t_new
     est_new = self_calibrate(raw, prior, sketch, use=new).estimated_fpr
 
     def side(t: float, est: float | None) -> dict[str, Any]:
@@ -113,7 +118,8 @@ def preview(db: ConsoleDB, cfg: Config) -> dict[str, Any]:
         "target_fpr": target, "current_method": cur.get("method"),
         "before": side(t_old, cur.get("estimated_fpr")),
         "after": side(t_new, est_new),
-        "calibration": {**new.params(), "n_benign": new.n_benign_, "target_fpr": target,
+        "calibration": {"raw_threshold": t_new, "raw_scale": round(new.raw_scale_, 6),
+                        "n_benign": new.n_benign_, "target_fpr": target,
                         "fitted_on": f"{new.n_benign_} known-legitimate accounts "
                                      f"({int(dismissed.sum())} dismissed by analysts), "
                                      f"config {cfg.version}",

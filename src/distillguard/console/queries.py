@@ -105,12 +105,14 @@ class QueuePage:
     pages: int
     hidden_by_exceptions: int
     filters: QueueFilter = field(default_factory=QueueFilter)
+    page_size: int = PAGE_SIZE
 
 
-def queue(db: ConsoleDB, f: QueueFilter) -> QueuePage:
+def queue(db: ConsoleDB, f: QueueFilter, page_size: int = PAGE_SIZE) -> QueuePage:
     """Campaigns and flagged accounts in no campaign matching ``f``, best first, one page."""
     conds, params = f.where()
     page = max(1, int(f.page))
+    page_size = max(1, int(page_size))
     sql = f"""
         WITH st AS ({STATE_SQL}),
         m AS (SELECT i.account_id, i.campaign_id, i.score, i.n_requests, i.first_ts,
@@ -128,7 +130,7 @@ def queue(db: ConsoleDB, f: QueueFilter) -> QueuePage:
                  top_capability
           FROM m WHERE campaign_id IS NULL)
         SELECT *, count(*) OVER () AS total FROM items
-        ORDER BY score DESC, size DESC, id LIMIT {PAGE_SIZE} OFFSET {(page - 1) * PAGE_SIZE}"""
+        ORDER BY score DESC, size DESC, id LIMIT {page_size} OFFSET {(page - 1) * page_size}"""
     items = db.rows(sql, params)
     if items:
         total = int(items[0]["total"])
@@ -140,7 +142,7 @@ def queue(db: ConsoleDB, f: QueueFilter) -> QueuePage:
         hidden = int(db.value(f"""SELECT count(*) FROM console_account_index i
             WHERE (i.flagged OR i.campaign_id IS NOT NULL) AND {EXCEPTED_SQL}"""))
     _attach_states(db, items)
-    return QueuePage(items, total, page, max(1, -(-total // PAGE_SIZE)), hidden, f)
+    return QueuePage(items, total, page, max(1, -(-total // page_size)), hidden, f, page_size)
 
 
 def _attach_states(db: ConsoleDB, items: list[dict[str, Any]]) -> None:
