@@ -177,6 +177,10 @@ def create_app(cc: ConsoleConfig) -> FastAPI:
             return denied(request, s, "missing or wrong CSRF token: reload the page and retry")
         return s, form
 
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
     # ------------------------------------------------------------------ login
     @app.get("/login")
     async def login_page(request: Request, next: str = "/") -> Response:

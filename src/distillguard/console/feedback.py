@@ -18,9 +18,9 @@ it; applying writes a config overlay for the next ``distillguard detect --config
 from __future__ import annotations
 
 import csv
-import math
 import io
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
