@@ -20,16 +20,26 @@
     data.edges.forEach(function (e, i) {
       els.push({data: {id: "e" + i, source: "n:" + e.a, target: "n:" + e.b, w: e.w}});
     });
+    var many = data.nodes.length > 30;
     var cy = window.cytoscape({
       container: el, elements: els, wheelSensitivity: 0.3,
       style: [
-        {selector: "node", style: {"background-color": "#2c6fbb", "label": "data(label)", "font-size": 8,
-          "width": "mapData(score, 0, 1, 8, 22)", "height": "mapData(score, 0, 1, 8, 22)", "color": "#333"}},
+        {selector: "node", style: {"background-color": "#2c6fbb", "label": many ? "" : "data(label)",
+          "font-size": 9, "width": "mapData(score, 0, 1, 6, 18)", "height": "mapData(score, 0, 1, 6, 18)",
+          "color": "#222", "text-background-color": "#fff", "text-background-opacity": 0.8,
+          "text-background-padding": 1}},
+        {selector: "node.hover", style: {"label": "data(label)", "z-index": 10}},
         {selector: "node[suspended = 1]", style: {"background-color": "#c0392b"}},
-        {selector: "edge", style: {"width": "mapData(w, 0, 5, 0.5, 4)", "line-color": "#9aa7bb", "opacity": 0.6}}
+        {selector: "edge", style: {"width": "mapData(w, 0, 5, 0.3, 3)", "line-color": "#9aa7bb",
+          "opacity": 0.35}}
       ],
-      layout: {name: data.nodes.length > 400 ? "grid" : "cose", animate: false, randomize: false}
+      layout: data.nodes.length > 400 ? {name: "grid"} :
+        {name: "cose", animate: false, randomize: false, nodeRepulsion: function () { return 200000; },
+         idealEdgeLength: function () { return 60; }, edgeElasticity: function (e) { return 40 / (1 + e.data("w")); },
+         numIter: 800, componentSpacing: 60}
     });
+    cy.on("mouseover", "node", function (evt) { evt.target.addClass("hover"); });
+    cy.on("mouseout", "node", function (evt) { evt.target.removeClass("hover"); });
     cy.on("tap", "node", function (evt) {
       window.location.href = "/account?id=" + encodeURIComponent(evt.target.data("account"));
     });
