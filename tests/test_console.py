@@ -319,3 +319,33 @@ def test_suspend_from_console_changes_what_the_gateway_does(store: Path,
                              "reason": "appeal granted"})
         assert g.post("/v1/chat/completions", json=body,
                       headers={"X-Account-Id": member}).status_code == 200
+
+
+def test_exports_evidence_package_and_stix_bundle(store: Path, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    pytest.importorskip("stix2")
+    key = b"k" * 32
+    with TestClient(make_app(store, tmp_path, intel_key=key, producer="Acme AI")) as c:
+        csrf = login(c, "ana")
+        cid = top_campaign(c)
+        r = c.post("/campaign/export", data={"csrf": csrf, "campaign_id": cid, "kind": "stix"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        bundle = orjson.loads(r.content)
+        assert bundle["type"] == "bundle"
+        assert any(o["type"] == "campaign" for o in bundle["objects"])
+        members = c.app.state.db.rows("SELECT account_id FROM console_account_index "
+                                      "WHERE campaign_id = ?", [cid])
+        assert not any(m["account_id"].encode() in r.content for m in members), \
+            "raw account ids must not leave in a shared bundle"
+        r = c.post("/campaign/export", data={"csrf": csrf, "campaign_id": cid,
+                                             "kind": "evidence"})
+        assert r.status_code == 200
+        z = zipfile.ZipFile(io.BytesIO(r.content))
+        assert sorted(z.namelist()) == ["bundle.json", "manifest.json", "report.html"]
+        manifest = orjson.loads(z.read("manifest.json"))
+        assert manifest["campaign_id"] == cid and manifest["producer"] == "Acme AI"
+    acts = [e for e in audit_entries(tmp_path) if e["action"].startswith("export_")]
+    assert [e["action"] for e in acts] == ["export_stix", "export_evidence"]
+    assert all(e["actor"] == "ana" and e["campaign_id"] == cid for e in acts)
