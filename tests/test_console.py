@@ -60,16 +60,24 @@ def _plant(logs_dir: Path, labels: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def planted_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A detection store of the demo's traffic with planted payloads (built once)."""
+    """A detection store of the demo's traffic with planted payloads (built once per session,
+    also when test_console_browser.py imports this fixture)."""
     from distillguard import api
     from distillguard.sim import simulate
 
+    key = str(tmp_path_factory.getbasetemp())
+    if key in _BUILT:
+        return _BUILT[key]
     base = tmp_path_factory.mktemp("console-store")
     sim = simulate(base / "traffic", scenario="demo", seed=7)
     _plant(base / "traffic" / "logs", Path(sim.labels))
     db = base / "store.duckdb"
     api.detect(sim.logs, base / "results", db=db)
+    _BUILT[key] = db
     return db
+
+
+_BUILT: dict[str, Path] = {}
 
 
 @pytest.fixture
