@@ -357,3 +357,52 @@ def test_exports_evidence_package_and_stix_bundle(store: Path, tmp_path: Path) -
     acts = [e for e in audit_entries(tmp_path) if e["action"].startswith("export_")]
     assert [e["action"] for e in acts] == ["export_stix", "export_evidence"]
     assert all(e["actor"] == "ana" and e["campaign_id"] == cid for e in acts)
+
+
+def test_standing_responses_from_console_reach_the_gateway(store: Path, tmp_path: Path) -> None:
+    """Require verification and strip reasoning set in the console are what the gateway
+    does on the account's next request; a lesser action never replaces a suspension."""
+    from urllib.parse import unquote_plus
+
+    from distillguard.gateway.app import create_app as gateway_app
+    from distillguard.gateway.stub import REASONING, StubUpstream
+    from distillguard.respond import AuditLog, OnlineScorer
+    from distillguard.respond.directives import DirectiveSet
+    from distillguard.respond.policy import load_policy
+    from distillguard.respond.state import MemoryState
+
+    state = MemoryState()
+    gw = gateway_app("http://upstream", load_policy(), DirectiveSet([]), OnlineScorer(state),
+                     AuditLog(tmp_path / "gw-audit.jsonl"), transport=StubUpstream().transport())
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
+    with TestClient(make_app(store, tmp_path, state=state)) as c, TestClient(gw) as g:
+        csrf = login(c, "ana")
+        cid = top_campaign(c)
+        member = unquote_plus(re.search(r'href="/account\?id=([^"]+)"',
+                                        c.get(f"/campaign?id={cid}").text).group(1))
+        h = {"X-Account-Id": member}
+        first = g.post("/v1/chat/completions", json=body, headers=h)
+        assert first.status_code == 200
+        assert first.json()["choices"][0]["message"].get("reasoning_content") == REASONING
+
+        def act(action: str) -> None:
+            r = c.post("/act", data={"csrf": csrf, "action": action, "accounts": member,
+                                     "campaign_id": cid, "reason": "analyst decision"})
+            assert r.status_code in (200, 303), r.text
+
+        act("strip_reasoning")
+        r = g.post("/v1/chat/completions", json=body, headers=h)
+        assert r.status_code == 200
+        assert "strip_reasoning" in r.headers["X-Distillguard-Action"]
+        assert not r.json()["choices"][0]["message"].get("reasoning_content")
+        assert "strip_reasoning" in c.get("/account", params={"id": member}).text
+
+        act("require_verification")
+        r = g.post("/v1/chat/completions", json=body, headers=h)
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "distillguard_verification_required"
+
+        act("suspend")
+        act("strip_reasoning")            # does not replace the suspension
+        r = g.post("/v1/chat/completions", json=body, headers=h)
+        assert r.json()["error"]["code"] == "distillguard_account_suspended"

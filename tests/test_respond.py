@@ -185,3 +185,41 @@ def test_replay_writes_escalating_alerts(tmp_path: Path) -> None:
     assert set(alerts[0]) == {"ts", "account_id", "campaign_id", "score", "action", "reasons"}
     assert alerts == sorted(alerts, key=lambda a: a["ts"])
     assert any("chain-of-thought" in r for r in alerts[-1]["reasons"])
+
+
+def test_operator_standing_action_joins_the_policy_decision() -> None:
+    """An operator's standing action (state record with ``action``) is added to what the
+    policy decides; the more severe blocking action wins, and a policy suspension replaces
+    a standing lesser action in the state store."""
+    from distillguard.respond.online import OnlineScore, decide
+    from distillguard.respond.state import MemoryState
+
+    pol = Policy.from_dict({"version": "t", "rules": [
+        {"id": "suspend", "when": {"score_min": 0.9}, "action": "suspend"},
+        {"id": "throttle", "when": {"score_min": 0.5}, "action": "throttle",
+         "params": {"rpm": 3}}]})
+    scorer = OnlineScorer(MemoryState())
+
+    def score(v: float) -> OnlineScore:
+        return OnlineScore(account_id="a", score=v, raw=0.0, n_requests=10, signals=(),
+                           capability="general")
+
+    scorer.state.suspend("a", {"rule": "console:ana", "action": "require_verification",
+                               "params": {"verify_url": "https://v.example"}})
+    d = decide(pol, scorer, score(0.1), "a", 0.0)           # policy: allow
+    assert (d.blocking, d.blocking_rule, d.action) == (
+        "require_verification", "console:ana", "require_verification")
+    assert d.params == {"verify_url": "https://v.example"} and "allow" not in d.actions
+    d = decide(pol, scorer, score(0.6), "a", 0.0)           # policy: throttle (less severe)
+    assert d.blocking == "require_verification"
+    assert d.actions == ("throttle", "require_verification")
+    d = decide(pol, scorer, score(0.95), "a", 0.0)          # policy suspends: it replaces
+    assert d.blocking == "suspend"
+    assert scorer.state.suspended("a")["rule"] == "suspend"
+    assert decide(pol, scorer, score(0.0), "a", 0.0).blocking == "suspend"   # sticky
+
+    scorer.state.unsuspend("a")
+    scorer.state.suspend("a", {"rule": "console:ana", "action": "strip_reasoning"})
+    d = decide(pol, scorer, score(0.6), "a", 0.0)
+    assert d.strip_reasoning and d.blocking == "throttle" and d.params == {"rpm": 3}
+    assert d.actions == ("strip_reasoning", "throttle")

@@ -34,7 +34,7 @@ from distillguard.respond.state import StateStore
 __all__ = ["ActionError", "Actions", "EXCEPTION_KINDS", "RESPONSES"]
 
 RESPONSES = ("suspend", "throttle", "require_verification", "strip_reasoning")
-ENFORCED = ("suspend",)
+ENFORCED = RESPONSES
 EXCEPTION_KINDS = ("account", "org", "api_key", "ip_prefix", "user_agent", "payment")
 MAX_REASON = 1000
 DEFAULT_REVIEW_DAYS = 90
@@ -143,18 +143,24 @@ class Actions:
     # ------------------------------------------------------------------ responses
     def respond(self, s: Session, accounts: Sequence[str], action: str, reason: str, *,
                 campaign_id: str | None = None) -> dict[str, Any]:
-        """Apply a response; ``suspend`` goes into the gateway's state store first."""
+        """Apply a response: it goes into the gateway's state store first, as the account's
+        standing action (``respond.online.decide`` reads it on every request). A suspension
+        already in force is not replaced by a lesser action."""
         if action not in RESPONSES:
             raise ActionError(f"response must be one of {', '.join(RESPONSES)}")
         reason = _clean_reason(reason, True)
         accounts = self._known(accounts)
         params = self.policy_params(action)
-        if action == "suspend":
-            info = {"rule": f"console:{s.username}", "ts": time.time(), "by": s.username,
-                    "reason": reason[:200], "policy_version": self.policy.version,
-                    "source": "console"}
-            for a in accounts:     # StateStoreError propagates: nothing is recorded as done
-                self.state.suspend(a, info)
+        info = {"rule": f"console:{s.username}", "ts": time.time(), "by": s.username,
+                "reason": reason[:200], "policy_version": self.policy.version,
+                "source": "console", "action": action, "params": params}
+        for a in accounts:         # StateStoreError propagates: nothing is recorded as done
+            cur = self.state.suspended(a)
+            if cur is not None:
+                if cur.get("action", "suspend") == "suspend":
+                    continue
+                self.state.unsuspend(a)
+            self.state.suspend(a, info)
         status, code = ERROR_CODES.get(action, (None, None))
         return self._record(s, action, accounts, campaign_id=campaign_id, reason=reason,
                             params={**params, "gateway_error": code, "gateway_status": status},

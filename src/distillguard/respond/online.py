@@ -104,7 +104,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ from xxhash import xxh3_64_intdigest as _xxh64
 
 from distillguard.config import Config, load_config
 from distillguard.respond._errors import RespondError
-from distillguard.respond.policy import Policy, PolicyDecision, PolicyInput
+from distillguard.respond.policy import ACTIONS, Policy, PolicyDecision, PolicyInput
 from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
@@ -1520,15 +1520,46 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
 
 def decide(policy: Policy, scorer: OnlineScorer, s: OnlineScore, account_id: str,
            ts: float) -> PolicyDecision:
-    """Policy decision for a scored request, with sticky suspension (shared with the gateway)."""
-    susp = scorer.state.suspended(account_id)
-    if susp is not None:
-        return PolicyDecision("suspend", (str(susp.get("rule", "suspended")),), "suspend",
-                              str(susp.get("rule", "suspended")), {}, actions=("suspend",))
+    """Policy decision for a scored request, with sticky suspension and operator actions.
+
+    The account's record in the state store (shared with the gateway and the console) is
+    either a suspension (sticky until lifted) or an operator's standing action (``throttle``,
+    ``require_verification``, ``strip_reasoning``, set from the console): the policy still
+    decides, and the operator's action is added unless the policy already does as much.
+    """
+    rec = scorer.state.suspended(account_id)
+    op = str(rec.get("action", "suspend")) if rec is not None else None
+    if op == "suspend":
+        rule = str(rec.get("rule", "suspended"))
+        return PolicyDecision("suspend", (rule,), "suspend", rule, {}, actions=("suspend",))
     d = policy.decide(PolicyInput(s.score, s.n_requests, s.signals,
                                   scorer.campaigns.get(account_id)))
     if d.blocking == "suspend":
+        if rec is not None:        # the policy's suspension replaces a standing lesser action
+            scorer.state.unsuspend(account_id)
         scorer.state.suspend(account_id, {"rule": d.blocking_rule, "ts": ts,
                                           "score": round(s.score, 6),
                                           "policy_version": policy.version})
+    elif rec is not None and op in OPERATOR_ACTIONS:
+        d = with_operator_action(d, op, str(rec.get("rule", "operator")),
+                                 rec.get("params") or {})
     return d
+
+
+#: Standing actions an operator can put on an account besides suspension.
+OPERATOR_ACTIONS = ("throttle", "require_verification", "strip_reasoning")
+
+
+def with_operator_action(d: PolicyDecision, op: str, rule: str,
+                         params: Mapping[str, Any]) -> PolicyDecision:
+    """``d`` with an operator's standing action added (the more severe blocking one wins)."""
+    sev = ACTIONS.index
+    actions = tuple(sorted((set(d.actions) - {"allow"}) | {op}, key=sev))
+    primary = max(d.action, op, key=sev)
+    if op == "strip_reasoning":
+        return replace(d, action=primary, rules=(*d.rules, rule), strip_reasoning=True,
+                       actions=actions)
+    if d.blocking is not None and sev(d.blocking) >= sev(op):
+        return d
+    return replace(d, action=primary, rules=(*d.rules, rule), blocking=op, blocking_rule=rule,
+                   params=dict(params), actions=actions)
