@@ -174,7 +174,7 @@ def test_analyst_suspends_top_campaign_and_dismisses_an_account(
     member = members[0]
     assert gw.post("/v1/chat/completions", json=body,
                    headers={"X-Account-Id": member}).status_code == 200
-    assert page.inner_text("#gateway-state") == f"0 of {n} suspended at the gateway"
+    assert page.inner_text("#gateway-state") == f"0 of {n} with a standing action at the gateway"
     page.screenshot(path=str(shots / "campaign.png"), full_page=False)
 
     page.select_option("#campaign-action", "suspend")
@@ -182,7 +182,7 @@ def test_analyst_suspends_top_campaign_and_dismisses_an_account(
     page.click("#campaign-apply")
     page.wait_for_selector(".flash-ok")
     assert f"suspend applied to {n} account(s)" in page.inner_text(".flash-ok")
-    assert page.inner_text("#gateway-state") == f"{n} of {n} suspended at the gateway"
+    assert page.inner_text("#gateway-state") == f"{n} of {n} with a standing action at the gateway"
     # the gateway now refuses every member with the documented error
     for a in (members[0], members[-1]):
         r = gw.post("/v1/chat/completions", json=body, headers={"X-Account-Id": a})
