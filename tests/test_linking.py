@@ -79,3 +79,28 @@ def test_fragments_tied_by_multi_channel_edges_merge(cfg):
                           "weight": 1.0,
                           "channels": [2] * len(clique) + [channels] * len(ties)})
         assert len(set(merge_fragments(e, memb, cfg).tolist())) == expect
+
+
+def test_stragglers_attach_to_the_one_community_their_multichannel_ties_reach(cfg) -> None:
+    """A piece below merge.min_size joins the community that at least attach_links of its
+    multi-channel edges reach, and none other; single ties, one-channel ties and ties into
+    two communities leave it where it is."""
+    import polars as pl
+
+    from distillguard.linking.graph import attach_stragglers
+
+    clique = [(i, j) for g in (range(0, 10), range(10, 20)) for i in g for j in g if i < j]
+    # 20: two 2-channel ties into A; 21: one; 22: two 1-channel ties; 23: one into A, one
+    # into B; 24-25: a pair with two 2-channel ties into B
+    ties = [(20, 0, 2), (20, 1, 2), (21, 2, 2), (22, 3, 1), (22, 4, 1), (23, 5, 2),
+            (23, 15, 2), (24, 11, 2), (25, 12, 2), (24, 25, 2)]
+    memb = np.array([0] * 10 + [1] * 10 + [2, 3, 4, 5, 6, 6])
+    e = pl.DataFrame({"a": [a for a, _ in clique] + [t[0] for t in ties],
+                      "b": [b for _, b in clique] + [t[1] for t in ties], "weight": 1.0,
+                      "channels": [2] * len(clique) + [t[2] for t in ties]})
+    out = attach_stragglers(e, memb, cfg)
+    assert out[20] == 0 and out[24] == out[25] == 1
+    assert [out[i] for i in (21, 22, 23)] == [3, 4, 5]
+    assert (out[:20] == memb[:20]).all()
+    off = load_config(overrides={"linking": {"merge": {"attach_links": 0}}})
+    assert (attach_stragglers(e, memb, off) == memb).all()

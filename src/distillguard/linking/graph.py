@@ -234,6 +234,7 @@ def communities(edges: pl.DataFrame, n_accounts: int, cfg: Config) -> np.ndarray
                               resolution=float(lc["leiden_resolution"]), n_iterations=-1,
                               initial_membership=None)
     memb = merge_fragments(edges, np.asarray(part.membership, dtype=np.int64), cfg)
+    memb = attach_stragglers(edges, memb, cfg)
     sizes = np.bincount(memb)
     ok = sizes[memb] >= int(lc["min_campaign_accounts"])
     member[ok] = memb[ok]
@@ -279,3 +280,39 @@ def merge_fragments(edges: pl.DataFrame, memb: np.ndarray, cfg: Config) -> np.nd
                                               pairs["hi"].to_numpy()[ok])), shape=(k, k))
     _, label = connected_components(g, directed=False)
     return label[memb].astype(np.int64)
+
+
+def attach_stragglers(edges: pl.DataFrame, memb: np.ndarray, cfg: Config) -> np.ndarray:
+    """Put pieces too small to be merged (fewer than ``merge.min_size`` accounts) into the
+    community they are tied to by multi-channel edges.
+
+    CPM asks a member for link weight in proportion to its community's size, so an account
+    of a 200-account operation with a handful of two-channel ties (exit address and client)
+    stays outside it, alone or in a pair. Such a piece joins a community of at least
+    ``min_size`` accounts when at least ``attach_links`` of its multi-channel edges run into
+    that community and none run into any other (ambiguous pieces stay where they are).
+    """
+    mc = cfg["linking"].get("merge") or {}
+    need = int(mc.get("attach_links", 0))
+    if not need or edges.is_empty() or "channels" not in edges.columns:
+        return memb
+    sizes = np.bincount(memb)
+    big = int(mc["min_size"])
+    a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
+    multi = edges["channels"].to_numpy() >= 2
+    ca, cb = memb[a], memb[b]
+    # (small piece, big community) for every multi-channel edge from one into the other
+    fwd = multi & (sizes[ca] < big) & (sizes[cb] >= big)
+    rev = multi & (sizes[cb] < big) & (sizes[ca] >= big)
+    x = pl.DataFrame({"piece": np.concatenate([ca[fwd], cb[rev]]),
+                      "to": np.concatenate([cb[fwd], ca[rev]])})
+    if x.is_empty():
+        return memb
+    t = (x.group_by("piece").agg(pl.col("to").n_unique().alias("k"), pl.col("to").first(),
+                                  pl.len().alias("n"))
+         .filter((pl.col("k") == 1) & (pl.col("n") >= need)))
+    if t.is_empty():
+        return memb
+    remap = np.arange(len(sizes), dtype=np.int64)
+    remap[t["piece"].to_numpy()] = t["to"].to_numpy()
+    return remap[memb]
