@@ -10,6 +10,7 @@ without pyspark or Java.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -201,3 +202,35 @@ def test_report_escapes_attacker_text(runs):
         low = page.lower()
         assert "<script" not in low and "<img src=x" not in low and "<i>there" not in low
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_console_opens_the_spark_runs_store(runs, tmp_path):
+    """detect --engine spark writes the driver's store beside its outputs; the analyst
+    console opens it: the queue lists the same campaigns, a campaign page shows its
+    members' requests."""
+    pytest.importorskip("argon2")
+    from fastapi.testclient import TestClient
+    from test_console import login, make_app
+
+    store = runs["spark"].out_dir / "store.duckdb"
+    assert store.exists()
+    db = tmp_path / "spark-store.duckdb"
+    shutil.copy(store, db)           # the console adds its own tables; keep the run's file
+    with TestClient(make_app(db, tmp_path)) as c:
+        login(c, "ana")
+        queue = c.get("/").text
+        ids = set(re.findall(r'href="/campaign\?id=([^"&]+)"', queue))
+        assert ids and ids <= {x["campaign_id"] for x in runs["spark"].campaigns}
+        cid = sorted(ids)[0]
+        page = c.get("/campaign", params={"id": cid})
+        assert page.status_code == 200
+        members = [m for m, v in zip(runs["spark"].accounts["account_id"],
+                                     runs["spark"].accounts["campaign_id"], strict=True)
+                   if v == cid]
+        con = connect(store)
+        (prompt,) = con.execute("SELECT prompt FROM requests WHERE account_id = ? "
+                                "ORDER BY ts LIMIT 1", [members[0]]).fetchone()
+        con.close()
+        acc = c.get("/account", params={"id": members[0]})
+        assert acc.status_code == 200 and "<script>alert" not in acc.text
+        assert html.escape(prompt[:40], quote=False) in acc.text

@@ -204,7 +204,8 @@ def detect_spark(
     db: str | Path | None = None,
 ) -> DetectResult:
     """The same detection on Apache Spark (see docs/spark.md); writes accounts.csv,
-    campaigns.json and report.html. Paths may be local files/directories or URIs the Spark
+    campaigns.json, report.html and store.duckdb (the driver's store: every account's
+    features, scores and links, the campaign members' requests and signals). Paths may be local files/directories or URIs the Spark
     session reads.
 
     ``intel_key`` matches imported partner indicators, read from the DuckDB store ``db``
@@ -249,11 +250,28 @@ def detect_spark(
             }
             write_report(out / "report.html", run.store, campaigns, summary,
                          aggregates=run.report)
+            write_driver_store(run.store, out / "store.duckdb")
             run.timings["outputs"] = time.perf_counter() - t0 + run.timings.get(
                 "report_aggregates", 0.0)
     finally:
         run.store.close()
     return DetectResult(run.scores, run.campaigns, out, None, run.timings, cfg.version)
+
+
+def write_driver_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Write the Spark driver's in-memory store (features, edges, communities, groups,
+    scores, and the campaign members' requests and signals) to ``path``, replacing what
+    was there, so ``distillguard console --db`` and other readers open a Spark run's
+    results the way they open the embedded engine's store."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    src = scalar(con, "SELECT current_database()")
+    con.execute("ATTACH '" + tmp.as_posix().replace("'", "''") + "' AS dg_out")
+    try:
+        con.execute(f'COPY FROM DATABASE "{src}" TO dg_out')
+    finally:
+        con.execute("DETACH dg_out")
+    tmp.replace(path)        # a reader never sees a half-written store
 
 
 @dataclass

@@ -149,6 +149,11 @@ class ConsoleDB:
                "USING (account_id)") if self.has["signals"] else ""
         cap_cols = ("c.top_capability, c.capabilities" if self.has["signals"] else
                     "NULL::VARCHAR AS top_capability, []::VARCHAR[] AS capabilities")
+        # A Spark run's store keeps requests of campaign members only; the others' counts
+        # come from their features.
+        feat = ("LEFT JOIN (SELECT account_id, n_requests AS f_n FROM features) f "
+                "USING (account_id)") if self.has["features"] else ""
+        feat_n = "f.f_n" if self.has["features"] else "NULL"
         with self.cursor() as c:
             c.execute(f"""
                 CREATE OR REPLACE TABLE console_account_index AS
@@ -167,7 +172,8 @@ class ConsoleDB:
                            FILTER (WHERE payment_fingerprint IS NOT NULL) AS payments
                   FROM requests GROUP BY account_id)
                 SELECT s.account_id, s.score, s.flagged, s.campaign_id,
-                       coalesce(r.n_requests, 0) AS n_requests, r.first_ts, r.last_ts,
+                       coalesce(r.n_requests, {feat_n}, 0) AS n_requests, r.first_ts,
+                       r.last_ts,
                        coalesce(r.models, []) AS models, coalesce(r.countries, []) AS countries,
                        coalesce(r.orgs, []) AS orgs, coalesce(r.api_keys, []) AS api_keys,
                        coalesce(r.prefixes, []) AS prefixes,
@@ -177,7 +183,7 @@ class ConsoleDB:
                          list_concat(coalesce(r.orgs, []), coalesce(r.api_keys, []),
                                      coalesce(r.prefixes, []), coalesce(r.user_agents, []),
                                      coalesce(r.payments, [])), ' ')) AS search_blob
-                FROM scores s LEFT JOIN r USING (account_id) {cap}""")
+                FROM scores s LEFT JOIN r USING (account_id) {feat} {cap}""")
             c.execute("""
                 CREATE OR REPLACE TABLE console_campaign_index AS
                 SELECT campaign_id, count(*) AS n_accounts, avg(score) AS score,
