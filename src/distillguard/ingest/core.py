@@ -77,9 +77,12 @@ class _Quarantine:
 
     def flush(self) -> None:
         if self.rows:
+            # Once per (source, line, reason): re-ingesting a file (a rerun after a crash)
+            # does not quarantine its bad rows twice.
             self.con.executemany(
-                "INSERT INTO quarantine (source, line, reason, raw) VALUES (?, ?, ?, ?)",
-                self.rows)
+                "INSERT INTO quarantine (source, line, reason, raw) SELECT $1, $2, $3, $4 "
+                "WHERE NOT EXISTS (SELECT 1 FROM quarantine WHERE source = $1 AND line = $2 "
+                "AND reason = $3 AND raw = $4)", self.rows)
             self.rows = []
         if self._fh is not None:
             self._fh.flush()
