@@ -514,7 +514,7 @@ def perf(
 def _missing_extra(name: str, extra: str, exc: ImportError) -> None:
     """Registers a stand-in verb for a sub-app whose optional dependencies are missing."""
 
-    @app.command(name, help=f"(needs: pip install 'distillguard[{extra}]')",
+    @app.command(name, help=escape(f"(needs: pip install 'distillguard[{extra}]')"),
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def _explain(ctx: typer.Context) -> None:
         console.print("[red]error:[/red] " + escape(
@@ -534,12 +534,13 @@ def _mount_subapps() -> None:
         _missing_extra("intel", "intel", exc)
     try:
         from distillguard.gateway import cli as gateway_cli
-        from distillguard.respond import cli as respond_cli
+
+        app.add_typer(gateway_cli.app, name="gateway")
     except ImportError as exc:
-        for name in ("gateway", "respond", "replay", "policy"):
-            _missing_extra(name, "gateway", exc)
-        return
-    app.add_typer(gateway_cli.app, name="gateway")
+        _missing_extra("gateway", "gateway", exc)
+    # respond (replay, policy, audit) runs on the base install; directives need the extra.
+    from distillguard.respond import cli as respond_cli
+
     app.add_typer(respond_cli.app, name="respond",
                   help="Replay, policy test, audit log and access directives.")
     # The two verbs operators use most also stand at top level.
