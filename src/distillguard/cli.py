@@ -526,6 +526,8 @@ def _mount_subapps() -> None:
     """Sub-apps live with their modules; a missing optional extra only disables its verbs."""
     from distillguard.signals.elicit_cli import app as elicit_app
     app.add_typer(elicit_app, name="elicit")
+    from distillguard.retention_cli import app as store_app
+    app.add_typer(store_app, name="store")
     try:
         from distillguard.intel import cli as intel_cli
 

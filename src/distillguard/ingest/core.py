@@ -20,6 +20,7 @@ from distillguard.errors import BadRowError, IngestError
 from distillguard.ingest.fast import ingest_parquet_fast
 from distillguard.ingest.normalize import RowError, normalize
 from distillguard.ingest.reader import LineError, expand_paths, iter_records
+from distillguard.retention import PRUNED
 from distillguard.schema import STORE_COLUMNS, STORE_SCHEMA
 from distillguard.store import scalar
 
@@ -108,7 +109,15 @@ def _sniff_format(path: Path, limits: dict[str, int]) -> str:
 
 
 #: A stored request and a new row with its ``request_id`` differ in content (not in source).
-_DIFFERS = " OR ".join(f"r.{c} IS DISTINCT FROM b.{c}" for c in STORE_COLUMNS if c != "source")
+def differs_sql(r: str, b: str) -> str:
+    """SQL: stored row ``r`` and new row ``b`` differ in content (not in source). A stored row
+    whose text was pruned (``distillguard store prune``) matches its original."""
+    cols = " OR ".join(f"{r}.{c} IS DISTINCT FROM {b}.{c}" for c in STORE_COLUMNS
+                       if c != "source")
+    return f"(coalesce({r}.prompt NOT LIKE '{PRUNED}%', true) AND ({cols}))"
+
+
+_DIFFERS = differs_sql("r", "b")
 _BATCH_SCHEMA = STORE_SCHEMA.append(pa.field("_ord", pa.int64()))
 
 

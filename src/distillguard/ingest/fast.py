@@ -282,12 +282,12 @@ def ingest_parquet_fast(
                   AND f.line IN (SELECT min(line) FROM _fast WHERE fast GROUP BY request_id)
                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = f.request_id)
             """)
-            differs = " OR ".join(f"r.{c} IS DISTINCT FROM f.{c}"
-                                  for c in STORE_COLUMNS if c != "source")
+            from distillguard.ingest.core import differs_sql
+
             conflicts = con.execute(f"""
                 SELECT f.line, r.source, {", ".join(f"f.{c}" for c in STORE_COLUMNS)}
                 FROM _fast f
-                JOIN requests r USING (request_id) WHERE f.fast AND ({differs})
+                JOIN requests r USING (request_id) WHERE f.fast AND {differs_sql("r", "f")}
                 ORDER BY f.line""").fetchall()
             con.execute("COMMIT")
         except BaseException:
