@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,12 +182,22 @@ def run_crash(work: Path, kills: int, import_kills: int | None = None, seed: int
     windows = {s: (bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
 
     records = []
+    # Runs speed up or slow down with the machine's load: a run that ends before its kill
+    # rescales the phase windows by its duration and is tried again (up to 3 times).
+    speed = 1.0
     for k in range(kills):
         stage = STAGES[k % len(STAGES)]
         lo, hi = windows[stage]
-        delay = rng.uniform(lo, hi)
+        frac = rng.random()
         out = work / f"kill-{k}"
-        killed, elapsed = _kill_at(_detect_cmd(logs, out), delay)
+        for _ in range(3):
+            if out.exists():
+                shutil.rmtree(out)
+            delay = (lo + frac * (hi - lo)) * speed
+            killed, elapsed = _kill_at(_detect_cmd(logs, out), delay)
+            if killed:
+                break
+            speed = min(speed, elapsed / ref_seconds)
         rec: dict[str, Any] = {"kill": k, "stage": stage, "at_s": round(delay, 3),
                                "killed": killed, "problems": []}
         db = out / "store.duckdb"
