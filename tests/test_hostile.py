@@ -137,3 +137,20 @@ def test_csv_parse_error_keeps_the_raw_row(tmp_path):
     rep = ingest_files([p], con, limits=LIMITS)
     assert (rep.rows_ok, rep.rows_bad) == (1, 1)
     assert con.execute("SELECT raw FROM quarantine").fetchone()[0].startswith("r1,")
+
+
+def test_json_array_with_a_bad_value_keeps_the_other_elements(tmp_path):
+    """Found by the fuzzer: one NaN (or lone surrogate, or 2**70) in a JSON array document
+    made the whole file one quarantined line; now only that element is quarantined."""
+    import json
+
+    base = {"ts": 1762000000, "account_id": "x", "model": "m", "prompt": "q"}
+    recs = [{"request_id": "nan", **base, "input_tokens": float("nan")},
+            {"request_id": "sur", **base, "prompt": "q\ud800"},
+            {"request_id": "big", **base, "n": 2 ** 70},
+            {"request_id": "ok", **base}]
+    p = tmp_path / "doc.json"
+    p.write_bytes(json.dumps(recs).encode())
+    rep, ids, reasons = _ingest(p)
+    assert ids == {"ok"} and rep.rows_bad == 3
+    assert all(r.startswith("malformed JSON") for r in reasons)

@@ -213,6 +213,12 @@ def _iter_json_document(path: Path, max_line_bytes: int) -> Iterator[tuple[int, 
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
+        items = _lenient_array(data)
+        if items is not None:
+            # A JSON array with a bad value (NaN, Infinity, a lone surrogate, an integer past
+            # 64 bits) in some element: that element is quarantined, not the whole file.
+            yield from items
+            return
         # Many tools write JSON Lines under a .json name; fall back to line mode.
         del data
         yield from _iter_jsonl(path, max_line_bytes)
@@ -221,6 +227,61 @@ def _iter_json_document(path: Path, max_line_bytes: int) -> Iterator[tuple[int, 
         yield from enumerate(doc, start=1)
     else:
         yield 1, doc
+
+
+class _NotJSON:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _bad_value(v: Any) -> str | None:
+    """Why ``v`` (parsed leniently) is not JSON as orjson reads it, or None."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, _NotJSON):
+            return f"{x.text} is not valid JSON"
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate (invalid Unicode)"
+        elif isinstance(x, bool):
+            continue
+        elif isinstance(x, int) and not -(2 ** 63) <= x < 2 ** 64:
+            return f"integer {str(x)[:30]} does not fit 64 bits"
+        elif isinstance(x, dict):
+            stack += list(x.keys()) + list(x.values())
+        elif isinstance(x, list):
+            stack += x
+    return None
+
+
+def _lenient_array(data: bytes) -> Iterator[tuple[int, Any]] | None:
+    """The elements of a top-level JSON array read with the standard library (which accepts
+    NaN, Infinity, lone surrogates and big integers); an element holding one of those is a
+    LineError. None when ``data`` is not such an array."""
+    import json
+
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_NotJSON)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, list):
+        return None
+
+    def items() -> Iterator[tuple[int, Any]]:
+        for i, item in enumerate(doc, start=1):
+            why = _bad_value(item)
+            if why is None:
+                yield i, item
+            else:
+                raw = json.dumps(item, default=lambda o: o.text, ensure_ascii=True)[:2000]
+                yield i, LineError(f"malformed JSON: {why}", raw.encode())
+
+    return items()
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
