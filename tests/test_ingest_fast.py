@@ -154,7 +154,9 @@ def test_fast_path_matches_row_path(tmp_path, monkeypatch):
     for a, b in ((rep_f, rep_r), (rep2_f, rep2_r)):
         assert [(f.rows_ok, f.rows_bad, f.rows_dup) for f in a.files] == \
                [(f.rows_ok, f.rows_bad, f.rows_dup) for f in b.files]
-    assert rep_f.rows_bad == 1 + 19 + 2 and rep2_f.rows_ok == 0
+    # 'dup second' reuses a stored request_id with other content: quarantined, not dropped.
+    assert rep_f.rows_bad == 1 + 19 + 2 + 1 and rep2_f.rows_ok == 0
+    assert any("'dup' is already stored with different content" in r[2] for r in fast[2])
     # File order decides which duplicate is kept on the fast path.
     assert con_f.execute("SELECT prompt FROM requests WHERE request_id = 'dup'"
                          ).fetchone()[0] == "dup first"

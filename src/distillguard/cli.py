@@ -514,7 +514,7 @@ def perf(
 def _missing_extra(name: str, extra: str, exc: ImportError) -> None:
     """Registers a stand-in verb for a sub-app whose optional dependencies are missing."""
 
-    @app.command(name, help=f"(needs: pip install 'distillguard[{extra}]')",
+    @app.command(name, help=escape(f"(needs: pip install 'distillguard[{extra}]')"),
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def _explain(ctx: typer.Context) -> None:
         console.print("[red]error:[/red] " + escape(
@@ -526,6 +526,8 @@ def _mount_subapps() -> None:
     """Sub-apps live with their modules; a missing optional extra only disables its verbs."""
     from distillguard.signals.elicit_cli import app as elicit_app
     app.add_typer(elicit_app, name="elicit")
+    from distillguard.retention_cli import app as store_app
+    app.add_typer(store_app, name="store")
     try:
         from distillguard.intel import cli as intel_cli
 
@@ -540,12 +542,13 @@ def _mount_subapps() -> None:
         _missing_extra("console", "console", exc)
     try:
         from distillguard.gateway import cli as gateway_cli
-        from distillguard.respond import cli as respond_cli
+
+        app.add_typer(gateway_cli.app, name="gateway")
     except ImportError as exc:
-        for name in ("gateway", "respond", "replay", "policy"):
-            _missing_extra(name, "gateway", exc)
-        return
-    app.add_typer(gateway_cli.app, name="gateway")
+        _missing_extra("gateway", "gateway", exc)
+    # respond (replay, policy, audit) runs on the base install; directives need the extra.
+    from distillguard.respond import cli as respond_cli
+
     app.add_typer(respond_cli.app, name="respond",
                   help="Replay, policy test, audit log and access directives.")
     # The two verbs operators use most also stand at top level.

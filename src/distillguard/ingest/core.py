@@ -6,6 +6,7 @@ what is stored, so re-ingesting a file adds nothing and a crash leaves only whol
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from distillguard.errors import BadRowError, IngestError
 from distillguard.ingest.fast import ingest_parquet_fast
 from distillguard.ingest.normalize import RowError, normalize
 from distillguard.ingest.reader import LineError, expand_paths, iter_records
+from distillguard.retention import PRUNED
 from distillguard.schema import STORE_COLUMNS, STORE_SCHEMA
 from distillguard.store import scalar
 
@@ -61,7 +63,10 @@ class _Quarantine:
         if isinstance(raw, bytes):
             raw = raw[:2000].decode("utf-8", errors="replace")
         elif not isinstance(raw, str):
-            raw = orjson.dumps(raw, default=str).decode("utf-8", errors="replace")
+            try:
+                raw = orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            except orjson.JSONEncodeError:      # too deep or huge ints: a bounded repr
+                raw = reprlib.repr(raw)
         raw = raw[:2000]
         self.rows.append((source, line, reason, raw))
         if self.path is not None:
@@ -73,9 +78,12 @@ class _Quarantine:
 
     def flush(self) -> None:
         if self.rows:
+            # Once per (source, line, reason): re-ingesting a file (a rerun after a crash)
+            # does not quarantine its bad rows twice.
             self.con.executemany(
-                "INSERT INTO quarantine (source, line, reason, raw) VALUES (?, ?, ?, ?)",
-                self.rows)
+                "INSERT INTO quarantine (source, line, reason, raw) SELECT $1, $2, $3, $4 "
+                "WHERE NOT EXISTS (SELECT 1 FROM quarantine WHERE source = $1 AND line = $2 "
+                "AND reason = $3 AND raw = $4)", self.rows)
             self.rows = []
         if self._fh is not None:
             self._fh.flush()
@@ -100,29 +108,59 @@ def _sniff_format(path: Path, limits: dict[str, int]) -> str:
     return adapters.detect_format(sample)
 
 
-def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """Insert rows not already stored (by request_id); returns (inserted, duplicates)."""
+#: A stored request and a new row with its ``request_id`` differ in content (not in source).
+def differs_sql(r: str, b: str) -> str:
+    """SQL: stored row ``r`` and new row ``b`` differ in content (not in source). A stored row
+    whose text was pruned (``distillguard store prune``) matches its original."""
+    cols = " OR ".join(f"{r}.{c} IS DISTINCT FROM {b}.{c}" for c in STORE_COLUMNS
+                       if c != "source")
+    return f"(coalesce({r}.prompt NOT LIKE '{PRUNED}%', true) AND ({cols}))"
+
+
+_DIFFERS = differs_sql("r", "b")
+_BATCH_SCHEMA = STORE_SCHEMA.append(pa.field("_ord", pa.int64()))
+
+
+def conflict_reason(request_id: str, stored_source: str) -> str:
+    """Quarantine reason of a row whose ``request_id`` is stored with other content."""
+    return (f"request_id {request_id[:80]!r} is already stored with different content "
+            f"(from {stored_source})")
+
+
+def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]
+                  ) -> tuple[int, int, list[tuple[int, str]]]:
+    """Insert rows not already stored (by request_id; the first of a batch wins).
+
+    Returns (inserted, identical duplicates, conflicts): a conflict is a row whose request_id
+    is stored with different content, as ``(index in rows, stored row's source)``; the caller
+    quarantines it, so no row is dropped silently.
+    """
     cols = {c: [r[c] for r in rows] for c in STORE_COLUMNS}
-    table = pa.Table.from_pydict(cols, schema=STORE_SCHEMA)
+    cols["_ord"] = list(range(len(rows)))
+    table = pa.Table.from_pydict(cols, schema=_BATCH_SCHEMA)
     con.register("_batch", table)
     try:
         con.execute("BEGIN TRANSACTION")
         # The INSERT reports how many rows it added; the rest were duplicates.
         inserted = scalar(con, """
             INSERT INTO requests
-            SELECT * EXCLUDE (_rn) FROM (
-                SELECT *, row_number() OVER (PARTITION BY request_id) AS _rn FROM _batch
+            SELECT * EXCLUDE (_ord, _rn) FROM (
+                SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY _ord) AS _rn
+                FROM _batch
             ) b
             WHERE _rn = 1 AND NOT EXISTS (
                 SELECT 1 FROM requests r WHERE r.request_id = b.request_id)
         """)
+        conflicts = [(int(i), str(src)) for i, src in con.execute(f"""
+            SELECT b._ord, r.source FROM _batch b JOIN requests r USING (request_id)
+            WHERE {_DIFFERS} ORDER BY b._ord""").fetchall()]
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
         con.unregister("_batch")
-    return inserted, len(rows) - inserted
+    return inserted, len(rows) - inserted - len(conflicts), conflicts
 
 
 def ingest_files(
@@ -159,9 +197,17 @@ def ingest_files(
                 _fr.rows_bad += 1
                 quarantine.add(str(_path), line, reason, raw)
 
+            def insert(rows: list[dict[str, Any]]) -> tuple[int, int]:
+                ok, dup, conflicts = _insert_batch(con, rows)
+                for i, stored in conflicts:
+                    src = rows[i]["source"]
+                    bad(int(src.rsplit(":", 1)[1]), conflict_reason(rows[i]["request_id"],
+                                                                     stored), rows[i])
+                return ok, dup
+
             def flush(_fr: FileReport = fr, rows: list[dict[str, Any]] = rows) -> None:
                 if rows:
-                    ok, dup = _insert_batch(con, rows)
+                    ok, dup = insert(rows)
                     _fr.rows_ok += ok
                     _fr.rows_dup += dup
                     if on_progress:
@@ -171,7 +217,7 @@ def ingest_files(
 
             # Canonical Parquet: columnar fast path (same rows and reasons); else row by row.
             fast = None if strict or file_fmt != "canonical" else ingest_parquet_fast(
-                path, con, limits, bad, lambda r: _insert_batch(con, r), on_progress)
+                path, con, limits, bad, insert, on_progress)
             if fast is not None:
                 fr.rows_ok, fr.rows_dup = fast
             lines = iter(()) if fast is not None else iter_records(

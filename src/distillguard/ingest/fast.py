@@ -282,11 +282,23 @@ def ingest_parquet_fast(
                   AND f.line IN (SELECT min(line) FROM _fast WHERE fast GROUP BY request_id)
                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = f.request_id)
             """)
+            from distillguard.ingest.core import differs_sql
+
+            conflicts = con.execute(f"""
+                SELECT f.line, r.source, {", ".join(f"f.{c}" for c in STORE_COLUMNS)}
+                FROM _fast f
+                JOIN requests r USING (request_id) WHERE f.fast AND {differs_sql("r", "f")}
+                ORDER BY f.line""").fetchall()
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        dup = n_fast - inserted
+        from distillguard.ingest.core import conflict_reason
+
+        for line, stored, *row in conflicts:
+            rec = dict(zip(STORE_COLUMNS, row, strict=True))
+            bad(int(line), conflict_reason(rec["request_id"], stored), rec)
+        dup = n_fast - inserted - len(conflicts)
         if on_progress:
             on_progress(n_fast)
         slow = [r[0] for r in con.execute(

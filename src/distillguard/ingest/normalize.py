@@ -18,6 +18,7 @@ from distillguard.schema import KNOWN_FIELDS
 _EPOCH = datetime(1970, 1, 1)
 _MIN_TS = datetime(2000, 1, 1)
 _MAX_TS = datetime(2100, 1, 1)
+_MAX_INT64 = 2 ** 63 - 1
 
 
 class RowError(ValueError):
@@ -32,6 +33,13 @@ def parse_ts(value: Any, field: str = "ts") -> datetime:
         raise RowError(f"{field} is missing")
     if isinstance(value, int | float):
         return _parse_epoch(value, field)
+    if isinstance(value, datetime):         # a Parquet TIMESTAMP column; naive means UTC
+        if value.tzinfo is not None:
+            try:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:
+                raise RowError(f"{field} {str(value)[:40]!r} is out of range") from None
+        return _check_range(value, field, value)
     raise RowError(f"{field} has type {type(value).__name__}, expected string or number")
 
 
@@ -47,7 +55,10 @@ def _parse_ts_str(value: str, field: str) -> datetime:
         except ValueError:
             raise RowError(f"{field} {value[:40]!r} is not RFC 3339 or epoch") from None
     if dt.tzinfo is not None:
-        dt = dt.astimezone(UTC).replace(tzinfo=None)
+        try:
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:   # year 1 or 9999 shifted past the calendar by its offset
+            raise RowError(f"{field} {value[:40]!r} is outside 2000..2100") from None
     return _check_range(dt, field, value)
 
 
@@ -114,11 +125,20 @@ def _opt_int(rec: dict[str, Any], key: str) -> int | None:
         raise RowError(f"{key} has type {type(v).__name__}, expected integer")
     try:
         n = int(float(v))
-    except ValueError:
+    except (ValueError, OverflowError):     # "NaN", "Infinity", 1e400
         raise RowError(f"{key} {str(v)[:20]!r} is not an integer") from None
     if n < 0:
         raise RowError(f"{key} is negative ({n})")
+    if n > _MAX_INT64:      # one such row would fail its whole batch's insert
+        raise RowError(f"{key} {str(v)[:20]!r} is larger than a 64-bit integer")
     return n
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:   # nesting deeper than orjson writes, huge ints
+        raise RowError(f"{what} cannot be stored as JSON: {exc}") from None
 
 
 def normalize(rec: Any, source: str, limits: dict[str, int]) -> dict[str, Any]:
@@ -188,7 +208,7 @@ def normalize(rec: Any, source: str, limits: dict[str, int]) -> dict[str, Any]:
         account_created = parse_ts(rec["account_created"], "account_created")
     response = rec.get("response")
     if response is not None and not isinstance(response, str):
-        response = orjson.dumps(response).decode()
+        response = _dumps(response, "response")
     short = limits["max_field_chars"]
     return {
         "request_id": str(rec["request_id"]),
@@ -214,6 +234,6 @@ def normalize(rec: Any, source: str, limits: dict[str, int]) -> dict[str, Any]:
         "output_tokens": _opt_int(rec, "output_tokens"),
         "response": response[:max_prompt] if response else None,
         "status": _opt_str(rec, "status", 64),
-        "extra": orjson.dumps(extra, default=str).decode()[:short * 16] if extra else None,
+        "extra": _dumps(extra, "unknown fields")[:short * 16] if extra else None,
         "source": source,
     }

@@ -65,7 +65,8 @@ def cycle_order_keys(accounts: list[str], k: int) -> np.ndarray:
     out = np.empty((len(accounts), k), dtype=np.uint64)
     for i, a in enumerate(accounts):
         for j in range(k):
-            out[i, j] = int(hashlib.md5(f"{a}|{j + 1}".encode()).hexdigest()[:16], 16)
+            out[i, j] = int(hashlib.md5(f"{a}|{j + 1}".encode(),
+                                        usedforsecurity=False).hexdigest()[:16], 16)
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from distillguard.errors import DistillguardError
 
@@ -141,10 +142,22 @@ def audit_query(path: Annotated[Path, typer.Argument()],
         _fail(exc)
 
 
+def _directives():  # noqa: ANN202 - the module
+    """The directives module; on the base install (no cedarpy) an install hint, exit 2."""
+    try:
+        from distillguard.respond import directives
+    except ImportError as exc:
+        err.print("[red]error:[/red] " + escape(
+            "directives need the 'gateway' extra: pip install 'distillguard[gateway]' "
+            f"({exc})"))
+        raise typer.Exit(2) from exc
+    return directives
+
+
 @directive_app.command("validate")
 def directive_validate(paths: Annotated[list[Path], typer.Argument()]) -> None:
     """Validate directive files against the Cedar schema; print the compiled policies."""
-    from distillguard.respond.directives import load_directives
+    load_directives = _directives().load_directives
 
     try:
         ds = load_directives(paths)
@@ -162,8 +175,10 @@ def directive_dry_run(
         attributes: Annotated[Path | None, typer.Option(help="accounts CSV/JSONL")] = None
         ) -> None:
     """How many accounts and requests a new directive would affect, by model and class."""
-    from distillguard.respond.directives import dry_run, load_directives
     from distillguard.store import connect
+
+    d = _directives()
+    dry_run, load_directives = d.dry_run, d.load_directives
 
     try:
         new = load_directives(directive).directives

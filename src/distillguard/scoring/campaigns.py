@@ -60,21 +60,24 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
     finally:
         con.unregister("_members")
     out = []
-    for row in flagged.sort("campaign_score", descending=True).iter_rows(named=True):
+    for row in flagged.sort(["campaign_score", "campaign_id"], descending=[True, False]
+                            ).iter_rows(named=True):
         cid = row["campaign_id"]
         accts = members.filter(pl.col("campaign_id") == cid)["account_id"].sort().to_list()
         b = base.filter(pl.col("campaign_id") == cid)
         c = caps.filter(pl.col("campaign_id") == cid)
         tot = max(int(c["n"].sum()), 1)
-        kk = keys.filter(pl.col("campaign_id") == cid).sort("accounts", descending=True)
+        # Ties broken on every column: the same store gives the same campaigns.json.
+        kk = keys.filter(pl.col("campaign_id") == cid).sort(
+            ["accounts", "requests", "key"], descending=[True, True, False])
 
         def top(kind: str, n: int = 10, _kk: pl.DataFrame = kk) -> list[dict[str, Any]]:
             return [{"value": _trunc(r["key"], 200), "accounts": int(r["accounts"]),
                      "requests": int(r["requests"])}
                     for r in _kk.filter(pl.col("kind") == kind).head(n).iter_rows(named=True)]
 
-        tpl = (skel.filter(pl.col("campaign_id") == cid).sort("requests", descending=True)
-               .head(5))
+        tpl = (skel.filter(pl.col("campaign_id") == cid).sort(
+            ["requests", "template_id"], descending=[True, False]).head(5))
         s = sync.filter(pl.col("campaign_id") == cid)
         rs = list(row["reasons"])
         kinds = [k for k, v in (("payment", kk.filter(pl.col("kind") == "payment").height),
@@ -94,7 +97,8 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
             "first_seen": b["first_seen"][0].isoformat() + "Z" if b.height else None,
             "last_seen": b["last_seen"][0].isoformat() + "Z" if b.height else None,
             "capabilities": {r["capability"]: round(r["n"] / tot, 4)
-                             for r in c.sort("n", descending=True).iter_rows(named=True)},
+                             for r in c.sort(["n", "capability"], descending=[True, False])
+                             .iter_rows(named=True)},
             "indicators": {
                 "ip_prefixes": top("ip_prefix"),
                 "user_agents": top("user_agent", 5),

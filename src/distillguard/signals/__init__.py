@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.config import Config
+from distillguard.retention import overlay_retained_signals
 from distillguard.signals._workers import TemplateKeyWorkers, batch_work
 from distillguard.signals.elicit_model import scan_probs
 from distillguard.signals.rules import FLAG_NAMES, load_rules
@@ -40,7 +41,9 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     # the scaling benchmark.
     timings = timings if timings is not None else {}
     if table_exists(con, _CACHE):
-        return _compute_incremental(con, cfg, on_progress, batch_rows, timings)
+        n = _compute_incremental(con, cfg, on_progress, batch_rows, timings)
+        overlay_retained_signals(con)     # pruned requests keep their signals
+        return n
     t0 = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
@@ -116,6 +119,7 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     """)
     con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")
+    overlay_retained_signals(con)         # pruned requests keep their signals
     timings["signals.templates"] = time.perf_counter() - t0
     return n
 
