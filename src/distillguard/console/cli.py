@@ -93,7 +93,8 @@ def console(
     import uvicorn
 
     if redis_url is None:
-        err.print("[yellow]no --redis-url:[/yellow] suspensions are recorded and audited but "
-                  "no gateway sees them; start the console and the gateway on one Redis")
+        err.print("[yellow]no --redis-url:[/yellow] responses (suspend, throttle, ...) are "
+                  "recorded and audited but no gateway sees them; start the console and the "
+                  "gateway on one Redis")
     err.print(f"console on http://{host}:{port}/ (store {escape(str(db))})")
     uvicorn.run(application, host=host, port=port, log_level="warning")
