@@ -136,7 +136,9 @@ def import_cmd(
 @_friendly
 def match_cmd(
     db: Annotated[Path, typer.Option(help="Store with requests and partner_indicators.")],
-    key_file: KeyFile,
+    key_file: Annotated[list[Path], typer.Option(
+        "--key-file", help="Sharing group HMAC key file; repeat for previous keys after a "
+        "rotation (current first).")],
     out: Annotated[Path | None, typer.Option(help="Write all rows as CSV.")] = None,
     user_agents: Annotated[bool, typer.Option(help="Also match user agents.")] = False,
 ) -> None:
@@ -146,7 +148,8 @@ def match_cmd(
 
     con = _connect(db)
     try:
-        frame = match_partner_indicators(con, load_key(key_file), use_user_agents=user_agents)
+        frame = match_partner_indicators(con, [load_key(k) for k in key_file],
+                                         use_user_agents=user_agents)
     finally:
         con.close()
     if out is not None:
