@@ -22,6 +22,8 @@ from distillguard.intel import export_bundle, load_campaigns  # noqa: E402
 from distillguard.intel._common import TAXII_MEDIA_TYPE, IntelError  # noqa: E402
 from distillguard.intel.taxii_client import pull, push_bundle  # noqa: E402
 from distillguard.intel.taxii_server import (  # noqa: E402
+    RateLimit,
+    RateLimiter,
     TaxiiStore,
     background_server,
     hash_password,
@@ -230,3 +232,77 @@ def test_config_refuses_plain_and_malformed_tokens(tmp_path: Path) -> None:
     cfg = load_server_config(p)
     assert cfg.tokens[hash_token("t")].can_read(COL_A)
     assert not cfg.tokens[hash_token("t")].can_write(COL_A)
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def test_rate_limit_is_per_token(server: str) -> None:
+    """``limited`` may make 3 requests a minute: the 4th gets 429 with Retry-After (20 s:
+    one request's worth of refill); another token on the same collection is unaffected."""
+    url = f"{server}/{ROOT}/collections/{COL_A}/objects/"
+    codes = [httpx.get(url, headers=_bearer("limited")).status_code for _ in range(3)]
+    assert codes == [200, 200, 200]
+    r = httpx.get(url, headers=_bearer("limited"))
+    assert r.status_code == 429
+    assert r.headers["content-type"] == TAXII_MEDIA_TYPE
+    assert 19 <= int(r.headers["retry-after"]) <= 20
+    assert r.json()["http_status"] == "429"
+    assert httpx.get(url, headers=_bearer("a-ro")).status_code == 200
+
+
+def test_rate_limiter_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    limit = RateLimit(2, 10.0)  # one request every 5 s after a burst of 2
+    assert [limiter.take("t", limit) for _ in range(2)] == [0.0, 0.0]
+    wait = limiter.take("t", limit)
+    assert wait == pytest.approx(5.0)
+    assert limiter.take("other", limit) == 0.0  # buckets are per key
+    now[0] = 4.9
+    assert limiter.take("t", limit) > 0
+    now[0] = 5.0  # a refused request does not push the refill back
+    assert limiter.peek("t", limit) == 0.0
+    assert limiter.take("t", limit) == 0.0
+    assert limiter.take("t", None) == 0.0  # no limit configured
+    assert RateLimit.parse("120/60", "x") == RateLimit(120, 60.0)
+    assert RateLimit.parse({"requests": 5, "per_seconds": 1}, "x") == RateLimit(5, 1.0)
+    assert RateLimit.parse("off", "x") is None
+
+
+@pytest.fixture()
+def strict_server(tmp_path: Path) -> Iterator[str]:
+    cfg = tmp_path / "tokens.yaml"
+    cfg.write_text(_config_text("rate_limit: 60/600\nauth_failure_limit: 5/60\n"),
+                   encoding="utf-8")
+    store = TaxiiStore()
+    with background_server(store, load_server_config(cfg)) as url:
+        yield url
+    store.close()
+
+
+def test_burst_is_cut_at_the_limit(strict_server: str) -> None:
+    """A burst of 100 requests from a token allowed 60 per 10 minutes: exactly 60 answered,
+    40 refused with 429 + Retry-After."""
+    url = f"{strict_server}/{ROOT}/collections/{COL_A}/objects/"
+    with httpx.Client(headers=_bearer("a-ro")) as client:
+        responses = [client.get(url) for _ in range(100)]
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == 60 and codes.count(429) == 40
+    assert codes[:60] == [200] * 60
+    assert all(1 <= int(r.headers["retry-after"]) <= 10 for r in responses[60:])
+    # the other partner's token still has its whole allowance
+    b = f"{strict_server}/{ROOT}/collections/{COL_B}/objects/"
+    assert httpx.get(b, headers=_bearer("b-rw")).status_code == 200
+
+
+def test_failed_logins_are_limited_per_client(strict_server: str) -> None:
+    """After 5 failed authentications a client address gets 429 before any credential is
+    checked (no password guessing at KDF speed), valid credentials included."""
+    url = f"{strict_server}/{ROOT}/collections/{COL_B}/objects/"
+    codes = [httpx.get(url, headers=_basic("admin-b", f"guess-{i}")).status_code
+             for i in range(5)]
+    assert codes == [401] * 5
+    r = httpx.get(url, headers=_basic("admin-b", "guess-5"))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert httpx.get(url, headers=_basic("admin-b", "admin-b-pw")).status_code == 429

@@ -837,10 +837,11 @@ def serve(db: str | Path, users: str | Path, host: str = "127.0.0.1", port: int 
 
 @contextlib.contextmanager
 def background_server(
-    store: TaxiiStore, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
+    store: TaxiiStore, config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
+    log_level: str = "warning",
 ) -> Iterator[str]:
     """Run the server in a daemon thread (tests, two-provider benchmarks); yields its base
-    URL. ``port=0`` picks a free port."""
+    URL. ``port=0`` picks a free port; ``log_level="info"`` logs as :func:`serve` does."""
     import socket
 
     import uvicorn
@@ -850,7 +851,7 @@ def background_server(
             s.bind((host, 0))
             port = s.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(create_app(store, config), host=host, port=port,
-                                        log_level="warning"))
+                                        log_level=log_level))
     thread = threading.Thread(target=srv.run, daemon=True, name=f"taxii-{port}")
     thread.start()
     deadline = time.monotonic() + 10
