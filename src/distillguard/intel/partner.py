@@ -113,14 +113,16 @@ def _unquote(literal: str) -> str:
     return text.replace("\\'", "'").replace("\\\\", "\\")
 
 
-def _pattern_indicators(pattern: str) -> list[tuple[str, str]]:
+def _pattern_indicators(pattern: str, oid: str = "?") -> list[tuple[str, str]]:
     """(kind, value) pairs from the equality comparisons of a STIX pattern."""
     from stix2patterns.v21.pattern import Pattern
 
     try:
         comparisons = Pattern(pattern).inspect().comparisons
     except Exception as exc:  # stix2patterns raises its own ParseException types
-        log.warning("skipping unparsable pattern %r: %s", pattern[:80], exc)
+        # Neither the pattern nor the parser's message (which quotes it) is logged: a
+        # partner's pattern may hold identifiers (an email, an account id).
+        log.warning("skipping unparsable pattern of %s (%s)", oid, type(exc).__name__)
         return []
     out: list[tuple[str, str]] = []
     for obj_type, comps in comparisons.items():
@@ -166,7 +168,7 @@ def _extract(
     for o in objects:
         if o["type"] == "indicator" and o.get("pattern_type", "stix") == "stix":
             refs = sorted(indicates.get(o["id"], set())) or [None]
-            for kind, value in _pattern_indicators(str(o.get("pattern", ""))):
+            for kind, value in _pattern_indicators(str(o.get("pattern", "")), str(o["id"])):
                 rows.update((kind, value, ref, None) for ref in refs)
         elif o["type"] == CUSTOM_TYPE:
             ref = o.get("campaign_ref")
@@ -183,8 +185,9 @@ def _extract(
                 sig = t.get("signature") if isinstance(t, dict) else None
                 try:
                     parse_signature(str(sig))
-                except IntelError as exc:
-                    log.warning("skipping template signature in %s: %s", o["id"], exc)
+                except IntelError:
+                    # not the message: it quotes the value, which may be anything
+                    log.warning("skipping malformed template signature in %s", o["id"])
                     continue
                 rows.add(("template_minhash", str(sig), ref, None))
     return sorted(rows, key=lambda r: (r[0], r[1], r[2] or "", r[3] or ""))
