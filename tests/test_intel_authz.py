@@ -306,3 +306,42 @@ def test_failed_logins_are_limited_per_client(strict_server: str) -> None:
     r = httpx.get(url, headers=_basic("admin-b", "guess-5"))
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert httpx.get(url, headers=_basic("admin-b", "admin-b-pw")).status_code == 429
+
+
+def test_cli_new_token_push_pull(tmp_path: Path, bundle: dict[str, Any]) -> None:
+    """`intel new-token` prints the token once (stderr) and a config entry holding only its
+    hash; `intel push` / `intel pull` use it from DISTILLGUARD_TAXII_TOKEN."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["intel", "new-token", "feed", "--collection", COL_A, "--write"])
+    assert r.exit_code == 0, r.output
+    token = r.stderr.split("token (shown once): ")[1].strip()
+    assert token.startswith("dgtaxii_") and token not in r.stdout
+    entry = yaml.safe_load(r.stdout)
+    assert entry["tokens"]["feed"] == {"token_hash": hash_token(token), "read": [COL_A],
+                                       "write": [COL_A]}
+    cfg = tmp_path / "users.yaml"
+    cfg.write_text(f'collections:\n  - {{id: "{COL_A}", title: a}}\n' + r.stdout,
+                   encoding="utf-8")
+    path = tmp_path / "bundle.json"
+    path.write_bytes(orjson.dumps(bundle))
+    store = TaxiiStore()
+    env = {"DISTILLGUARD_TAXII_TOKEN": token}
+    with background_server(store, load_server_config(cfg)) as url:
+        r = runner.invoke(app, ["intel", "push", str(path), f"{url}/{ROOT}/",
+                                "--collection", COL_A], env=env)
+        assert r.exit_code == 0, r.output
+        assert f"complete: {len(bundle['objects'])} added" in r.output
+        db = tmp_path / "store.duckdb"
+        r = runner.invoke(app, ["intel", "pull", f"{url}/taxii2/", "--collection", COL_A,
+                                "--db", str(db), "--source", "A"], env=env)
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["intel", "pull", f"{url}/taxii2/", "--collection", COL_A,
+                                "--db", str(db), "--source", "A"],
+                          env={"DISTILLGUARD_TAXII_TOKEN": token + "x"})
+        assert r.exit_code == 2 and token not in r.output
+    store.close()
