@@ -265,6 +265,12 @@ def test_rate_limiter_refills() -> None:
     assert limiter.peek("t", limit) == 0.0
     assert limiter.take("t", limit) == 0.0
     assert limiter.take("t", None) == 0.0  # no limit configured
+    # many addresses do not grow the table without bound: refilled buckets are forgotten
+    small = RateLimiter(clock=lambda: now[0], max_keys=100)
+    for i in range(1000):
+        now[0] = 100.0 + i
+        small.take(f"auth-fail:10.0.{i // 256}.{i % 256}", limit)
+    assert len(small) <= 100
     assert RateLimit.parse("120/60", "x") == RateLimit(120, 60.0)
     assert RateLimit.parse({"requests": 5, "per_seconds": 1}, "x") == RateLimit(5, 1.0)
     assert RateLimit.parse("off", "x") is None

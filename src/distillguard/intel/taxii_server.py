@@ -151,12 +151,22 @@ class RateLimit:
 
 class RateLimiter:
     """Token buckets keyed by principal (or client address): :meth:`take` returns 0 when
-    the request may go ahead, else the seconds until it may."""
+    the request may go ahead, else the seconds until it may.
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    Buckets that have refilled completely are forgotten once more than ``max_keys`` exist,
+    so many client addresses cannot grow the table without bound."""
+
+    def __init__(self, clock: Any = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._max_keys = max_keys
+        # key -> (tokens, last refill, time at which the bucket is full again)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
+
+    def _level(self, key: str, limit: RateLimit, now: float) -> float:
+        tokens, last, _ = self._buckets.get(key, (float(limit.requests), now, now))
+        rate = limit.requests / limit.per_seconds
+        return min(float(limit.requests), tokens + (now - last) * rate)
 
     def take(self, key: str, limit: RateLimit | None) -> float:
         if limit is None:
@@ -164,24 +174,26 @@ class RateLimiter:
         rate = limit.requests / limit.per_seconds
         with self._lock:
             now = self._clock()
-            tokens, last = self._buckets.get(key, (float(limit.requests), now))
-            tokens = min(float(limit.requests), tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
+            tokens = self._level(key, limit, now)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            if key not in self._buckets and len(self._buckets) >= self._max_keys:
+                for k in [k for k, (_, _, full) in self._buckets.items() if full <= now]:
+                    del self._buckets[k]
+            self._buckets[key] = (tokens, now, now + (limit.requests - tokens) / rate)
+            return 0.0 if allowed else (1.0 - tokens) / rate
 
     def peek(self, key: str, limit: RateLimit | None) -> float:
         """Like :meth:`take` without taking: 0 when one request would be allowed now."""
         if limit is None:
             return 0.0
-        rate = limit.requests / limit.per_seconds
         with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key, (float(limit.requests), now))
-        tokens = min(float(limit.requests), tokens + (now - last) * rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+            tokens = self._level(key, limit, self._clock())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) * limit.per_seconds / limit.requests
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass
