@@ -137,3 +137,35 @@ def test_detect_partner_feature_takes_both_keys() -> None:
     import_bundle(_bundle(AFTER, NEW), con, "Partner Labs", 80)
     assert set(_partner_hits(con, [NEW, OLD])["account_id"]) == EXPECTED_OLD | EXPECTED_NEW
     assert set(_partner_hits(con, NEW)["account_id"]) == EXPECTED_NEW
+
+
+def test_detect_cli_with_two_key_files(tmp_path: Path) -> None:
+    """`distillguard detect --intel-key-file NEW --intel-key-file OLD`: the partner feature
+    of accounts shared under either key is set in the store's features."""
+    import csv
+
+    from distillguard.cli import app
+    from distillguard.sim import simulate
+
+    sim = simulate(tmp_path / "traffic", scenario="tiny", seed=3)
+    with open(tmp_path / "traffic" / "labels.csv", encoding="utf-8") as f:
+        accounts = sorted(r["account_id"] for r in csv.DictReader(f))
+    old_acct, new_acct = accounts[0], accounts[1]
+    db = tmp_path / "store.duckdb"
+    con = duckdb.connect(str(db))
+    import_bundle(_bundle({**AFTER, "accounts": [old_acct]}, OLD), con, "Partner Labs", 80)
+    import_bundle(_bundle({**AFTER, "campaign_id": "p-3", "accounts": [new_acct]}, NEW), con,
+                  "Partner Labs", 80)
+    con.close()
+    (tmp_path / "new.key").write_bytes(NEW)
+    (tmp_path / "old.key").write_bytes(OLD)
+    r = CliRunner().invoke(app, ["detect", *map(str, sim.logs), "--out", str(tmp_path / "out"),
+                                 "--db", str(db), "--quiet",
+                                 "--intel-key-file", str(tmp_path / "new.key"),
+                                 "--intel-key-file", str(tmp_path / "old.key")])
+    assert r.exit_code == 0, r.output
+    con = duckdb.connect(str(db), read_only=True)
+    hits = dict(con.execute("SELECT account_id, partner_hits FROM features "
+                            "WHERE partner_hits > 0").fetchall())
+    con.close()
+    assert set(hits) == {old_acct, new_acct}
