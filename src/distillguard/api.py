@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +65,7 @@ def _timed(timings: dict[str, float], name: str, progress: Progress) -> Iterator
 
 
 def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress | None = None,
-            calibrator: Calibrator | None = None, intel_key: bytes | None = None,
+            calibrator: Calibrator | None = None, intel_key: bytes | Sequence[bytes] | None = None,
             timings: dict[str, float] | None = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Run signals → features → links → scores on what the store holds."""
     progress = progress or Progress()
@@ -136,7 +136,7 @@ def detect(
     calibrator: Calibrator | None = None,
     summary_extra: dict[str, Any]
     | Callable[[pl.DataFrame, list[dict[str, Any]]], dict[str, Any]] | None = None,
-    intel_key: bytes | None = None,
+    intel_key: bytes | Sequence[bytes] | None = None,
 ) -> DetectResult:
     """Ingest ``paths`` into the store at ``db`` and run the whole detection pipeline.
 

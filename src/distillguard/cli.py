@@ -112,8 +112,9 @@ def detect(
     fmt: Annotated[str | None, typer.Option("--format", help="canonical|openai|litellm|otel "
                                             "(default: detected per file)")] = None,
     strict: Annotated[bool, typer.Option(help="First bad row is fatal")] = False,
-    intel_key_file: Annotated[Path | None, typer.Option(
-        help="Sharing group's HMAC key: match imported partner indicators")] = None,
+    intel_key_file: Annotated[list[Path] | None, typer.Option(
+        help="Sharing group's HMAC key: match imported partner indicators; repeat for the "
+        "previous key after a rotation (current first; --engine duckdb)")] = None,
     engine: Annotated[str, typer.Option(help="duckdb (embedded) | spark")] = "duckdb",
     spark_master: Annotated[str, typer.Option(
         help="Spark master URL with --engine spark, e.g. spark://host:7077")] = "local[2]",
@@ -127,14 +128,15 @@ def detect(
         try:
             conf = dict(kv.split("=", 1) for kv in (spark_conf or []))
             key = None
-            if intel_key_file is not None:   # partner indicators: read from --db
+            if intel_key_file:   # partner indicators: read from --db
                 from distillguard.intel import load_key
 
                 if db is None:
                     raise DistillguardError("--intel-key-file with --engine spark needs --db, "
                                             "the store the partner indicators were imported into")
-
-                key = load_key(intel_key_file)
+                if len(intel_key_file) > 1:
+                    raise DistillguardError("--engine spark takes one --intel-key-file")
+                key = load_key(intel_key_file[0])
             with RichProgress(not quiet) as prog:
                 res = api.detect_spark(logs, out, master=spark_master, conf=conf,
                                        config=config, progress=prog, intel_key=key, db=db)
@@ -146,15 +148,15 @@ def detect(
     if engine != "duckdb":
         _fail(ValueError(f"unknown --engine {engine!r}: duckdb or spark"))
     try:
-        key = None
-        if intel_key_file is not None:
+        keys = None
+        if intel_key_file:
             from distillguard.intel import load_key
 
-            key = load_key(intel_key_file)
+            keys = [load_key(p) for p in intel_key_file]
         with RichProgress(not quiet) as prog:
             res = api.detect(logs, out, db=db if db is not None else api.STORE_IN_OUT,
                              config=config, fmt=fmt, strict=strict,
-                             progress=prog, intel_key=key)
+                             progress=prog, intel_key=keys)
     except DistillguardError as exc:
         _fail(exc)
     _print_summary(res, time.perf_counter() - t0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 import polars as pl
 
@@ -13,7 +15,7 @@ __all__ = ["ALL_FEATURES", "FEATURES", "compute_features", "enriched_sql", "feat
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config,
-                     intel_key: bytes | None = None) -> int:
+                     intel_key: bytes | Sequence[bytes] | None = None) -> int:
     """Build ``_req`` and ``features``; returns the number of accounts.
 
     With ``intel_key`` (the sharing group's HMAC key) and imported partner indicators, two
@@ -34,7 +36,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config,
     return scalar(con, "SELECT count(*) FROM features")
 
 
-def _partner_hits(con: duckdb.DuckDBPyConnection, key: bytes | None) -> pl.DataFrame:
+def _partner_hits(con: duckdb.DuckDBPyConnection, key: bytes | Sequence[bytes] | None) -> pl.DataFrame:
     empty = pl.DataFrame(schema={"account_id": pl.Utf8, "partner_hits": pl.Int64,
                                  "max_confidence": pl.Int64, "reasons": pl.Utf8})
     if key is None or not table_exists(con, "partner_indicators"):

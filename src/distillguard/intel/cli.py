@@ -136,7 +136,9 @@ def import_cmd(
 @_friendly
 def match_cmd(
     db: Annotated[Path, typer.Option(help="Store with requests and partner_indicators.")],
-    key_file: KeyFile,
+    key_file: Annotated[list[Path], typer.Option(
+        "--key-file", help="Sharing group HMAC key file; repeat for previous keys after a "
+        "rotation (current first).")],
     out: Annotated[Path | None, typer.Option(help="Write all rows as CSV.")] = None,
     user_agents: Annotated[bool, typer.Option(help="Also match user agents.")] = False,
 ) -> None:
@@ -146,7 +148,8 @@ def match_cmd(
 
     con = _connect(db)
     try:
-        frame = match_partner_indicators(con, load_key(key_file), use_user_agents=user_agents)
+        frame = match_partner_indicators(con, [load_key(k) for k in key_file],
+                                         use_user_agents=user_agents)
     finally:
         con.close()
     if out is not None:
@@ -161,7 +164,8 @@ def match_cmd(
 @_friendly
 def serve_cmd(
     db: Annotated[Path, typer.Option(help="TAXII object store (DuckDB; not the analysis store).")],
-    users: Annotated[Path, typer.Option(help="users.yaml: users, hashes, permissions.")],
+    users: Annotated[Path, typer.Option(
+        help="users.yaml: users and tokens (hashed), grants, rate limits.")],
     host: Annotated[str, typer.Option(help="Bind address (put TLS in front if public).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 9000,
 ) -> None:
@@ -171,25 +175,52 @@ def serve_cmd(
     serve(db, users, host=host, port=port)
 
 
+def _credentials(
+    user: str | None, password: str | None, token: str | None
+) -> tuple[str | None, str | None]:
+    """(user, password) for Basic auth (prompting for the password), or (None, None) when a
+    token is used."""
+    from distillguard.intel._common import IntelError
+
+    if token:
+        return None, None
+    if not user:
+        raise IntelError("give --user (Basic auth) or a token (DISTILLGUARD_TAXII_TOKEN)")
+    return user, password or typer.prompt("Password", hide_input=True)
+
+
+User = Annotated[str | None, typer.Option(help="User (Basic auth); or use a token.")]
+Password = Annotated[str | None, typer.Option(
+    envvar="DISTILLGUARD_TAXII_PASSWORD", show_default=False,
+    help="Basic-auth password (default: the variable, else a prompt).")]
+Token = Annotated[str | None, typer.Option(
+    envvar="DISTILLGUARD_TAXII_TOKEN", show_default=False,
+    help="Bearer token (prefer the DISTILLGUARD_TAXII_TOKEN variable to the command line).")]
+
+
 @app.command("pull")
 @_friendly
 def pull_cmd(
     url: Annotated[str, typer.Argument(help="Discovery (/taxii2/) or API root URL.")],
     collection: Annotated[str, typer.Option(help="Collection id.")],
-    user: Annotated[str, typer.Option()],
-    password: Annotated[str, typer.Option(envvar="DISTILLGUARD_TAXII_PASSWORD",
-                                          prompt=True, hide_input=True)],
     db: Annotated[Path, typer.Option(help="Store to add partner_indicators to.")],
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
     source: Annotated[str | None, typer.Option(help="Partner name (default: title).")] = None,
     confidence: Annotated[int, typer.Option(min=0, max=100)] = 50,
     added_after: Annotated[str | None, typer.Option(help="Only objects added after.")] = None,
 ) -> None:
-    """Fetch a partner's TAXII collection and import it."""
+    """Fetch a partner's TAXII collection and import it.
+
+    Password from DISTILLGUARD_TAXII_PASSWORD or a prompt; a token from
+    DISTILLGUARD_TAXII_TOKEN (or --token)."""
     from distillguard.intel.taxii_client import pull
 
+    user, password = _credentials(user, password, token)
     con = _connect(db, read_only=False)
     try:
-        summary = pull(url, collection, user, password, con, source=source,
+        summary = pull(url, collection, user, password, con, token=token, source=source,
                        confidence=confidence, added_after=added_after)
     finally:
         con.close()
@@ -202,11 +233,11 @@ def push_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle written by `intel export`.")],
     url: Annotated[str, typer.Argument(help="Discovery (/taxii2/) or API root URL.")],
     collection: Annotated[str, typer.Option(help="Collection id.")],
-    user: Annotated[str, typer.Option()],
-    password: Annotated[str, typer.Option(envvar="DISTILLGUARD_TAXII_PASSWORD",
-                                          prompt=True, hide_input=True)],
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
 ) -> None:
-    """Publish a bundle to a TAXII collection."""
+    """Publish a bundle to a TAXII collection (credentials as for `pull`)."""
     from distillguard.intel._common import IntelError
     from distillguard.intel.taxii_client import push_bundle
 
@@ -214,7 +245,8 @@ def push_cmd(
         data = bundle.read_bytes()
     except OSError as exc:
         raise IntelError(f"cannot read {bundle}: {exc.strerror}") from exc
-    status = push_bundle(url, collection, user, password, data)
+    user, password = _credentials(user, password, token)
+    status = push_bundle(url, collection, user, password, data, token=token)
     typer.echo(f"{status.status}: {status.success_count} added, {status.failure_count} failed")
 
 
@@ -256,3 +288,23 @@ def hash_password_cmd(
     from distillguard.intel.taxii_server import hash_password
 
     typer.echo(hash_password(password))
+
+
+@app.command("new-token")
+def new_token_cmd(
+    name: Annotated[str, typer.Argument(help="Principal name (a partner, a feed).")],
+    collection: Annotated[list[str] | None, typer.Option(help="Collection id to grant.")] = None,
+    write: Annotated[bool, typer.Option(help="Grant write as well as read.")] = False,
+) -> None:
+    """Make a bearer token: prints the token once (give it to the partner) and the
+    `tokens:` entry for the server config, which holds only its hash."""
+    from distillguard.intel.taxii_server import hash_token, new_token
+
+    token = new_token()
+    cols = [str(c) for c in collection or []]
+    typer.echo(f"token (shown once): {token}", err=True)
+    typer.echo("tokens:")
+    typer.echo(f"  {name}:")
+    typer.echo(f'    token_hash: "{hash_token(token)}"')
+    typer.echo(f"    read: {cols!r}".replace("'", '"'))
+    typer.echo(f"    write: {cols if write else []!r}".replace("'", '"'))

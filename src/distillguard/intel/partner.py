@@ -2,7 +2,9 @@
 
 ``import_bundle`` keeps only what can be matched: IPs and prefixes, user agents, account /
 payment HMACs and template MinHash signatures, in ``partner_indicators``. Re-importing the
-same bundle is a no-op (rows are keyed by kind, value, source, campaign_ref).
+same bundle is a no-op (rows are keyed by kind, value, source, campaign_ref). Identifier
+HMACs keep the id of the key they were made under (``hmac_key_id`` in the bundle), so after a
+key rotation an importer holding the current and previous keys matches both generations.
 ``match_partner_indicators`` turns them into a per-account detection signal.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from distillguard.intel.hashing import (
     check_key,
     hmac_id,
     is_hmac,
+    key_id,
     parse_signature,
     scrub_user_agent,
     skeletonize,
@@ -49,7 +52,7 @@ PARTNER_KINDS = ("ip", "ip_prefix", "user_agent", "account_hmac", "payment_hmac"
 _DDL = """
 CREATE TABLE IF NOT EXISTS partner_indicators (
     kind VARCHAR, value VARCHAR, source VARCHAR, confidence INTEGER,
-    campaign_ref VARCHAR, imported_at TIMESTAMP
+    campaign_ref VARCHAR, imported_at TIMESTAMP, key_id VARCHAR
 )
 """
 _UA_PATH = ["extensions", "http-request-ext", "request_header", "User-Agent"]
@@ -65,9 +68,10 @@ class ImportSummary:
 
 
 def ensure_partner_table(con: Any) -> None:
-    """Create ``partner_indicators`` if missing."""
+    """Create ``partner_indicators`` if missing (and add ``key_id`` to an older one)."""
     try:
         con.execute(_DDL)
+        con.execute("ALTER TABLE partner_indicators ADD COLUMN IF NOT EXISTS key_id VARCHAR")
     except Exception as exc:  # duckdb.Error and friends; re-raised as our type
         raise StoreError(f"cannot create partner_indicators: {exc}") from exc
 
@@ -109,14 +113,16 @@ def _unquote(literal: str) -> str:
     return text.replace("\\'", "'").replace("\\\\", "\\")
 
 
-def _pattern_indicators(pattern: str) -> list[tuple[str, str]]:
+def _pattern_indicators(pattern: str, oid: str = "?") -> list[tuple[str, str]]:
     """(kind, value) pairs from the equality comparisons of a STIX pattern."""
     from stix2patterns.v21.pattern import Pattern
 
     try:
         comparisons = Pattern(pattern).inspect().comparisons
     except Exception as exc:  # stix2patterns raises its own ParseException types
-        log.warning("skipping unparsable pattern %r: %s", pattern[:80], exc)
+        # Neither the pattern nor the parser's message (which quotes it) is logged: a
+        # partner's pattern may hold identifiers (an email, an account id).
+        log.warning("skipping unparsable pattern of %s (%s)", oid, type(exc).__name__)
         return []
     out: list[tuple[str, str]] = []
     for obj_type, comps in comparisons.items():
@@ -142,6 +148,15 @@ def extract_partner_indicators(
     bundle_json: str | bytes | dict[str, Any] | Any,
 ) -> list[tuple[str, str, str | None]]:
     """(kind, value, campaign_ref) triples a bundle carries, deduplicated and sorted."""
+    return sorted({(k, v, r) for k, v, r, _ in _extract(bundle_json)},
+                  key=lambda r: (r[0], r[1], r[2] or ""))
+
+
+def _extract(
+    bundle_json: str | bytes | dict[str, Any] | Any,
+) -> list[tuple[str, str, str | None, str | None]]:
+    """(kind, value, campaign_ref, key_id) rows; key_id only for identifier HMACs (the
+    ``hmac_key_id`` of the object that carries them), None for the rest."""
     objects = _latest(_load(bundle_json))
     indicates: dict[str, set[str]] = defaultdict(set)
     for o in objects:
@@ -149,30 +164,33 @@ def extract_partner_indicators(
             target = str(o.get("target_ref", ""))
             if target.startswith(("campaign--", "intrusion-set--")):
                 indicates[str(o.get("source_ref"))].add(target)
-    rows: set[tuple[str, str, str | None]] = set()
+    rows: set[tuple[str, str, str | None, str | None]] = set()
     for o in objects:
         if o["type"] == "indicator" and o.get("pattern_type", "stix") == "stix":
             refs = sorted(indicates.get(o["id"], set())) or [None]
-            for kind, value in _pattern_indicators(str(o.get("pattern", ""))):
-                rows.update((kind, value, ref) for ref in refs)
+            for kind, value in _pattern_indicators(str(o.get("pattern", "")), str(o["id"])):
+                rows.update((kind, value, ref, None) for ref in refs)
         elif o["type"] == CUSTOM_TYPE:
             ref = o.get("campaign_ref")
+            kid = o.get("hmac_key_id")
+            kid = str(kid) if isinstance(kid, str) and kid else None
             for prop, kind in (("account_hmacs", "account_hmac"), ("email_hmacs", "account_hmac"),
                                ("payment_hmacs", "payment_hmac")):
                 for h in o.get(prop) or []:
                     if is_hmac(h):
-                        rows.add((kind, h, ref))
+                        rows.add((kind, h, ref, kid))
                     else:
                         log.warning("skipping malformed %s value in %s", prop, o["id"])
             for t in o.get("template_minhashes") or []:
                 sig = t.get("signature") if isinstance(t, dict) else None
                 try:
                     parse_signature(str(sig))
-                except IntelError as exc:
-                    log.warning("skipping template signature in %s: %s", o["id"], exc)
+                except IntelError:
+                    # not the message: it quotes the value, which may be anything
+                    log.warning("skipping malformed template signature in %s", o["id"])
                     continue
-                rows.add(("template_minhash", str(sig), ref))
-    return sorted(rows, key=lambda r: (r[0], r[1], r[2] or ""))
+                rows.add(("template_minhash", str(sig), ref, None))
+    return sorted(rows, key=lambda r: (r[0], r[1], r[2] or "", r[3] or ""))
 
 
 def import_bundle(
@@ -194,7 +212,7 @@ def import_bundle(
         raise IntelError("a source name is required")
     if not 0 <= int(confidence) <= 100:
         raise IntelError("confidence must be in [0, 100]")
-    rows = extract_partner_indicators(bundle_json)
+    rows = _extract(bundle_json)
     con = con.cursor()  # own cursor: independent of results pending on the caller's
     ensure_partner_table(con)
     new = pl.DataFrame(
@@ -204,9 +222,10 @@ def import_bundle(
             "source": [source.strip()] * len(rows),
             "confidence": [int(confidence)] * len(rows),
             "campaign_ref": [r[2] for r in rows],
+            "key_id": [r[3] for r in rows],
         },
         schema={"kind": pl.Utf8, "value": pl.Utf8, "source": pl.Utf8, "confidence": pl.Int32,
-                "campaign_ref": pl.Utf8},
+                "campaign_ref": pl.Utf8, "key_id": pl.Utf8},
     )
     name = "_dg_partner_new"
     match = ("p.kind = n.kind AND p.value = n.value AND p.source = n.source "
@@ -220,12 +239,13 @@ def import_bundle(
                 f"(SELECT 1 FROM partner_indicators p WHERE {match})"
             ).fetchall()[0][0]
             con.execute(
-                f"UPDATE partner_indicators p SET confidence = n.confidence FROM {name} n "
-                f"WHERE {match}"
+                f"UPDATE partner_indicators p SET confidence = n.confidence, "
+                f"key_id = coalesce(n.key_id, p.key_id) FROM {name} n WHERE {match}"
             )
             con.execute(
-                "INSERT INTO partner_indicators SELECT n.kind, n.value, n.source, n.confidence, "
-                f"n.campaign_ref, now()::TIMESTAMP FROM {name} n WHERE NOT EXISTS "
+                "INSERT INTO partner_indicators (kind, value, source, confidence, campaign_ref, "
+                "imported_at, key_id) SELECT n.kind, n.value, n.source, n.confidence, "
+                f"n.campaign_ref, now()::TIMESTAMP, n.key_id FROM {name} n WHERE NOT EXISTS "
                 f"(SELECT 1 FROM partner_indicators p WHERE {match})"
             )
             con.execute("COMMIT")
@@ -256,7 +276,7 @@ _EMPTY = pl.DataFrame(
 
 def match_partner_indicators(
     con: Any,
-    key: bytes,
+    key: bytes | Sequence[bytes],
     *,
     min_jaccard: float = TEMPLATE_MATCH_JACCARD,
     use_user_agents: bool = False,
@@ -269,6 +289,11 @@ def match_partner_indicators(
     >= ``min_jaccard`` with a partner template signature. User agents are opt-in
     (``use_user_agents``): common client libraries would flag whole populations.
 
+    ``key`` may be several keys (the current one first, then previous ones): an identifier
+    HMAC imported with a ``key_id`` is checked under the key with that id only, one imported
+    without (older stores) under each key. HMACs made under a key not held here cannot
+    match; their count is logged (with the key ids, which are public).
+
     Returns
     -------
     polars.DataFrame
@@ -276,7 +301,12 @@ def match_partner_indicators(
         matched), ``reasons`` ("; "-separated, strongest first, e.g. "on partner ACME's list
         (confidence 80)") and ``max_confidence`` (0 when no hit).
     """
-    check_key(key)
+    keys = [key] if isinstance(key, bytes | bytearray) else list(key)
+    if not keys:
+        raise IntelError("match needs at least one sharing key")
+    for k in keys:
+        check_key(k)
+    key_ids = {key_id(bytes(k)): bytes(k) for k in keys}
     con = con.cursor()  # own cursor: independent of results pending on the caller's
     if not table_exists(con, "requests"):
         raise IntelError("no `requests` table in the store; run ingest first")
@@ -285,21 +315,35 @@ def match_partner_indicators(
     ).fetchall()]
     if not table_exists(con, "partner_indicators"):
         return _finish(accounts, [])
+    kid_col = "key_id" if "key_id" in table_columns(con, "partner_indicators") else "NULL"
     partner = con.execute(
-        "SELECT kind, value, source, max(confidence) FROM partner_indicators "
+        f"SELECT kind, value, source, max(confidence), max({kid_col}) FROM partner_indicators "
         "GROUP BY kind, value, source"
     ).fetchall()
     by_kind: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-    for kind, value, source, conf in partner:
+    value_kid: dict[str, str | None] = {}
+    for kind, value, source, conf, kid in partner:
         by_kind[kind].append((value, source, int(conf or 0)))
+        if kind in ("account_hmac", "payment_hmac"):
+            value_kid[value] = kid
     cols = table_columns(con, "requests")
     hits: list[tuple[str, str, str, str, int, str]] = []  # acct, kind, value, source, conf, why
 
     # Identifiers: HMAC the local ones, look them up.
     lists: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    foreign: dict[str, int] = defaultdict(int)
     for kind in ("account_hmac", "payment_hmac"):
         for value, source, conf in by_kind.get(kind, []):
+            kid = value_kid.get(value)
+            if kid is not None and kid not in key_ids:
+                foreign[kid] += 1
+                continue
             lists[value].append((source, conf))
+    if foreign:
+        log.warning(
+            "%d partner identifier HMACs were made under key ids not held here (%s); they "
+            "cannot match: load the previous key with --key-file to match them",
+            sum(foreign.values()), ", ".join(sorted(foreign)))
     if lists:
         local: list[tuple[str, str, str]] = [(a, a, "account") for a in accounts]
         if "payment_fingerprint" in cols:
@@ -314,11 +358,14 @@ def match_partner_indicators(
                 "AND json_extract_string(extra, '$.email') IS NOT NULL"
             ).fetchall()]
         what = {"account": "account id", "payment": "payment fingerprint", "email": "email"}
-        for acct, raw, kind in local:
-            h = hmac_id(key, raw, kind)
-            for source, conf in lists.get(h, []):
-                hits.append((acct, kind, h, source, conf,
-                             f"{what[kind]} on partner {source}'s list (confidence {conf})"))
+        for kid, k in key_ids.items():
+            for acct, raw, kind in local:
+                h = hmac_id(k, raw, kind)
+                if h not in lists or value_kid.get(h) not in (None, kid):
+                    continue
+                for source, conf in lists[h]:
+                    hits.append((acct, kind, h, source, conf,
+                                 f"{what[kind]} on partner {source}'s list (confidence {conf})"))
 
     # Network: exact IPs and prefixes.
     nets = [(ipaddress.ip_network(v, strict=False), v, s, c)

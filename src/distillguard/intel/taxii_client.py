@@ -14,11 +14,30 @@ __all__ = ["open_collection", "fetch_objects", "pull", "push_bundle"]
 PAGE_SIZE = 500
 
 
-def open_collection(url: str, collection_id: str, user: str, password: str) -> Any:
+def _bearer(token: str) -> Any:
+    """A ``requests`` auth object sending ``Authorization: Bearer <token>``."""
+    from requests.auth import AuthBase
+
+    class BearerAuth(AuthBase):
+        def __call__(self, r: Any) -> Any:
+            r.headers["Authorization"] = f"Bearer {token}"
+            return r
+
+        def __repr__(self) -> str:  # never show the token
+            return "BearerAuth(***)"
+
+    return BearerAuth()
+
+
+def open_collection(
+    url: str, collection_id: str, user: str | None, password: str | None,
+    token: str | None = None,
+) -> Any:
     """A ``taxii2client.v21.Collection`` for ``collection_id``.
 
     ``url`` may be the discovery URL (``.../taxii2/``), an API root URL, or the collection
-    URL itself.
+    URL itself. Authenticates with ``token`` (Bearer) when given, else user + password
+    (Basic).
     """
     try:
         from taxii2client.exceptions import TAXIIServiceException
@@ -29,13 +48,17 @@ def open_collection(url: str, collection_id: str, user: str, password: str) -> A
     from requests.exceptions import RequestException
 
     base = url if url.endswith("/") else url + "/"
+    creds: dict[str, Any] = (
+        {"auth": _bearer(token)} if token else {"user": user, "password": password}
+    )
+    who = user if not token else "this token"
     try:
         if f"/collections/{collection_id}/" in base:
-            return Collection(base, user=user, password=password)
+            return Collection(base, **creds)
         roots = (
-            Server(base, user=user, password=password).api_roots
+            Server(base, **creds).api_roots
             if base.rstrip("/").endswith("taxii2")
-            else [ApiRoot(base, user=user, password=password)]
+            else [ApiRoot(base, **creds)]
         )
         for root in roots:
             for col in root.collections:
@@ -43,7 +66,7 @@ def open_collection(url: str, collection_id: str, user: str, password: str) -> A
                     return col
     except (RequestException, TAXIIServiceException) as exc:
         raise IntelError(f"TAXII server {url} failed: {exc}") from exc
-    raise IntelError(f"collection {collection_id} not found at {url} (or not visible to {user})")
+    raise IntelError(f"collection {collection_id} not found at {url} (or not visible to {who})")
 
 
 def fetch_objects(collection: Any, added_after: datetime | str | None = None) -> list[dict[str, Any]]:
@@ -70,10 +93,11 @@ def fetch_objects(collection: Any, added_after: datetime | str | None = None) ->
 def pull(
     url: str,
     collection_id: str,
-    user: str,
-    password: str,
+    user: str | None,
+    password: str | None,
     con: Any,
     *,
+    token: str | None = None,
     source: str | None = None,
     confidence: int = 50,
     added_after: datetime | str | None = None,
@@ -82,13 +106,16 @@ def pull(
 
     ``source`` defaults to the collection's title.
     """
-    col = open_collection(url, collection_id, user, password)
+    col = open_collection(url, collection_id, user, password, token)
     objects = fetch_objects(col, added_after)
     return import_bundle({"type": "bundle", "objects": objects}, con,
                          source or str(col.title), confidence)
 
 
-def push_bundle(url: str, collection_id: str, user: str, password: str, bundle: Any) -> Any:
+def push_bundle(
+    url: str, collection_id: str, user: str | None, password: str | None, bundle: Any,
+    token: str | None = None,
+) -> Any:
     """POST a bundle's objects to a collection; returns the taxii2client ``Status``."""
     import orjson
     from requests.exceptions import RequestException
@@ -97,7 +124,7 @@ def push_bundle(url: str, collection_id: str, user: str, password: str, bundle: 
     if hasattr(bundle, "serialize"):
         bundle = bundle.serialize()
     data = orjson.loads(bundle) if isinstance(bundle, str | bytes) else bundle
-    col = open_collection(url, collection_id, user, password)
+    col = open_collection(url, collection_id, user, password, token)
     try:
         return col.add_objects({"objects": data.get("objects", [])}, wait_for_completion=False)
     except AccessError as exc:

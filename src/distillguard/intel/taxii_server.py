@@ -17,8 +17,12 @@ Endpoints (TAXII 2.1 sections 4-5), all behind HTTP Basic auth, all answering
 
 Filters: ``limit`` + ``next`` (opaque), ``added_after``, ``match[id]``, ``match[type]``,
 ``match[version]`` (last (default), first, all or timestamps), ``match[spec_version]``.
-Users, password hashes and per-collection read/write permissions come from a YAML file
-(see docs/intel.md and :func:`load_server_config`).
+Principals come from a YAML (or JSON) file (see docs/intel.md and :func:`load_server_config`):
+*users* authenticate with HTTP Basic (PBKDF2 password hashes), *tokens* with
+``Authorization: Bearer <token>`` (SHA-256 token hashes). Each principal has its own read and
+write grants per collection and its own rate limit (429 + ``Retry-After`` when exceeded).
+Failed authentications are also rate limited per client address. Logs name the principal,
+never a credential.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import logging
+import math
 import secrets
 import threading
 import time
@@ -52,6 +58,10 @@ from distillguard.intel._common import (
 __all__ = [
     "hash_password",
     "verify_password",
+    "new_token",
+    "hash_token",
+    "RateLimit",
+    "RateLimiter",
     "Collection",
     "User",
     "ServerConfig",
@@ -69,6 +79,10 @@ MAX_CONTENT_LENGTH = 10 * 1024 * 1024
 #: PBKDF2 iterations for new password hashes (OWASP 2023 suggests 600k for SHA-256; we
 #: cache successful checks in memory, so the cost is paid once per user and process).
 PBKDF2_ITERATIONS = 600_000
+#: Prefix of tokens made by :func:`new_token` (lets secret scanners recognise a leaked one).
+TOKEN_PREFIX = "dgtaxii_"
+
+log = logging.getLogger(__name__)
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -95,6 +109,93 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+def new_token() -> str:
+    """A fresh bearer token: ``dgtaxii_`` + 32 random bytes (URL-safe base64)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """``sha256$<hex>`` of a token, as stored in the server config.
+
+    Tokens are 256-bit random strings, so a fast hash is enough (nothing to brute-force);
+    the server keeps only this hash.
+    """
+    return "sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` per ``per_seconds`` (a token bucket refilled continuously)."""
+
+    requests: int
+    per_seconds: float
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> RateLimit | None:
+        """``{requests: N, per_seconds: S}``, ``"N/S"`` or ``null``/``off`` (no limit)."""
+        if value is None or value in ("off", "none", False):
+            return None
+        try:
+            if isinstance(value, dict):
+                n, per = int(value["requests"]), float(value.get("per_seconds", 60))
+            else:
+                left, _, right = str(value).partition("/")
+                n, per = int(left), float(right or 60)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntelError(f"{where}: rate_limit must be 'N/SECONDS' or "
+                             "{requests: N, per_seconds: S}") from exc
+        if n < 1 or not per > 0:
+            raise IntelError(f"{where}: rate_limit needs requests >= 1 and per_seconds > 0")
+        return cls(n, per)
+
+
+class RateLimiter:
+    """Token buckets keyed by principal (or client address): :meth:`take` returns 0 when
+    the request may go ahead, else the seconds until it may.
+
+    Buckets that have refilled completely are forgotten once more than ``max_keys`` exist,
+    so many client addresses cannot grow the table without bound."""
+
+    def __init__(self, clock: Any = time.monotonic, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        # key -> (tokens, last refill, time at which the bucket is full again)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, key: str, limit: RateLimit, now: float) -> float:
+        tokens, last, _ = self._buckets.get(key, (float(limit.requests), now, now))
+        rate = limit.requests / limit.per_seconds
+        return min(float(limit.requests), tokens + (now - last) * rate)
+
+    def take(self, key: str, limit: RateLimit | None) -> float:
+        if limit is None:
+            return 0.0
+        rate = limit.requests / limit.per_seconds
+        with self._lock:
+            now = self._clock()
+            tokens = self._level(key, limit, now)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            if key not in self._buckets and len(self._buckets) >= self._max_keys:
+                for k in [k for k, (_, _, full) in self._buckets.items() if full <= now]:
+                    del self._buckets[k]
+            self._buckets[key] = (tokens, now, now + (limit.requests - tokens) / rate)
+            return 0.0 if allowed else (1.0 - tokens) / rate
+
+    def peek(self, key: str, limit: RateLimit | None) -> float:
+        """Like :meth:`take` without taking: 0 when one request would be allowed now."""
+        if limit is None:
+            return 0.0
+        with self._lock:
+            tokens = self._level(key, limit, self._clock())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) * limit.per_seconds / limit.requests
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 @dataclass
 class Collection:
     id: str
@@ -104,16 +205,27 @@ class Collection:
 
 @dataclass
 class User:
+    """A principal: a Basic-auth user (``password_hash``) or a bearer token
+    (``token_hash``), with its collection grants and rate limit."""
+
     name: str
-    password_hash: str
+    password_hash: str = ""
     read: set[str] = field(default_factory=set)  # collection ids, or {"*"}
     write: set[str] = field(default_factory=set)
+    token_hash: str = ""
+    rate_limit: RateLimit | None = None
 
     def can_read(self, cid: str) -> bool:
         return "*" in self.read or cid in self.read
 
     def can_write(self, cid: str) -> bool:
         return "*" in self.write or cid in self.write
+
+
+#: Default per-principal limit: a full pull of 100k objects (200 pages) fits in one window.
+DEFAULT_RATE_LIMIT = RateLimit(600, 60.0)
+#: Default limit on failed authentications per client address.
+DEFAULT_AUTH_FAILURE_LIMIT = RateLimit(20, 60.0)
 
 
 @dataclass
@@ -124,24 +236,35 @@ class ServerConfig:
     title: str = "distillguard TAXII server"
     description: str = "LLM distillation campaign indicators"
     contact: str = ""
+    tokens: dict[str, User] = field(default_factory=dict)  # token_hash -> principal
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
+    auth_failure_limit: RateLimit | None = DEFAULT_AUTH_FAILURE_LIMIT
 
 
 def load_server_config(path: str | Path) -> ServerConfig:
-    """Read the users file (YAML)::
+    """Read the server config (YAML, or JSON, which is YAML)::
 
         api_root: distillguard            # optional
         title: ACME distillation intel    # optional
+        rate_limit: 600/60                # per principal; default 600 requests / 60 s
+        auth_failure_limit: 20/60         # failed logins per client address
         collections:
           - id: 1f3a...-uuid
             title: distillation-campaigns
             description: shared indicators
-        users:
+        users:                            # HTTP Basic
           partner-a:
             password_hash: "pbkdf2-sha256$600000$<salt>$<hash>"   # intel hash-password
             read: ["1f3a...-uuid"]     # or ["*"]
             write: []
+        tokens:                           # Authorization: Bearer <token>
+          partner-b-feed:
+            token_hash: "sha256$<hex>"    # intel new-token
+            read: ["1f3a...-uuid"]
+            write: []
+            rate_limit: 120/60            # optional override
 
-    Plain-text passwords are refused.
+    Plain-text passwords and tokens are refused; principal names must be unique.
     """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -149,12 +272,30 @@ def load_server_config(path: str | Path) -> ServerConfig:
         raise IntelError(f"cannot read users file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise IntelError(f"users file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IntelError(f"users file {path} must be a mapping")
+    default_limit = (RateLimit.parse(data["rate_limit"], "rate_limit") if "rate_limit" in data
+                     else DEFAULT_RATE_LIMIT)
+    failure_limit = (RateLimit.parse(data["auth_failure_limit"], "auth_failure_limit")
+                     if "auth_failure_limit" in data else DEFAULT_AUTH_FAILURE_LIMIT)
     collections: dict[str, Collection] = {}
     for c in data.get("collections") or []:
         if not isinstance(c, dict) or not c.get("id"):
             raise IntelError("every collection needs an id")
         cid = str(c["id"])
         collections[cid] = Collection(cid, str(c.get("title") or cid), str(c.get("description") or ""))
+
+    def grants(name: str, u: dict[str, Any]) -> tuple[set[str], set[str], RateLimit | None]:
+        read, write = u.get("read") or [], u.get("write") or []
+        if not isinstance(read, list) or not isinstance(write, list):
+            raise IntelError(f"{name!r}: read and write must be lists of collection ids")
+        r, w = {str(x) for x in read}, {str(x) for x in write}
+        for cid in (r | w) - {"*"}:
+            collections.setdefault(cid, Collection(cid, cid))
+        limit = (RateLimit.parse(u["rate_limit"], f"{name!r}") if "rate_limit" in u
+                 else default_limit)
+        return r, w, limit
+
     users: dict[str, User] = {}
     for name, u in (data.get("users") or {}).items():
         if not isinstance(u, dict):
@@ -166,13 +307,30 @@ def load_server_config(path: str | Path) -> ServerConfig:
             )
         if not str(u.get("password_hash", "")).startswith("pbkdf2-sha256$"):
             raise IntelError(f"user {name!r} needs a pbkdf2-sha256 password_hash")
-        read = {str(x) for x in u.get("read") or []}
-        write = {str(x) for x in u.get("write") or []}
-        for cid in (read | write) - {"*"}:
-            collections.setdefault(cid, Collection(cid, cid))
-        users[str(name)] = User(str(name), str(u["password_hash"]), read, write)
-    if not users:
-        raise IntelError(f"users file {path} defines no users")
+        read, write, limit = grants(str(name), u)
+        users[str(name)] = User(str(name), str(u["password_hash"]), read, write,
+                                rate_limit=limit)
+    tokens: dict[str, User] = {}
+    for name, t in (data.get("tokens") or {}).items():
+        if not isinstance(t, dict):
+            raise IntelError(f"token {name!r} must be a mapping")
+        if "token" in t:
+            raise IntelError(f"token {name!r}: plain-text 'token' is not allowed; store "
+                             "'token_hash' (distillguard intel new-token)")
+        th = str(t.get("token_hash", ""))
+        scheme, _, hexdigest = th.partition("$")
+        if scheme != "sha256" or len(hexdigest) != 64 or any(
+            ch not in "0123456789abcdef" for ch in hexdigest
+        ):
+            raise IntelError(f"token {name!r} needs a token_hash 'sha256$<64 hex>'")
+        if str(name) in users:
+            raise IntelError(f"{name!r} is both a user and a token; names must be unique")
+        if th in tokens:
+            raise IntelError(f"token {name!r} has the same hash as {tokens[th].name!r}")
+        read, write, limit = grants(str(name), t)
+        tokens[th] = User(str(name), "", read, write, token_hash=th, rate_limit=limit)
+    if not users and not tokens:
+        raise IntelError(f"users file {path} defines no users or tokens")
     return ServerConfig(
         users=users,
         collections=collections,
@@ -180,6 +338,9 @@ def load_server_config(path: str | Path) -> ServerConfig:
         title=str(data.get("title") or "distillguard TAXII server"),
         description=str(data.get("description") or "LLM distillation campaign indicators"),
         contact=str(data.get("contact") or ""),
+        tokens=tokens,
+        rate_limit=default_limit,
+        auth_failure_limit=failure_limit,
     )
 
 
@@ -384,10 +545,17 @@ def create_app(store: TaxiiStore, config: ServerConfig) -> Any:
     root = config.api_root
     verified: dict[str, str] = {}  # user -> sha256(password) of a successful check
     verified_lock = threading.Lock()
+    limiter = RateLimiter()
+    # Unknown users are checked against this hash, so they cost what known ones cost.
+    iterations = [int(u.password_hash.split("$")[1]) for u in config.users.values()
+                  if u.password_hash.count("$") == 3 and u.password_hash.split("$")[1].isdigit()]
+    dummy_hash = hash_password(secrets.token_hex(16), max(iterations, default=1000))
 
     class TaxiiError(Exception):
-        def __init__(self, status: int, title: str, description: str = "") -> None:
+        def __init__(self, status: int, title: str, description: str = "",
+                     headers: dict[str, str] | None = None) -> None:
             self.status, self.title, self.description = status, title, description
+            self.headers = headers
 
     def taxii(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         return Response(orjson.dumps(body), status_code=status, media_type=TAXII_MEDIA_TYPE,
@@ -395,35 +563,86 @@ def create_app(store: TaxiiStore, config: ServerConfig) -> Any:
 
     @app.exception_handler(TaxiiError)
     async def _taxii_error(_: Request, exc: TaxiiError) -> Response:
-        headers = {"WWW-Authenticate": f'Basic realm="{root}"'} if exc.status == 401 else None
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = f'Basic realm="{root}", Bearer realm="{root}"'
         return taxii({"title": exc.title, "description": exc.description,
-                      "http_status": str(exc.status)}, exc.status, headers)
+                      "http_status": str(exc.status)}, exc.status, headers or None)
 
     @app.exception_handler(IntelError)
     async def _intel_error(_: Request, exc: IntelError) -> Response:
         return taxii({"title": "Bad request", "description": str(exc), "http_status": "400"}, 400)
 
-    def authenticate(request: Request) -> User:
+    @app.middleware("http")
+    async def _access_log(request: Request, call_next: Any) -> Any:
+        # One line per request naming the principal (never a credential; the query string,
+        # which carries only TAXII filters, is left out too).
+        response = await call_next(request)
+        log.info("%s %s %s -> %d", getattr(request.state, "principal", "-"), request.method,
+                 request.url.path, response.status_code)
+        return response
+
+    def too_many(wait: float) -> TaxiiError:
+        seconds = max(1, math.ceil(wait))
+        return TaxiiError(429, "Too many requests", f"retry after {seconds} s",
+                          {"Retry-After": str(seconds)})
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def failed(request: Request, reason: str) -> TaxiiError:
+        client = client_of(request)
+        log.warning("TAXII authentication failed from %s: %s", client, reason)
+        limiter.take(f"auth-fail:{client}", config.auth_failure_limit)
+        return TaxiiError(401, reason)
+
+    def principal(request: Request) -> User:
         header = request.headers.get("authorization", "")
         scheme, _, payload = header.partition(" ")
-        if scheme.lower() != "basic" or not payload:
-            raise TaxiiError(401, "Authentication required")
+        scheme, payload = scheme.lower(), payload.strip()
+        if scheme == "bearer" and payload:
+            th = hash_token(payload)
+            user = config.tokens.get(th)
+            if user is None or not hmac.compare_digest(user.token_hash, th):
+                raise failed(request, "Invalid credentials")
+            return user
+        if scheme != "basic" or not payload:
+            raise failed(request, "Authentication required")
         try:
-            name, _, password = base64.b64decode(payload).decode("utf-8").partition(":")
+            name, _, password = base64.b64decode(payload, validate=True).decode(
+                "utf-8").partition(":")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise TaxiiError(401, "Malformed credentials") from exc
+            raise failed(request, "Malformed credentials") from exc
         user = config.users.get(name)
         if user is None:
-            verify_password(password, hash_password("x", 1000))  # similar timing, no oracle
-            raise TaxiiError(401, "Invalid credentials")
+            verify_password(password, dummy_hash)  # same cost as a known user: no oracle
+            raise failed(request, "Invalid credentials")
         quick = hashlib.sha256(f"{user.password_hash}\x00{password}".encode()).hexdigest()
         with verified_lock:
             cached = verified.get(name)
         if cached is None or not hmac.compare_digest(cached, quick):
             if not verify_password(password, user.password_hash):
-                raise TaxiiError(401, "Invalid credentials")
+                raise failed(request, "Invalid credentials")
             with verified_lock:
                 verified[name] = quick
+        return user
+
+    def authenticate(request: Request) -> User:
+        """The request's principal, after the failed-login and per-principal rate limits."""
+        client = client_of(request)
+        # A client that keeps failing is refused before its credentials cost a KDF run.
+        wait = limiter.peek(f"auth-fail:{client}", config.auth_failure_limit)
+        if wait > 0:
+            log.warning("TAXII client %s rate limited after failed authentications", client)
+            raise too_many(wait)
+        user = principal(request)
+        request.state.principal = user.name
+        wait = limiter.take(f"principal:{user.name}", user.rate_limit)
+        if wait > 0:
+            log.warning("TAXII principal %s rate limited (%s)", user.name,
+                        f"{user.rate_limit.requests}/{user.rate_limit.per_seconds:g}s"
+                        if user.rate_limit else "-")
+            raise too_many(wait)
         check_accept(request)
         return user
 
@@ -630,10 +849,11 @@ def serve(db: str | Path, users: str | Path, host: str = "127.0.0.1", port: int 
 
 @contextlib.contextmanager
 def background_server(
-    store: TaxiiStore, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
+    store: TaxiiStore, config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
+    log_level: str = "warning",
 ) -> Iterator[str]:
     """Run the server in a daemon thread (tests, two-provider benchmarks); yields its base
-    URL. ``port=0`` picks a free port."""
+    URL. ``port=0`` picks a free port; ``log_level="info"`` logs as :func:`serve` does."""
     import socket
 
     import uvicorn
@@ -643,7 +863,7 @@ def background_server(
             s.bind((host, 0))
             port = s.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(create_app(store, config), host=host, port=port,
-                                        log_level="warning"))
+                                        log_level=log_level))
     thread = threading.Thread(target=srv.run, daemon=True, name=f"taxii-{port}")
     thread.start()
     deadline = time.monotonic() + 10
