@@ -292,10 +292,8 @@ def test_audit_chain_names_who_did_what(store: Path, tmp_path: Path) -> None:
     assert e["params"]["rpm"] > 0 and e["enforced_at_gateway"] is False
 
 
-def test_suspend_from_console_changes_what_the_gateway_does(store: Path,
-                                                            tmp_path: Path) -> None:
-    """Console and gateway share the gateway's state store: the account's next request
-    through the real gateway app is refused with the documented suspension error."""
+def _gateway(tmp: Path):
+    """The real gateway app on a state store the console shares: (state, app)."""
     from distillguard.gateway.app import create_app as gateway_app
     from distillguard.gateway.stub import StubUpstream
     from distillguard.respond import AuditLog, OnlineScorer
@@ -304,17 +302,28 @@ def test_suspend_from_console_changes_what_the_gateway_does(store: Path,
     from distillguard.respond.state import MemoryState
 
     state = MemoryState()
-    gw = gateway_app("http://upstream", load_policy(), DirectiveSet([]), OnlineScorer(state),
-                     AuditLog(tmp_path / "gw-audit.jsonl"), transport=StubUpstream().transport())
+    return state, gateway_app("http://upstream", load_policy(), DirectiveSet([]),
+                              OnlineScorer(state), AuditLog(tmp / "gw-audit.jsonl"),
+                              transport=StubUpstream().transport())
+
+
+def _first_member(c: TestClient, cid: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(re.search(r'href="/account\?id=([^"]+)"',
+                                  c.get(f"/campaign?id={cid}").text).group(1))
+
+
+def test_suspend_from_console_changes_what_the_gateway_does(store: Path,
+                                                            tmp_path: Path) -> None:
+    """Console and gateway share the gateway's state store: the account's next request
+    through the real gateway app is refused with the documented suspension error."""
+    state, gw = _gateway(tmp_path)
     body = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
     with TestClient(make_app(store, tmp_path, state=state)) as c, TestClient(gw) as g:
         csrf = login(c, "ana")
         cid = top_campaign(c)
-        member = re.search(r'href="/account\?id=([^"]+)"',
-                           c.get(f"/campaign?id={cid}").text).group(1)
-        from urllib.parse import unquote_plus
-
-        member = unquote_plus(member)
+        member = _first_member(c, cid)
         assert g.post("/v1/chat/completions", json=body,
                       headers={"X-Account-Id": member}).status_code == 200
         c.post("/act", data={"csrf": csrf, "action": "suspend", "accounts": member,
@@ -362,24 +371,14 @@ def test_exports_evidence_package_and_stix_bundle(store: Path, tmp_path: Path) -
 def test_standing_responses_from_console_reach_the_gateway(store: Path, tmp_path: Path) -> None:
     """Require verification and strip reasoning set in the console are what the gateway
     does on the account's next request; a lesser action never replaces a suspension."""
-    from urllib.parse import unquote_plus
+    from distillguard.gateway.stub import REASONING
 
-    from distillguard.gateway.app import create_app as gateway_app
-    from distillguard.gateway.stub import REASONING, StubUpstream
-    from distillguard.respond import AuditLog, OnlineScorer
-    from distillguard.respond.directives import DirectiveSet
-    from distillguard.respond.policy import load_policy
-    from distillguard.respond.state import MemoryState
-
-    state = MemoryState()
-    gw = gateway_app("http://upstream", load_policy(), DirectiveSet([]), OnlineScorer(state),
-                     AuditLog(tmp_path / "gw-audit.jsonl"), transport=StubUpstream().transport())
+    state, gw = _gateway(tmp_path)
     body = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
     with TestClient(make_app(store, tmp_path, state=state)) as c, TestClient(gw) as g:
         csrf = login(c, "ana")
         cid = top_campaign(c)
-        member = unquote_plus(re.search(r'href="/account\?id=([^"]+)"',
-                                        c.get(f"/campaign?id={cid}").text).group(1))
+        member = _first_member(c, cid)
         h = {"X-Account-Id": member}
         first = g.post("/v1/chat/completions", json=body, headers=h)
         assert first.status_code == 200
