@@ -19,7 +19,11 @@ the OpenAI shape ``{"error": {message, type, code, param}}`` with the codes of
 
 State store failures follow ``fail_mode``: ``"closed"`` answers 503 ``distillguard_unavailable``
 with Retry-After (nothing unscored passes); ``"open"`` forwards the request unscored and audits
-``fail_open``. Directives are always fail-closed: they do not depend on the state store.
+``fail_open``. A :class:`~distillguard.respond.state.FallbackState` store (the CLI's default
+with Redis, ``--fail-mode local``) never fails: it scores on per-worker state during an
+outage, logs an alert and returns to Redis when it answers; ``/healthz`` then says
+``"state_store": "fallback"``. Directives are always fail-closed: they do not depend on the
+state store.
 """
 
 from __future__ import annotations
@@ -318,9 +322,12 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 await run_in_threadpool(scorer.state.suspended, "_healthz")
         except StateStoreError:
             state_ok = False
+        # FallbackState: serving, scored on this worker's own state until the store returns
+        local = bool(getattr(scorer.state, "degraded", False))
         ok = state_ok or fail_mode == "open"
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "state_store": "ok" if state_ok else "down",
+            {"status": "ok" if ok and not local else "degraded",
+             "state_store": "fallback" if local else "ok" if state_ok else "down",
              "fail_mode": fail_mode, "policy_version": policy.version,
              "directives": len(directives.directives),
              "directives_broken": bool(directives.broken)},

@@ -1,0 +1,93 @@
+"""The gateway under faults, with real components (distillguard.bench.faults).
+
+A real redis-server is SIGKILLed / SIGSTOPped under traffic; a real HTTP upstream fails,
+hangs, resets and streams slowly; slow clients hold raw sockets; a 10x burst. Short profile
+here; ``DG_LONG=1`` runs the long one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from distillguard.bench import faults
+
+LONG = os.environ.get("DG_LONG") == "1"
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server not on PATH")
+
+
+def _assert_ok(res: dict) -> None:
+    assert res["wrong_allow"] == 0, res
+    assert res["wrong_deny"] == 0, res
+    assert res["correct"] == res["requests"] > 0, res
+    assert res.get("gateway_alive", True), res
+    assert res.get("upstream_saw_denied", 0) == 0, res
+
+
+@needs_redis
+def test_redis_down_and_back(tmp_path: Path) -> None:
+    kw = {"cycles": 3, "down_s": 4.0} if LONG else {}
+    res = faults.scenario_redis(tmp_path, **kw)
+    _assert_ok(res)
+    assert res["outages"] == len(res["recoveries"]) and res["alerts"] == res["outages"]
+    assert res["healthz_during_outage"] == ["fallback"] * res["outages"]
+    for rec in res["recoveries"]:
+        assert rec["recovery_s"] < 1.0, rec          # probe every 0.25 s
+        assert rec["scored_on_redis_after"] and rec["suspension_in_redis"], rec
+
+
+@needs_redis
+def test_without_fallback_an_outage_denies_and_a_restart_unsuspends(tmp_path: Path) -> None:
+    """The behaviour before FallbackState, kept measurable: fail-closed 503s for everyone,
+    and a Redis restarted empty forgets its suspensions (the suspended account passes)."""
+    res = faults.scenario_redis(tmp_path, fallback=False)
+    assert res["wrong_deny"] > 0 and res["wrong_allow"] > 0
+
+
+@needs_redis
+def test_fallback_replays_outage_suspensions(tmp_path: Path, caplog) -> None:
+    from distillguard.respond.state import FallbackState, RedisState
+
+    srv = faults.RedisServer(tmp_path / "r")
+    srv.start()
+    try:
+        primary = RedisState.from_url(srv.url, prefix="f:")
+        primary.suspend("elsewhere", {"rule": "console"})      # made by another worker
+        st = FallbackState(primary, probe_interval_s=0.05, sync_interval_s=None)
+        assert st.sync_suspensions() == 1
+        st.suspend("old", {"rule": "r0"})
+        primary.globals("m", 1.0)                      # the store's t0 exists
+        srv.pause()
+        with caplog.at_level(logging.WARNING, logger="distillguard.state"):
+            assert st.suspended("old") == {"rule": "r0"}        # fails over, still enforced
+            assert st.degraded
+            assert st.suspended("elsewhere") == {"rule": "console"}
+            st.suspend("new", {"rule": "r1"})
+            st.unsuspend("old")
+            assert st.suspended("old") is None
+            srv.resume()
+            deadline = time.monotonic() + 5
+            while st.degraded and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert not st.degraded
+        assert any("ALERT state store down" in r.getMessage() for r in caplog.records)
+        assert any("state store back" in r.getMessage() for r in caplog.records)
+        assert primary.suspended("new") == {"rule": "r1"}
+        assert primary.suspended("old") is None
+        # A restart without persistence: the suspensions this worker knew are written back.
+        srv.kill()
+        assert st.suspended("new") == {"rule": "r1"} and st.degraded
+        srv.start()
+        deadline = time.monotonic() + 5
+        while st.degraded and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert primary.suspended("new") == {"rule": "r1"}
+        assert primary.suspended("elsewhere") == {"rule": "console"}
+    finally:
+        srv.stop()
