@@ -91,3 +91,14 @@ def test_fallback_replays_outage_suspensions(tmp_path: Path, caplog) -> None:
         assert primary.suspended("elsewhere") == {"rule": "console"}
     finally:
         srv.stop()
+
+
+def test_upstream_faults(tmp_path: Path) -> None:
+    """500/503 pass through; hang and reset → 502 within the timeout; a reset or a stall in a
+    stream ends it with an error event; a slow stream that keeps sending is delivered whole
+    (it was cut at timeout_s: aiohttp's total timeout); denied requests never reach it."""
+    res = faults.scenario_upstream(tmp_path, rounds=10 if LONG else 2)
+    _assert_ok(res)
+    assert res["answers_after"]
+    assert res["hang_answered_in_s"] < faults.TIMEOUT_S + 1.0
+    assert all(v.split("/")[0] == v.split("/")[1] for v in res["by_fault"].values())

@@ -67,6 +67,7 @@ class FaultUpstream:
     ``fault-500`` / ``fault-503``: that status with an OpenAI-shaped error body;
     ``fault-hang``: reads the request and never answers; ``fault-reset``: resets the
     connection (RST) without answering; ``fault-reset-mid``: starts a stream, then resets;
+    ``fault-stall-mid``: starts a stream, then sends nothing more;
     ``fault-slow``: a stream whose chunks are ``SLOW_GAP_S`` apart. Every request body's last
     message is kept in :attr:`seen` (the harness checks that denied requests never arrive).
     """
@@ -174,6 +175,8 @@ class FaultUpstream:
                 await writer.drain()
                 self._reset(writer)
                 return False
+            if model == "fault-stall-mid" and i == 3:
+                await asyncio.sleep(3600)
             if model == "fault-slow" and i:
                 await asyncio.sleep(SLOW_GAP_S)
             writer.write(b"%x\r\n%s\r\n" % (len(c), c))
@@ -339,40 +342,56 @@ class Outcome:
     detail: str = ""
 
 
+# A request the gateway refused for who is asking (not an upstream error passed through).
+DENY_CODES = {"distillguard_rate_limited", "distillguard_verification_required",
+              "distillguard_account_suspended", "distillguard_access_denied",
+              "distillguard_unavailable", "invalid_api_key"}
+
+
+def _code(body: Any) -> str:
+    try:
+        err = json.loads(body).get("error") if isinstance(body, str | bytes) else body.get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return str(err.get("code") or "") if isinstance(err, dict) else ""
+
+
 def send(client: httpx.Client, base: str, probe: Probe, i: int) -> Outcome:
     headers, payload = probe.request(i)
     t0 = time.monotonic()
-    status, detail, ok = 0, "", False
+    status, detail, ok, code = 0, "", False, ""
     try:
         if probe.stream:
             with client.stream("POST", base + "/v1/chat/completions", json=payload,
                                headers=headers) as r:
                 status = r.status_code
                 text = "".join(r.iter_text())
-            if status == 200:
-                if probe.stream_end == "done":
+            code = _code(text) if status != 200 else ""
+            if status != 200:
+                ok = code == probe.code
+            elif probe.stream_end == "done":
                     ok = "data: [DONE]" in text and "distillguard_upstream_error" not in text
-                else:
-                    ok = "distillguard_upstream_error" in text and "[DONE]" not in text
-                detail = "stream " + ("complete" if "[DONE]" in text else "cut")
             else:
-                detail = text[:200]
+                ok = "distillguard_upstream_error" in text and "[DONE]" not in text
+            detail = "stream " + ("complete" if "[DONE]" in text else "cut") if status == 200 \
+                else text[:200]
         else:
             r = client.post(base + "/v1/chat/completions", json=payload, headers=headers)
             status = r.status_code
             body = r.json() if r.headers.get("content-type", "").startswith(
                 "application/json") else {}
+            code = _code(body)
             if probe.code is None:
                 ok = status == 200 and bool(body.get("choices"))
             else:
-                ok = (body.get("error") or {}).get("code") == probe.code
+                ok = code == probe.code
             detail = json.dumps(body.get("error"))[:200] if "error" in body else ""
     except httpx.HTTPError as exc:
         detail = f"client error: {type(exc).__name__}"
     lat = time.monotonic() - t0
     ok = ok and status == probe.expect
     allowed = status == 200
-    denied = status in (401, 403, 429, 503)
+    denied = code in DENY_CODES
     should_deny = probe.kind in ("denied", "suspended")
     return Outcome(probe.kind, probe.account, t0, lat, status, ok,
                    wrong_allow=should_deny and allowed, wrong_deny=not should_deny and denied,
@@ -525,9 +544,12 @@ FAULTS = [
           code="distillguard_upstream_error"),
     Probe("reset mid-stream", "benign-4", model="fault-reset-mid", stream=True,
           stream_end="error"),
+    Probe("stall mid-stream", "benign-4", model="fault-stall-mid", stream=True,
+          stream_end="error"),
     Probe("slow stream", "benign-5", model="fault-slow", stream=True),
     Probe("benign", "benign-6"), Probe("benign stream", "benign-7", stream=True),
-    DENIED, Probe("denied", "acct-xx", model="frontier-x", stream=True, expect=403),
+    DENIED, Probe("denied", "acct-xx", model="frontier-x", stream=True, expect=403,
+          code="distillguard_access_denied"),
 ]
 
 
@@ -729,20 +751,21 @@ def scenario_burst(work: Path, base_rps: float = 40.0, factor: float = 10.0,
         p = probes[i % len(probes)]
         headers, payload = p.request(i)
         t0 = time.monotonic()
-        status, ok = 0, False
+        status, ok, code = 0, False, ""
         try:
             async with sess.post(gw.url + "/v1/chat/completions", json=payload,
                                  headers=headers) as r:
                 status = r.status
                 body = await r.json(content_type=None)
+                code = _code(body)
                 ok = status == p.expect and ((p.code is None and bool(body.get("choices")))
-                                             or (body.get("error") or {}).get("code") == p.code)
+                                             or code == p.code)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
         should_deny = p.kind == "denied"
         out.append((phase, Outcome(p.kind, p.account, t0, time.monotonic() - t0, status, ok,
                                    should_deny and status == 200,
-                                   not should_deny and status in (403, 429, 503))))
+                                   not should_deny and code in DENY_CODES)))
 
     async def drive() -> None:
         timeout = aiohttp.ClientTimeout(total=30)

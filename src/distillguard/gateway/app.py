@@ -227,7 +227,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         if "s" not in holder:
             holder["s"] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=timeout_s), read_bufsize=2 ** 20)
+                # Per connect and per read, as httpx's timeout: a slow stream that keeps
+                # sending is not cut at timeout_s; an upstream silent that long is.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s,
+                                              sock_read=timeout_s), read_bufsize=2 ** 20)
         return holder["s"]
 
     async def send_upstream(body: bytes, headers: dict[str, str]) -> Any:
