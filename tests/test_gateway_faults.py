@@ -102,3 +102,20 @@ def test_upstream_faults(tmp_path: Path) -> None:
     assert res["answers_after"]
     assert res["hang_answered_in_s"] < faults.TIMEOUT_S + 1.0
     assert all(v.split("/")[0] == v.split("/")[1] for v in res["by_fault"].values())
+
+
+def test_bad_bodies(tmp_path: Path) -> None:
+    """Oversized (declared, chunked, lying), malformed, non-UTF-8, deeply nested and
+    schema-invalid bodies: 413 or 400, never forwarded, the gateway still answers after."""
+    res = faults.scenario_bodies(tmp_path)
+    _assert_ok(res)
+    assert res["upstream_saw_bad"] == 0 and res["answers_after"]
+
+
+def test_slowloris(tmp_path: Path) -> None:
+    """Clients dripping headers or bodies do not stop normal traffic; a dripped body is
+    answered 408 after body_timeout_s (it held its connection and task forever before)."""
+    res = faults.scenario_slowloris(tmp_path, **({"clients": 400, "hold_s": 10.0} if LONG
+                                                 else {"clients": 100, "hold_s": 3.0}))
+    _assert_ok(res)
+    assert res["slow_body_408"] == res["slow_body_clients"] > 0

@@ -65,6 +65,7 @@ from distillguard.respond.policy import Policy, PolicyDecision
 __all__ = ["RequestLog", "create_app"]
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024       # bytes; larger bodies → 413 before parsing
+DEFAULT_BODY_TIMEOUT_S = 30.0            # a body not received whole by then → 408 (slowloris)
 MAX_LOGGED_RESPONSE = 4000               # characters of the response kept in the request log
 _HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 _UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError) + (
@@ -192,12 +193,15 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                timeout_s: float = 600.0, tracer_provider: Any = None,
                content_hash_key: bytes | str | None = None,
                otel_provider_name: str = "openai",
-               policy_id: str = "distillguard-policy", freeze_gc: bool = False) -> FastAPI:
+               policy_id: str = "distillguard-policy", freeze_gc: bool = False,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """Build the gateway app (see the module docstring for the request flow).
 
     ``transport`` is passed to ``httpx.AsyncClient`` (``httpx.MockTransport`` in tests);
     without one, chat completions go upstream through aiohttp when it is installed (much
     less CPU per request than httpx), else through httpx.
+    ``body_timeout_s``: a request body not received whole within it is answered 408
+    (a client dripping its body cannot hold a connection and a task forever).
     ``keys`` defaults to an empty KeyStore that accepts ``X-Account-Id`` (testing only).
     ``tracer_provider`` (default: the global OpenTelemetry one), ``content_hash_key``
     (default: ``$DISTILLGUARD_CONTENT_HASH_KEY``), ``otel_provider_name`` and ``policy_id``
@@ -369,11 +373,16 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             except ValueError:
                 raise _BadRequest(400, "invalid Content-Length") from None
         chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > max_body_bytes:
-                raise _BadRequest(413, f"request body exceeds {max_body_bytes} bytes")
-            chunks.append(part)
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > max_body_bytes:
+                        raise _BadRequest(413, f"request body exceeds {max_body_bytes} bytes")
+                    chunks.append(part)
+        except TimeoutError:
+            raise _BadRequest(408, f"request body not received within {body_timeout_s:g} s") \
+                from None
         return b"".join(chunks)
 
     @app.post("/v1/chat/completions")
@@ -389,7 +398,8 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 raise _BadRequest(400, f"body is not valid JSON: {exc}") from None
             payload = _validate(payload)
         except _BadRequest as bad:
-            code = "request_too_large" if bad.status == 413 else "invalid_request"
+            code = {413: "request_too_large", 408: "request_timeout"}.get(bad.status,
+                                                                         "invalid_request")
             if audit is not None:
                 audit.append("bad_request", request_id=rid, status=bad.status,
                              action="reject", reason=bad.message[:200])
