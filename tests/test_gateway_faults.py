@@ -119,3 +119,21 @@ def test_slowloris(tmp_path: Path) -> None:
                                                  else {"clients": 100, "hold_s": 3.0}))
     _assert_ok(res)
     assert res["slow_body_408"] == res["slow_body_clients"] > 0
+
+
+def test_burst(tmp_path: Path) -> None:
+    """Open-loop traffic at a base rate, then 10x, then the base rate: every request is
+    answered correctly (no 5xx, no timeout), directives still deny."""
+    res = faults.scenario_burst(tmp_path, **({"phase_s": 5.0} if LONG
+                                             else {"base_rps": 30.0, "phase_s": 1.5}))
+    _assert_ok(res)
+    assert set(res["phases"]) == {"base", "burst", "after"}
+
+
+def test_cli_fail_mode_local_wraps_redis() -> None:
+    from distillguard.gateway.cli import _guard_mode, _state
+    from distillguard.respond.state import FallbackState, RedisState
+
+    url = "redis://127.0.0.1:1/0"
+    assert isinstance(_state(url, "local"), FallbackState) and _guard_mode("local") == "closed"
+    assert isinstance(_state(url, "closed"), RedisState) and _guard_mode("open") == "open"
