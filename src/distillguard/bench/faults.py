@@ -444,6 +444,8 @@ class Traffic:
 
 def summarize(name: str, out: list[Outcome], **extra: Any) -> dict[str, Any]:
     wrong = [o for o in out if not o.correct]
+    if out and "max_latency_ms" not in extra:
+        extra["max_latency_ms"] = round(1000 * max(o.latency for o in out), 1)
     return {"scenario": name, "requests": len(out),
             "correct": sum(o.correct for o in out),
             "wrong_allow": sum(o.wrong_allow for o in out),
