@@ -37,6 +37,7 @@ def test_redis_down_and_back(tmp_path: Path) -> None:
     _assert_ok(res)
     assert res["outages"] == len(res["recoveries"]) and res["alerts"] == res["outages"]
     assert res["healthz_during_outage"] == ["fallback"] * res["outages"]
+    assert 0 < res["answered_on_local_state"] < res["requests"]   # marked while degraded
     for rec in res["recoveries"]:
         assert rec["recovery_s"] < 1.0, rec          # probe every 0.25 s
         assert rec["scored_on_redis_after"] and rec["suspension_in_redis"], rec
@@ -59,8 +60,12 @@ def test_fallback_replays_outage_suspensions(tmp_path: Path, caplog) -> None:
     try:
         primary = RedisState.from_url(srv.url, prefix="f:")
         primary.suspend("elsewhere", {"rule": "console"})      # made by another worker
+        primary.r.set("f:s:legacy", '{"rule": "before the index"}')
         st = FallbackState(primary, probe_interval_s=0.05, sync_interval_s=None)
-        assert st.sync_suspensions() == 1
+        assert st.sync_suspensions() == 2          # the first sync also SCANs
+        assert primary.r.sismember("f:susp", "legacy")
+        primary.unsuspend("legacy")
+        assert st.sync_suspensions() == 1 and not primary.r.sismember("f:susp", "legacy")
         st.suspend("old", {"rule": "r0"})
         primary.globals("m", 1.0)                      # the store's t0 exists
         srv.pause()

@@ -345,6 +345,7 @@ class Outcome:
     wrong_allow: bool
     wrong_deny: bool
     detail: str = ""
+    local: bool = False         # answered with X-Distillguard-Screening: local
 
 
 # A request the gateway refused for who is asking (not an upstream error passed through).
@@ -364,12 +365,13 @@ def _code(body: Any) -> str:
 def send(client: httpx.Client, base: str, probe: Probe, i: int) -> Outcome:
     headers, payload = probe.request(i)
     t0 = time.monotonic()
-    status, detail, ok, code = 0, "", False, ""
+    status, detail, ok, code, local = 0, "", False, "", False
     try:
         if probe.stream:
             with client.stream("POST", base + "/v1/chat/completions", json=payload,
                                headers=headers) as r:
                 status = r.status_code
+                local = r.headers.get("x-distillguard-screening") == "local"
                 text = "".join(r.iter_text())
             code = _code(text) if status != 200 else ""
             if status != 200:
@@ -383,6 +385,7 @@ def send(client: httpx.Client, base: str, probe: Probe, i: int) -> Outcome:
         else:
             r = client.post(base + "/v1/chat/completions", json=payload, headers=headers)
             status = r.status_code
+            local = r.headers.get("x-distillguard-screening") == "local"
             body = r.json() if r.headers.get("content-type", "").startswith(
                 "application/json") else {}
             code = _code(body)
@@ -400,7 +403,7 @@ def send(client: httpx.Client, base: str, probe: Probe, i: int) -> Outcome:
     should_deny = probe.kind in ("denied", "suspended")
     return Outcome(probe.kind, probe.account, t0, lat, status, ok,
                    wrong_allow=should_deny and allowed, wrong_deny=not should_deny and denied,
-                   detail=detail)
+                   detail=detail, local=local)
 
 
 BENIGN = [Probe("benign", f"benign-{k}", model="frontier-x" if k % 2 else "m1")
@@ -537,6 +540,7 @@ def scenario_redis(work: Path, down_s: float = 2.0, cycles: int = 1,
         "redis down and back" + ("" if fallback else " (no fallback, fail closed)"), out,
         upstream_saw_denied=leaked(up), gateway_alive=alive,
         outages=getattr(state, "outages", None),
+        answered_on_local_state=sum(o.local for o in out),
         fallback_calls=getattr(state, "fallback_calls", None),
         alerts=sum("ALERT" in r.getMessage() for r in alerts.records),
         healthz_during_outage=health, recoveries=recoveries)

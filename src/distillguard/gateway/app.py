@@ -22,8 +22,9 @@ with Retry-After (nothing unscored passes); ``"open"`` forwards the request unsc
 ``fail_open``. A :class:`~distillguard.respond.state.FallbackState` store (the CLI's default
 with Redis, ``--fail-mode local``) never fails: it scores on per-worker state during an
 outage, logs an alert and returns to Redis when it answers; ``/healthz`` then says
-``"state_store": "fallback"``. Directives are always fail-closed: they do not depend on the
-state store.
+``"state_store": "fallback"``, and requests scored meanwhile carry
+``X-Distillguard-Screening: local`` and ``state_fallback: true`` in their audit entry.
+Directives are always fail-closed: they do not depend on the state store.
 """
 
 from __future__ import annotations
@@ -431,7 +432,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
 
         if sc.blocked:
             record(rid, ts, caller, payload, sc.status, d, s, request=request,
-                   action=sc.action, **sc.audit)
+                   action=sc.action, **sc.audit, **sc.fallback_audit)
             tel.response(span, sc.status, payload=payload, error_code=sc.code)
             return _error(sc.status, sc.message, sc.code or "", sc.etype,
                           headers=base_headers(rid, sc.applied, sc.headers), **sc.body)
@@ -444,13 +445,16 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             out_headers["X-Distillguard-Reasoning"] = "stripped"
         if fail_open:
             out_headers["X-Distillguard-Screening"] = "unavailable"
+        elif sc.local_state:
+            out_headers["X-Distillguard-Screening"] = "local"
         try:
             up = await send_upstream(orjson.dumps(payload),
                                      {"Content-Type": "application/json",
                                       **_up_headers(request)})
         except _UPSTREAM_ERRORS as exc:
             record(rid, ts, caller, payload, 502, d, s, request=request,
-                   upstream_error=type(exc).__name__, fail_open=fail_open)
+                   upstream_error=type(exc).__name__, fail_open=fail_open,
+                   **sc.fallback_audit)
             tel.response(span, 502, payload=payload, error_code="distillguard_upstream_error")
             return _error(502, f"upstream unreachable: {type(exc).__name__}",
                           "distillguard_upstream_error", "upstream_error",
@@ -482,7 +486,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                     else None
         await _after(caller, usage)
         record(rid, ts, caller, payload, up.status_code, d, s, text, usage, request,
-               fail_open=fail_open)
+               fail_open=fail_open, **sc.fallback_audit)
         tel.response(span, up.status_code, payload=payload, body=body, usage=usage)
         return Response(content, up.status_code, headers=headers)
 
@@ -550,7 +554,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             await up.aclose()
             await _after(caller, usage)
             record(rid, ts, caller, payload, status, d, s, "".join(parts), usage, request,
-                   fail_open=fail_open, streamed=True)
+                   fail_open=fail_open, streamed=True, **sc.fallback_audit)
             tel.response(span, status, payload=payload,
                          body={"id": last.get("id"), "model": last.get("model"),
                                "choices": [{"finish_reason": f} for f in finish]},

@@ -609,6 +609,7 @@ class RedisState:
         def go() -> None:
             pipe, _ = self._pipe()
             pipe.set(f"{self.p}s:{account_id}", orjson.dumps(info), nx=True)
+            pipe.sadd(f"{self.p}susp", account_id)      # index (FallbackState mirrors it)
             pipe.execute()
 
         self._run(go)
@@ -628,7 +629,13 @@ class RedisState:
         return orjson.loads(raw) if raw else None
 
     def unsuspend(self, account_id: str) -> None:
-        self._run(lambda: self.r.delete(f"{self.p}s:{account_id}"))
+        def go() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.delete(f"{self.p}s:{account_id}")
+            pipe.srem(f"{self.p}susp", account_id)
+            pipe.execute()
+
+        self._run(go)
         stash = getattr(self._local, "susp", None)
         if stash:
             stash.pop(account_id, None)
@@ -665,6 +672,7 @@ class FallbackState:
         self._down_since: float | None = None
         self._known: dict[str, dict[str, Any]] = {}      # suspension records seen
         self._synced: set[str] = set()                   # accounts of the last sync
+        self._scanned = False
         self._outage_ops: list[tuple[str, str, dict[str, Any] | None]] = []
         self.outages = 0                # times this worker fell back
         self.fallback_calls = 0         # store calls answered by the fallback
@@ -689,25 +697,38 @@ class FallbackState:
             time.sleep(interval)
 
     def sync_suspensions(self) -> int:
-        """Read every suspension / operator record from the primary (SCAN); return the count.
+        """Read every suspension / operator record from the primary; return the count.
 
         So that during an outage this worker also enforces suspensions it never read itself
-        (made by another worker or the console), as of the last sync.
+        (made by another worker or the console), as of the last sync. Records are listed by
+        the ``<prefix>susp`` index :meth:`RedisState.suspend` keeps; the first sync also
+        SCANs for records written before the index existed and adds them to it.
         """
         p = self.primary
+        first = not self._scanned
 
         def go() -> dict[str, dict[str, Any]]:
-            keys = list(p.r.scan_iter(match=f"{p.p}s:*", count=1000))
+            def text(k: Any) -> str:
+                return k.decode() if isinstance(k, bytes) else str(k)
+
+            accts = {text(a) for a in p.r.smembers(f"{p.p}susp")}
+            if first:
+                n = len(p.p) + 2
+                old = {text(k)[n:] for k in p.r.scan_iter(match=f"{p.p}s:*", count=1000)}
+                if old - accts:
+                    p.r.sadd(f"{p.p}susp", *(old - accts))
+                accts |= old
+            order = sorted(accts)
             found: dict[str, dict[str, Any]] = {}
-            for i in range(0, len(keys), 500):
-                part = keys[i:i + 500]
-                for k, raw in zip(part, p.r.mget(part), strict=True):
+            for i in range(0, len(order), 500):
+                part = order[i:i + 500]
+                for a, raw in zip(part, p.r.mget([f"{p.p}s:{a}" for a in part]), strict=True):
                     if raw:
-                        kk = k.decode() if isinstance(k, bytes) else k
-                        found[kk[len(p.p) + 2:]] = orjson.loads(raw)
+                        found[a] = orjson.loads(raw)
             return found
 
         found = p._run(go)
+        self._scanned = True
         with self._lock:      # merge: a record written here while the SCAN ran is kept
             for acct in self._synced - found.keys():
                 self._known.pop(acct, None)          # lifted since the last sync
