@@ -142,3 +142,15 @@ def test_cli_fail_mode_local_wraps_redis() -> None:
     url = "redis://127.0.0.1:1/0"
     assert isinstance(_state(url, "local"), FallbackState) and _guard_mode("local") == "closed"
     assert isinstance(_state(url, "closed"), RedisState) and _guard_mode("open") == "open"
+
+
+@needs_redis
+def test_cli_workers_redis_down_and_back(tmp_path: Path) -> None:
+    """The real `distillguard gateway --workers 2 --redis-url` (default --fail-mode local):
+    each worker alerts on its stderr, falls back, comes back; no wrong decision."""
+    res = faults.scenario_workers(tmp_path, down_s=4.0 if LONG else 2.0)
+    _assert_ok(res)
+    # one alert per worker that took a request during the outage; each came back
+    assert 1 <= res["alerts"] == res["back"] <= 2, res
+    assert res["answered_on_local_state"] > 0
+    assert res["recovery_s"] < 2.0, res

@@ -16,6 +16,8 @@ sockets. Scenarios:
 * ``slowloris``: clients that send headers or bodies a byte at a time while normal traffic
   runs;
 * ``burst``: open-loop traffic at a base rate, then 10x for a while, then the base rate;
+* ``workers``: the real ``distillguard gateway --workers 2 --redis-url ...`` in a subprocess
+  while Redis is SIGKILLed and restarted empty;
 * ``redis-closed`` (only with ``--only``): the Redis scenario on the bare RedisState failing
   closed, the behaviour before the fallback, for comparison (its failures are expected).
 
@@ -818,6 +820,85 @@ def scenario_burst(work: Path, base_rps: float = 40.0, factor: float = 10.0,
                      upstream_saw_denied=leaked(up), phases=phases)
 
 
+def scenario_workers(work: Path, workers: int = 2, down_s: float = 2.0) -> dict[str, Any]:
+    """``distillguard gateway --workers N --redis-url ...`` (the real CLI, subprocess) while
+    Redis is SIGKILLed and restarted empty: the same checks, alerts read from its stderr."""
+    import sys
+
+    import redis as redis_mod
+    import yaml
+
+    from distillguard.respond.state import RedisState
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    (work / "directives.yaml").write_text(yaml.safe_dump(DENY_XX))
+    (work / "keys.yaml").write_text(yaml.safe_dump(
+        {"keys": {"sk-xx": {"account_id": "acct-xx", "country": "XX"}}}))
+    srv = RedisServer(work / "redis")
+    srv.start()
+    RedisState.from_url(srv.url, prefix="dg:").suspend("susp-1", {"rule": "operator"})
+    up = FaultUpstream().start()
+    port = free_port()
+    err = (work / "gateway.stderr").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillguard.cli", "gateway", "--upstream", up.url,
+         "--port", str(port), "--workers", str(workers), "--redis-url", srv.url,
+         "--policy", str(work / "policy.yaml"), "--directives", str(work / "directives.yaml"),
+         "--keys", str(work / "keys.yaml"), "--allow-account-header",
+         "--audit", str(work / "audit.jsonl"), "--request-log", str(work / "requests.jsonl")],
+        stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    rc = redis_mod.Redis.from_url(srv.url, socket_timeout=1, decode_responses=True)
+    recovery = float("nan")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("gateway CLI did not start")
+            time.sleep(0.1)
+        with Traffic(base, [*BENIGN, DENIED, SUSPENDED]) as tr:
+            time.sleep(2.0)        # every worker serves (and reads the suspension) first
+            srv.kill()
+            time.sleep(down_s)
+            ready = srv.start()
+            # back when fresh accounts' requests land in Redis and the suspension is back
+            k = 0
+            with httpx.Client(timeout=10) as c:
+                while time.monotonic() - ready < 15:
+                    acct = f"recovered-{k}"
+                    send(c, base, Probe("benign", acct), 0)
+                    k += 1
+                    if rc.hget(f"dg:a:{acct}", "n") == "1" and rc.get("dg:s:susp-1"):
+                        recovery = time.monotonic() - ready
+                        break
+                    time.sleep(0.01)
+            time.sleep(1.0)
+        out = tr.out
+        alive = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        err.close()
+        up.stop()
+        srv.stop()
+    log = (work / "gateway.stderr").read_text("utf-8", "replace")
+    return summarize(
+        f"gateway CLI, {workers} workers, Redis SIGKILLed and restarted empty", out,
+        upstream_saw_denied=leaked(up), gateway_alive=alive,
+        alerts=log.count("ALERT state store down"), back=log.count("state store back"),
+        answered_on_local_state=sum(o.local for o in out),
+        recovery_s=round(recovery, 3))
+
+
 def scenario_redis_closed(work: Path, **kw: Any) -> dict[str, Any]:
     """The Redis scenario without the fallback (fail closed): the behaviour before it."""
     return {**scenario_redis(work, fallback=False, **kw), "reference": True}
@@ -825,16 +906,16 @@ def scenario_redis_closed(work: Path, **kw: Any) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "redis": scenario_redis, "upstream": scenario_upstream, "bodies": scenario_bodies,
-    "slowloris": scenario_slowloris, "burst": scenario_burst,
+    "slowloris": scenario_slowloris, "burst": scenario_burst, "workers": scenario_workers,
     "redis-closed": scenario_redis_closed}
-DEFAULT = ["redis", "upstream", "bodies", "slowloris", "burst"]
+DEFAULT = ["redis", "upstream", "bodies", "slowloris", "burst", "workers"]
 
 
 def run_faults(work: Path, only: list[str] | None = None, long: bool = False) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for name in only or DEFAULT:
-        if name.startswith("redis") and shutil.which("redis-server") is None:
+        if name in ("redis", "redis-closed", "workers") and shutil.which("redis-server") is None:
             results.append({"scenario": "redis down and back", "skipped": "no redis-server"})
             continue
         kw: dict[str, Any] = {}
@@ -842,7 +923,7 @@ def run_faults(work: Path, only: list[str] | None = None, long: bool = False) ->
             kw = {"redis": {"cycles": 3, "down_s": 4.0}, "redis-closed": {"down_s": 4.0},
                   "upstream": {"rounds": 10},
                   "slowloris": {"clients": 400, "hold_s": 10.0},
-                  "burst": {"phase_s": 5.0}}.get(name, {})
+                  "burst": {"phase_s": 5.0}, "workers": {"down_s": 4.0}}.get(name, {})
         t0 = time.monotonic()
         res = SCENARIOS[name](work / name, **kw)
         res["seconds"] = round(time.monotonic() - t0, 1)
