@@ -758,20 +758,24 @@ class FallbackState:
             time.sleep(self.probe_interval_s)
             try:
                 self._ping()
-                self._restore()
+                done = self._restore()
             except StateStoreError:
                 continue
             with self._lock:
                 since, self._down_since = self._down_since, None
+                late = self._outage_ops[done:]     # made while _restore ran
                 self._outage_ops.clear()
+            with suppress(StateStoreError):         # best effort: _known keeps them here
+                self._replay(late)
             now = time.monotonic()
             self.last_recovery = (since or now, now)
             log.warning("state store back after %.2f s: scoring on shared state again",
                         now - (since or now))
             return
 
-    def _restore(self) -> None:
-        """Write what the primary must know before it is used again (raises if it fails)."""
+    def _restore(self) -> int:
+        """Write what the primary must know before it is used again (raises if it fails);
+        return how many outage operations were replayed."""
         p = self.primary
         with self._lock:
             ops = list(self._outage_ops)
@@ -780,11 +784,15 @@ class FallbackState:
         if r is not None and not p._run(lambda: r.exists(f"{p.p}t0")):
             for acct, rec in known.items():      # the primary came back empty
                 p.suspend(acct, rec)
+        self._replay(ops)
+        return len(ops)
+
+    def _replay(self, ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         for op, acct, rec in ops:
             if op == "suspend" and rec is not None:
-                p.suspend(acct, rec)
+                self.primary.suspend(acct, rec)
             elif op == "unsuspend":
-                p.unsuspend(acct)
+                self.primary.unsuspend(acct)
 
     def _call(self, name: str, *args: Any) -> Any:
         if self._down_since is None:
