@@ -119,11 +119,27 @@ def test_bad_bodies(tmp_path: Path) -> None:
 
 def test_slowloris(tmp_path: Path) -> None:
     """Clients dripping headers or bodies do not stop normal traffic; a dripped body is
-    answered 408 after body_timeout_s (it held its connection and task forever before)."""
+    answered 408 after body_timeout_s and a connection whose headers drip is closed at the
+    header deadline (both held their connection forever before)."""
     res = faults.scenario_slowloris(tmp_path, **({"clients": 400, "hold_s": 10.0} if LONG
                                                  else {"clients": 100, "hold_s": 3.0}))
     _assert_ok(res)
     assert res["slow_body_408"] == res["slow_body_clients"] > 0
+    assert res["slow_header_clients_still_open"] == 0        # closed at the header deadline
+
+
+def test_slowloris_headers_without_the_deadline_stay_open(tmp_path: Path) -> None:
+    """uvicorn's own protocol has no header deadline: the drippers are all still there."""
+    res = faults.scenario_slowloris(tmp_path, clients=40, hold_s=3.0, header_deadline=False)
+    _assert_ok(res)
+    assert res["slow_header_clients_still_open"] == 20
+
+
+def test_cli_uses_the_header_deadline_protocol() -> None:
+    from distillguard.gateway.cli import _http_protocol
+    from distillguard.gateway.protocol import IMPORT_PATH
+
+    assert _http_protocol() == IMPORT_PATH
 
 
 def test_burst(tmp_path: Path) -> None:

@@ -255,14 +255,18 @@ class RedisServer:
 
 # ---------------------------------------------------------------------------- gateway
 class GatewayServer:
-    """The gateway app served by a real uvicorn server in a thread of this process."""
+    """The gateway app served by a real uvicorn server in a thread of this process, with the
+    HTTP protocol the CLI uses."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, http: Any = None) -> None:
         import uvicorn
 
+        from distillguard.gateway.cli import _http_protocol
+
+        http = http or _http_protocol()         # the CLI's protocol (header deadline)
         self.port = free_port()
         cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical",
-                             lifespan="on", backlog=2048)
+                             lifespan="on", backlog=2048, http=http)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
 
@@ -678,13 +682,23 @@ def scenario_bodies(work: Path) -> dict[str, Any]:
                               for o in out})
 
 
-def scenario_slowloris(work: Path, clients: int = 200, hold_s: float = 4.0) -> dict[str, Any]:
-    """Slow-header and slow-body clients hold connections; normal traffic must still pass."""
+def scenario_slowloris(work: Path, clients: int = 200, hold_s: float = 4.0,
+                       header_deadline: bool = True) -> dict[str, Any]:
+    """Slow-header and slow-body clients hold connections; normal traffic must still pass.
+
+    The gateway runs with the CLI's HTTP protocol (a 2 s header deadline here, 10 s by
+    default); ``header_deadline=False`` runs uvicorn's own, which has none.
+    """
+    from distillguard.gateway.protocol import HeaderTimeoutProtocol
     from distillguard.respond.state import MemoryState
+
+    class _Short(HeaderTimeoutProtocol):
+        header_timeout_s = 2.0
 
     up = FaultUpstream().start()
     gw = GatewayServer(build_gateway(up.url, MemoryState(), work / "gw-slow",
-                                     body_timeout_s=2.0)).start()
+                                     body_timeout_s=2.0),
+                       http=_Short if header_deadline else "httptools").start()
     socks: list[socket.socket] = []
     slow_body_answers: list[int] = []
     stop = threading.Event()

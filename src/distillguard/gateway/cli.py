@@ -61,6 +61,7 @@ def gateway(
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
         uvicorn.run("distillguard.gateway.cli:_worker_app", factory=True, host=host, port=port,
+                    http=_http_protocol(),
                     workers=workers, log_level="info")
         return
 
@@ -86,10 +87,22 @@ def gateway(
     except (DistillguardError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    uvicorn.run(application, host=host, port=port, log_level="info", http=_http_protocol())
 
 
 _ENV = "DISTILLGUARD_GATEWAY_WORKER_CONFIG"
+
+
+def _http_protocol() -> str:
+    """uvicorn's httptools protocol with a request-header deadline (slowloris), when
+    httptools is installed; else uvicorn's default."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "auto"
+    from distillguard.gateway.protocol import IMPORT_PATH
+
+    return IMPORT_PATH
 
 
 def _state(redis_url: str, fail_mode: str) -> Any:
