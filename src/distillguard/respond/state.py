@@ -656,8 +656,10 @@ class FallbackState:
     Sticky suspensions (and operator actions) read from or written to the primary are also
     kept here, so an account this worker knew was suspended stays suspended during an
     outage, and is suspended again if the primary comes back empty (restarted without
-    persistence: its ``t0`` key is gone). Scores during an outage see only this worker's
-    traffic since the outage began: a lower bound of the shared score.
+    persistence: its ``t0`` key is gone). Every ``sync_interval_s`` (10 s) a thread also
+    reads all of the primary's records (:meth:`sync_suspensions`), so suspensions made by
+    other workers or the console are enforced too. Scores during an outage see only this
+    worker's traffic since the outage began: a lower bound of the shared score.
     """
 
     def __init__(self, primary: Any, fallback: MemoryState | None = None,
@@ -690,7 +692,7 @@ class FallbackState:
             if me is None:
                 return
             if me._down_since is None:
-                with suppress(StateStoreError):
+                with suppress(StateStoreError, ValueError):     # ValueError: a bad record
                     me.sync_suspensions()
             interval = me.sync_interval_s or 10.0
             del me
