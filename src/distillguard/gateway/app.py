@@ -19,7 +19,12 @@ the OpenAI shape ``{"error": {message, type, code, param}}`` with the codes of
 
 State store failures follow ``fail_mode``: ``"closed"`` answers 503 ``distillguard_unavailable``
 with Retry-After (nothing unscored passes); ``"open"`` forwards the request unscored and audits
-``fail_open``. Directives are always fail-closed: they do not depend on the state store.
+``fail_open``. A :class:`~distillguard.respond.state.FallbackState` store (the CLI's default
+with Redis, ``--fail-mode local``) never fails: it scores on per-worker state during an
+outage, logs an alert and returns to Redis when it answers; ``/healthz`` then says
+``"state_store": "fallback"``, and requests scored meanwhile carry
+``X-Distillguard-Screening: local`` and ``state_fallback: true`` in their audit entry.
+Directives are always fail-closed: they do not depend on the state store.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from distillguard.respond.policy import Policy, PolicyDecision
 __all__ = ["RequestLog", "create_app"]
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024       # bytes; larger bodies → 413 before parsing
+DEFAULT_BODY_TIMEOUT_S = 30.0            # a body not received whole by then → 408 (slowloris)
 MAX_LOGGED_RESPONSE = 4000               # characters of the response kept in the request log
 _HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 _UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError) + (
@@ -188,12 +194,15 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                timeout_s: float = 600.0, tracer_provider: Any = None,
                content_hash_key: bytes | str | None = None,
                otel_provider_name: str = "openai",
-               policy_id: str = "distillguard-policy", freeze_gc: bool = False) -> FastAPI:
+               policy_id: str = "distillguard-policy", freeze_gc: bool = False,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """Build the gateway app (see the module docstring for the request flow).
 
     ``transport`` is passed to ``httpx.AsyncClient`` (``httpx.MockTransport`` in tests);
     without one, chat completions go upstream through aiohttp when it is installed (much
     less CPU per request than httpx), else through httpx.
+    ``body_timeout_s``: a request body not received whole within it is answered 408
+    (a client dripping its body cannot hold a connection and a task forever).
     ``keys`` defaults to an empty KeyStore that accepts ``X-Account-Id`` (testing only).
     ``tracer_provider`` (default: the global OpenTelemetry one), ``content_hash_key``
     (default: ``$DISTILLGUARD_CONTENT_HASH_KEY``), ``otel_provider_name`` and ``policy_id``
@@ -223,7 +232,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
         if "s" not in holder:
             holder["s"] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=timeout_s), read_bufsize=2 ** 20)
+                # Per connect and per read, as httpx's timeout: a slow stream that keeps
+                # sending is not cut at timeout_s; an upstream silent that long is.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s,
+                                              sock_read=timeout_s), read_bufsize=2 ** 20)
         return holder["s"]
 
     async def send_upstream(body: bytes, headers: dict[str, str]) -> Any:
@@ -318,9 +330,12 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 await run_in_threadpool(scorer.state.suspended, "_healthz")
         except StateStoreError:
             state_ok = False
+        # FallbackState: serving, scored on this worker's own state until the store returns
+        local = bool(getattr(scorer.state, "degraded", False))
         ok = state_ok or fail_mode == "open"
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "state_store": "ok" if state_ok else "down",
+            {"status": "ok" if ok and not local else "degraded",
+             "state_store": "fallback" if local else "ok" if state_ok else "down",
              "fail_mode": fail_mode, "policy_version": policy.version,
              "directives": len(directives.directives),
              "directives_broken": bool(directives.broken)},
@@ -359,11 +374,16 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             except ValueError:
                 raise _BadRequest(400, "invalid Content-Length") from None
         chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > max_body_bytes:
-                raise _BadRequest(413, f"request body exceeds {max_body_bytes} bytes")
-            chunks.append(part)
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > max_body_bytes:
+                        raise _BadRequest(413, f"request body exceeds {max_body_bytes} bytes")
+                    chunks.append(part)
+        except TimeoutError:
+            raise _BadRequest(408, f"request body not received within {body_timeout_s:g} s") \
+                from None
         return b"".join(chunks)
 
     @app.post("/v1/chat/completions")
@@ -379,7 +399,8 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                 raise _BadRequest(400, f"body is not valid JSON: {exc}") from None
             payload = _validate(payload)
         except _BadRequest as bad:
-            code = "request_too_large" if bad.status == 413 else "invalid_request"
+            code = {413: "request_too_large", 408: "request_timeout"}.get(bad.status,
+                                                                         "invalid_request")
             if audit is not None:
                 audit.append("bad_request", request_id=rid, status=bad.status,
                              action="reject", reason=bad.message[:200])
@@ -411,7 +432,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
 
         if sc.blocked:
             record(rid, ts, caller, payload, sc.status, d, s, request=request,
-                   action=sc.action, **sc.audit)
+                   action=sc.action, **sc.audit, **sc.fallback_audit)
             tel.response(span, sc.status, payload=payload, error_code=sc.code)
             return _error(sc.status, sc.message, sc.code or "", sc.etype,
                           headers=base_headers(rid, sc.applied, sc.headers), **sc.body)
@@ -424,13 +445,16 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             out_headers["X-Distillguard-Reasoning"] = "stripped"
         if fail_open:
             out_headers["X-Distillguard-Screening"] = "unavailable"
+        elif sc.local_state:
+            out_headers["X-Distillguard-Screening"] = "local"
         try:
             up = await send_upstream(orjson.dumps(payload),
                                      {"Content-Type": "application/json",
                                       **_up_headers(request)})
         except _UPSTREAM_ERRORS as exc:
             record(rid, ts, caller, payload, 502, d, s, request=request,
-                   upstream_error=type(exc).__name__, fail_open=fail_open)
+                   upstream_error=type(exc).__name__, fail_open=fail_open,
+                   **sc.fallback_audit)
             tel.response(span, 502, payload=payload, error_code="distillguard_upstream_error")
             return _error(502, f"upstream unreachable: {type(exc).__name__}",
                           "distillguard_upstream_error", "upstream_error",
@@ -462,7 +486,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                     else None
         await _after(caller, usage)
         record(rid, ts, caller, payload, up.status_code, d, s, text, usage, request,
-               fail_open=fail_open)
+               fail_open=fail_open, **sc.fallback_audit)
         tel.response(span, up.status_code, payload=payload, body=body, usage=usage)
         return Response(content, up.status_code, headers=headers)
 
@@ -530,7 +554,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             await up.aclose()
             await _after(caller, usage)
             record(rid, ts, caller, payload, status, d, s, "".join(parts), usage, request,
-                   fail_open=fail_open, streamed=True)
+                   fail_open=fail_open, streamed=True, **sc.fallback_audit)
             tel.response(span, status, payload=payload,
                          body={"id": last.get("id"), "model": last.get("model"),
                                "choices": [{"finish_reason": f} for f in finish]},

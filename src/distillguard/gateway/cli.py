@@ -27,7 +27,9 @@ def gateway(
     allow_account_header: Annotated[bool, typer.Option(
         help="TESTING ONLY: trust X-Account-Id")] = False,
     redis_url: Annotated[str | None, typer.Option(help="shared state, e.g. redis://...")] = None,
-    fail_mode: Annotated[str, typer.Option(help="closed|open when the state store is down")] = "closed",
+    fail_mode: Annotated[str, typer.Option(
+        help="when Redis is down: local (score on per-worker state, log an alert, return to "
+             "Redis when it answers), closed (503) or open (forward unscored)")] = "local",
     audit: Annotated[Path, typer.Option(help="audit log JSONL")] = Path("audit.jsonl"),
     request_log: Annotated[Path | None, typer.Option(help="canonical request log JSONL")] = Path(
         "requests.jsonl"),
@@ -39,6 +41,8 @@ def gateway(
     """Serve POST /v1/chat/completions, GET /v1/models and /healthz with distillguard inline."""
     import uvicorn
 
+    if fail_mode not in ("local", "closed", "open"):
+        raise typer.BadParameter("--fail-mode must be local, closed or open")
     if workers > 1:
         if not redis_url:
             raise typer.BadParameter("--workers > 1 needs --redis-url (shared account state)")
@@ -57,6 +61,7 @@ def gateway(
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
         uvicorn.run("distillguard.gateway.cli:_worker_app", factory=True, host=host, port=port,
+                    http=_http_protocol(),
                     workers=workers, log_level="info")
         return
 
@@ -66,7 +71,6 @@ def gateway(
         AuditLog,
         MemoryState,
         OnlineScorer,
-        RedisState,
         load_directives,
         load_policy,
     )
@@ -74,19 +78,44 @@ def gateway(
     if keys is None and not allow_account_header:
         raise typer.BadParameter("give --keys, or --allow-account-header for local testing")
     try:
-        state = RedisState.from_url(redis_url) if redis_url else MemoryState()
+        state = _state(redis_url, fail_mode) if redis_url else MemoryState()
         application = create_app(
             upstream, load_policy(policy), load_directives(directives or []),
-            OnlineScorer(state), AuditLog(audit), fail_mode=fail_mode,
+            OnlineScorer(state), AuditLog(audit), fail_mode=_guard_mode(fail_mode),
             keys=KeyStore.from_file(keys, allow_account_header), request_log=request_log,
             upstream_api_key=upstream_api_key, freeze_gc=True)
     except (DistillguardError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    uvicorn.run(application, host=host, port=port, log_level="info", http=_http_protocol())
 
 
 _ENV = "DISTILLGUARD_GATEWAY_WORKER_CONFIG"
+
+
+def _http_protocol() -> str:
+    """uvicorn's httptools protocol with a request-header deadline (slowloris), when
+    httptools is installed; else uvicorn's default."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "auto"
+    from distillguard.gateway.protocol import IMPORT_PATH
+
+    return IMPORT_PATH
+
+
+def _state(redis_url: str, fail_mode: str) -> Any:
+    """The Redis store, wrapped in the per-worker fallback for ``--fail-mode local``."""
+    from distillguard.respond.state import FallbackState, RedisState
+
+    state = RedisState.from_url(redis_url)
+    return FallbackState(state) if fail_mode == "local" else state
+
+
+def _guard_mode(fail_mode: str) -> str:
+    """The Guard's mode: a FallbackState never fails, so ``local`` keeps ``closed`` behind it."""
+    return "closed" if fail_mode == "local" else fail_mode
 
 
 def _per_worker(path: Path) -> Path:
@@ -101,7 +130,6 @@ def _worker_app() -> Any:
     from distillguard.respond import (
         AuditLog,
         OnlineScorer,
-        RedisState,
         load_directives,
         load_policy,
     )
@@ -110,8 +138,8 @@ def _worker_app() -> Any:
     return create_app(
         c["upstream"], load_policy(Path(c["policy"]) if c["policy"] else None),
         load_directives([Path(d) for d in c["directives"]]),
-        OnlineScorer(RedisState.from_url(c["redis_url"])),
-        AuditLog(_per_worker(Path(c["audit"]))), fail_mode=c["fail_mode"],
+        OnlineScorer(_state(c["redis_url"], c["fail_mode"])),
+        AuditLog(_per_worker(Path(c["audit"]))), fail_mode=_guard_mode(c["fail_mode"]),
         keys=KeyStore.from_file(Path(c["keys"]) if c["keys"] else None,
                                 c["allow_account_header"]),
         request_log=_per_worker(Path(c["request_log"])) if c["request_log"] else None,

@@ -22,7 +22,7 @@ _WHERE = {
     "replay": "online",
     "Policy": "policy", "PolicyInput": "policy", "load_policy": "policy",
     "policy_test": "policy",
-    "MemoryState": "state", "RedisState": "state",
+    "FallbackState": "state", "MemoryState": "state", "RedisState": "state",
 }
 
 __all__ = sorted(_WHERE)

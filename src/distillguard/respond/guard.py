@@ -102,6 +102,12 @@ class Screening:
     score: OnlineScore | None = None
     directive: Decision | None = None
     fail_open: bool = False
+    local_state: bool = False    # scored on per-worker state (FallbackState during an outage)
+
+    @property
+    def fallback_audit(self) -> dict[str, Any]:
+        """Audit fields marking a request scored on the per-worker fallback."""
+        return {"state_fallback": True} if self.local_state else {}
 
     @property
     def blocked(self) -> bool:
@@ -161,6 +167,7 @@ class Guard:
             return Screening("unavailable", "allow",
                              decision=PolicyDecision("allow", actions=("allow",)),
                              directive=dd, fail_open=True)
+        local = bool(getattr(self.scorer.state, "degraded", False))
         if d.blocking in ("suspend", "require_verification") or (d.blocking == "throttle"
                                                                   and over):
             status, code = ERROR_CODES[d.blocking]
@@ -170,10 +177,11 @@ class Guard:
             return Screening(d.action, d.blocking, status, code, _MESSAGES[d.blocking],
                              "distillguard_policy",
                              headers={"Retry-After": str(retry)} if d.blocking == "throttle"
-                             else {}, body=body, decision=d, score=s, directive=dd)
+                             else {}, body=body, decision=d, score=s, directive=dd,
+                             local_state=local)
         applied = [a for a in d.actions if a != "throttle"] or ["allow"]
         return Screening(d.action, max(applied, key=ACTIONS.index), decision=d, score=s,
-                         directive=dd)
+                         directive=dd, local_state=local)
 
     def _score(self, view: RequestView) -> tuple[OnlineScore, PolicyDecision, bool, int]:
         s = self.scorer.observe(view)

@@ -22,10 +22,12 @@ Every Redis failure is raised as :class:`StateStoreError`; the gateway applies i
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +35,9 @@ import orjson
 
 from distillguard.respond._errors import StateStoreError
 
-__all__ = ["AccountUpdate", "MemoryState", "RedisState", "StateStore"]
+__all__ = ["AccountUpdate", "FallbackState", "MemoryState", "RedisState", "StateStore"]
+
+log = logging.getLogger("distillguard.state")
 
 
 @dataclass(slots=True)
@@ -605,6 +609,7 @@ class RedisState:
         def go() -> None:
             pipe, _ = self._pipe()
             pipe.set(f"{self.p}s:{account_id}", orjson.dumps(info), nx=True)
+            pipe.sadd(f"{self.p}susp", account_id)      # index (FallbackState mirrors it)
             pipe.execute()
 
         self._run(go)
@@ -624,10 +629,247 @@ class RedisState:
         return orjson.loads(raw) if raw else None
 
     def unsuspend(self, account_id: str) -> None:
-        self._run(lambda: self.r.delete(f"{self.p}s:{account_id}"))
+        def go() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.delete(f"{self.p}s:{account_id}")
+            pipe.srem(f"{self.p}susp", account_id)
+            pipe.execute()
+
+        self._run(go)
         stash = getattr(self._local, "susp", None)
         if stash:
             stash.pop(account_id, None)
+
+
+class FallbackState:
+    """A shared store (Redis) that degrades to this worker's own :class:`MemoryState`.
+
+    While the primary answers, every call goes to it. The first call that fails with
+    :class:`StateStoreError` logs an alert (``distillguard.state``, level ERROR), switches this
+    worker to a fresh in-process store and starts a probe thread that pings the primary every
+    ``probe_interval_s``; requests never wait on a dead primary again (only those in flight
+    when it failed pay its socket timeout). When a ping answers, the suspensions and lifts
+    made during the outage are written to the primary, the alert is cleared (logged at
+    WARNING with the outage's length) and calls go to the primary again; what the in-process
+    store counted during the outage is dropped (the primary keeps what it had before).
+
+    Sticky suspensions (and operator actions) read from or written to the primary are also
+    kept here, so an account this worker knew was suspended stays suspended during an
+    outage, and is suspended again if the primary comes back empty (restarted without
+    persistence: its ``t0`` key is gone). Every ``sync_interval_s`` (10 s) a thread also
+    reads all of the primary's records (:meth:`sync_suspensions`), so suspensions made by
+    other workers or the console are enforced too. Scores during an outage see only this
+    worker's traffic since the outage began: a lower bound of the shared score.
+    """
+
+    def __init__(self, primary: Any, fallback: MemoryState | None = None,
+                 probe_interval_s: float = 0.25, sync_interval_s: float | None = 10.0,
+                 ping: Callable[[], Any] | None = None) -> None:
+        self.primary = primary
+        self.ttl_s = getattr(primary, "ttl_s", 7 * 86400)
+        self.fallback = fallback or MemoryState(self.ttl_s)
+        self.probe_interval_s = probe_interval_s
+        self._ping = ping or (lambda: primary._run(primary.r.ping))
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._known: dict[str, dict[str, Any]] = {}      # suspension records seen
+        self._synced: set[str] = set()                   # accounts of the last sync
+        self._scanned = False
+        self._outage_ops: list[tuple[str, str, dict[str, Any] | None]] = []
+        self.outages = 0                # times this worker fell back
+        self.fallback_calls = 0         # store calls answered by the fallback
+        self.last_recovery: tuple[float, float] | None = None   # (went down, came back) mono
+        self.sync_interval_s = sync_interval_s
+        if sync_interval_s and hasattr(primary, "r"):
+            threading.Thread(target=FallbackState._sync_loop, args=(weakref.ref(self),),
+                             name="dg-state-sync", daemon=True).start()
+
+    @staticmethod
+    def _sync_loop(ref: Any) -> None:
+        """Mirror every suspension record of the primary every ``sync_interval_s``."""
+        while True:
+            me = ref()
+            if me is None:
+                return
+            if me._down_since is None:
+                with suppress(StateStoreError, ValueError):     # ValueError: a bad record
+                    me.sync_suspensions()
+            interval = me.sync_interval_s or 10.0
+            del me
+            time.sleep(interval)
+
+    def sync_suspensions(self) -> int:
+        """Read every suspension / operator record from the primary; return the count.
+
+        So that during an outage this worker also enforces suspensions it never read itself
+        (made by another worker or the console), as of the last sync. Records are listed by
+        the ``<prefix>susp`` index :meth:`RedisState.suspend` keeps; the first sync also
+        SCANs for records written before the index existed and adds them to it.
+        """
+        p = self.primary
+        first = not self._scanned
+
+        def go() -> dict[str, dict[str, Any]]:
+            def text(k: Any) -> str:
+                return k.decode() if isinstance(k, bytes) else str(k)
+
+            accts = {text(a) for a in p.r.smembers(f"{p.p}susp")}
+            if first:
+                n = len(p.p) + 2
+                old = {text(k)[n:] for k in p.r.scan_iter(match=f"{p.p}s:*", count=1000)}
+                if old - accts:
+                    p.r.sadd(f"{p.p}susp", *(old - accts))
+                accts |= old
+            order = sorted(accts)
+            found: dict[str, dict[str, Any]] = {}
+            for i in range(0, len(order), 500):
+                part = order[i:i + 500]
+                for a, raw in zip(part, p.r.mget([f"{p.p}s:{a}" for a in part]), strict=True):
+                    if raw:
+                        found[a] = orjson.loads(raw)
+            return found
+
+        found = p._run(go)
+        self._scanned = True
+        with self._lock:      # merge: a record written here while the SCAN ran is kept
+            for acct in self._synced - found.keys():
+                self._known.pop(acct, None)          # lifted since the last sync
+            self._known.update(found)
+            self._synced = set(found)
+        return len(found)
+
+    @property
+    def degraded(self) -> bool:
+        """True while this worker scores on its own in-process state."""
+        return self._down_since is not None
+
+    # ------------------------------------------------------------------ switching
+    def _go_down(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self.outages += 1
+            self.fallback = MemoryState(self.ttl_s)
+        log.error("ALERT state store down, scoring on per-worker state until it returns: %s",
+                  str(exc)[:200])
+        threading.Thread(target=self._probe, name="dg-state-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        while True:
+            time.sleep(self.probe_interval_s)
+            try:
+                self._ping()
+                done = self._restore()
+            except StateStoreError:
+                continue
+            with self._lock:
+                since, self._down_since = self._down_since, None
+                late = self._outage_ops[done:]     # made while _restore ran
+                self._outage_ops.clear()
+            with suppress(StateStoreError):         # best effort: _known keeps them here
+                self._replay(late)
+            now = time.monotonic()
+            self.last_recovery = (since or now, now)
+            log.warning("state store back after %.2f s: scoring on shared state again",
+                        now - (since or now))
+            return
+
+    def _restore(self) -> int:
+        """Write what the primary must know before it is used again (raises if it fails);
+        return how many outage operations were replayed."""
+        p = self.primary
+        with self._lock:
+            ops = list(self._outage_ops)
+            known = dict(self._known)
+        r = getattr(p, "r", None)
+        if r is not None and not p._run(lambda: r.exists(f"{p.p}t0")):
+            for acct, rec in known.items():      # the primary came back empty
+                p.suspend(acct, rec)
+        self._replay(ops)
+        return len(ops)
+
+    def _replay(self, ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        for op, acct, rec in ops:
+            if op == "suspend" and rec is not None:
+                self.primary.suspend(acct, rec)
+            elif op == "unsuspend":
+                self.primary.unsuspend(acct)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if self._down_since is None:
+            try:
+                return getattr(self.primary, name)(*args)
+            except StateStoreError as exc:
+                self._go_down(exc)
+        self.fallback_calls += 1
+        return getattr(self.fallback, name)(*args)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """The primary's batching while it is up; a failed flush switches to the fallback."""
+        inner = getattr(self.primary, "batched", None)
+        if self._down_since is not None or inner is None:
+            yield
+            return
+        cm = inner()
+        cm.__enter__()
+        try:
+            yield
+        except BaseException:
+            with suppress(StateStoreError):
+                cm.__exit__(None, None, None)
+            raise
+        try:
+            cm.__exit__(None, None, None)
+        except StateStoreError as exc:      # deferred float increments lost: best effort
+            self._go_down(exc)
+
+    # ------------------------------------------------------------------ store interface
+    def update(self, account_id: str, u: AccountUpdate) -> dict[str, float]:
+        return self._call("update", account_id, u)
+
+    def add_float(self, account_id: str, key: str, value: float) -> None:
+        self._call("add_float", account_id, key, value)
+
+    def globals(self, model: str, ts: float) -> tuple[float, dict[str, float]]:
+        return self._call("globals", model, ts)
+
+    def rate(self, account_id: str, bucket: int, ttl_s: int) -> int:
+        return self._call("rate", account_id, bucket, ttl_s)
+
+    def suspend(self, account_id: str, info: dict[str, Any]) -> None:
+        up = self._down_since is None
+        self._call("suspend", account_id, info)
+        with self._lock:
+            self._known.setdefault(account_id, info)
+            if not up or self._down_since is not None:
+                self._outage_ops.append(("suspend", account_id, info))
+
+    def suspended(self, account_id: str) -> dict[str, Any] | None:
+        if self._down_since is None:
+            try:
+                rec = self.primary.suspended(account_id)
+            except StateStoreError as exc:
+                self._go_down(exc)
+            else:
+                with self._lock:
+                    if rec is None:
+                        self._known.pop(account_id, None)
+                    else:
+                        self._known[account_id] = rec
+                return rec
+        self.fallback_calls += 1
+        rec = self.fallback.suspended(account_id)
+        return rec if rec is not None else self._known.get(account_id)
+
+    def unsuspend(self, account_id: str) -> None:
+        up = self._down_since is None
+        self._call("unsuspend", account_id)
+        with self._lock:
+            self._known.pop(account_id, None)
+            if not up or self._down_since is not None:
+                self._outage_ops.append(("unsuspend", account_id, None))
 
 
 def now_s() -> float:
