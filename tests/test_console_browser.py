@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -40,12 +38,6 @@ from test_console import (  # noqa: E402
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def shared_state(tmp_path: Path) -> Iterator[tuple[object, object]]:
     """(console's state store, gateway's state store): two clients of one Redis, or one
@@ -56,33 +48,25 @@ def shared_state(tmp_path: Path) -> Iterator[tuple[object, object]]:
         st = MemoryState()
         yield st, st
         return
+    from distillguard.bench.faults import RedisServer
     from distillguard.respond.state import RedisState
 
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    for _ in range(250):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
+    srv = RedisServer(tmp_path)
+    srv.start()
+    url = srv.url
     try:
         yield RedisState.from_url(url), RedisState.from_url(url)
     finally:
-        proc.terminate()
-        proc.wait(5)
+        srv.stop()
 
 
 @pytest.fixture
 def console_url(store: Path, tmp_path: Path, shared_state: tuple[object, object]  # noqa: F811
                 ) -> Iterator[str]:
     app = make_app(store, tmp_path, state=shared_state[0])
-    port = _free_port()
+    from distillguard.bench.faults import free_port
+
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     t = threading.Thread(target=server.run, daemon=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,29 +27,14 @@ POLICY = Policy.from_dict({"version": "t", "rules": [
     {"id": "throttle", "when": {"score_min": 0.5}, "action": "throttle", "params": {"rpm": 3}}]})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path):
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-    for _ in range(200):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    yield url, proc
-    proc.terminate()
-    proc.wait(5)
+    from distillguard.bench.faults import RedisServer
+
+    srv = RedisServer(tmp_path)
+    srv.start()
+    yield srv.url, srv.proc
+    srv.stop()
 
 
 def _app(url: str, tmp: Path, name: str, up: StubUpstream, fail_mode: str = "closed"):
