@@ -205,8 +205,8 @@ def detect_spark(
 ) -> DetectResult:
     """The same detection on Apache Spark (see docs/spark.md); writes accounts.csv,
     campaigns.json, report.html and store.duckdb (the driver's store: every account's
-    features, scores and links, the campaign members' requests and signals). Paths may be local files/directories or URIs the Spark
-    session reads.
+    features, scores and links, the campaign members' requests and signals). Paths may be
+    local files/directories or URIs the Spark session reads.
 
     ``intel_key`` matches imported partner indicators, read from the DuckDB store ``db``
     (where ``distillguard intel import`` put them; opened read-only, nothing else is read

@@ -27,7 +27,9 @@ from typing import Any
 
 import duckdb
 
+from distillguard.config import Config, load_config
 from distillguard.errors import StoreError
+from distillguard.features.defs import ip_prefix_sql
 from distillguard.store import connect, scalar, table_exists
 
 __all__ = ["ConsoleDB", "REQUIRED_TABLES"]
@@ -63,11 +65,6 @@ CREATE TABLE IF NOT EXISTS console_calibrations (
     applied_by VARCHAR, path VARCHAR);
 """
 
-#: IPv4 /24 (or the address itself when it is not dotted-quad) as text.
-_PREFIX = ("CASE WHEN regexp_matches(ip, '^\\d+\\.\\d+\\.\\d+\\.\\d+$') "
-           "THEN regexp_extract(ip, '^(\\d+\\.\\d+\\.\\d+)\\.', 1) || '.0/24' ELSE ip END")
-
-
 class ConsoleDB:
     """The store, opened once, with the console's tables created on it.
 
@@ -75,9 +72,13 @@ class ConsoleDB:
     ----------
     path : str or Path
         The DuckDB store a detection run wrote (``distillguard detect --db``).
+    config : Config, optional
+        The detection config (default: the packaged one); its network prefix length is the
+        one the index lists and searches, as linking keys on it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, config: Config | None = None) -> None:
+        self.prefix_sql = ip_prefix_sql(config or load_config())
         p = Path(path)
         if str(path) != ":memory:" and not p.is_file():
             raise StoreError(f"no store at {path}: run `distillguard detect --db {path}` "
@@ -165,7 +166,7 @@ class ConsoleDB:
                          list(DISTINCT org_id) FILTER (WHERE org_id IS NOT NULL) AS orgs,
                          list(DISTINCT api_key_id) FILTER (WHERE api_key_id IS NOT NULL)
                            AS api_keys,
-                         list(DISTINCT {_PREFIX}) FILTER (WHERE ip IS NOT NULL) AS prefixes,
+                         list(DISTINCT {self.prefix_sql}) FILTER (WHERE ip IS NOT NULL) AS prefixes,
                          list(DISTINCT user_agent) FILTER (WHERE user_agent IS NOT NULL)
                            AS user_agents,
                          list(DISTINCT payment_fingerprint)

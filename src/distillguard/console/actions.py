@@ -5,14 +5,13 @@ Every action appends one entry to the hash-chained audit log
 (``actor``, ``role``), then one ``console_actions`` row per account it touched, carrying the
 entry's ``seq`` and ``hash``.
 
-Responses go through the gateway's own machinery: ``suspend`` writes the sticky suspension
-record into the gateway's state store (:class:`~distillguard.respond.state.RedisState` shared
-with the gateway through ``--redis-url``), which :func:`distillguard.respond.online.decide`
-reads before the policy on every request, so the gateway answers 403
-``distillguard_account_suspended`` from the account's next request on; ``lift`` removes it.
-``throttle``, ``require_verification`` and ``strip_reasoning`` are recorded and audited with
-the parameters the policy gives that action, but the gateway does not read per-account
-overrides for them yet (docs/console.md).
+Responses go through the gateway's own machinery: each one is written as the account's
+standing-action record into the gateway's state store
+(:class:`~distillguard.respond.state.RedisState` shared with the gateway through
+``--redis-url``), which :func:`distillguard.respond.online.decide` reads on every request:
+``suspend`` answers 403 ``distillguard_account_suspended`` from the account's next request
+on, ``throttle``, ``require_verification`` and ``strip_reasoning`` are added to the policy's
+decision with the parameters the policy gives that action; ``lift`` removes the record.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from distillguard.respond.state import StateStore
 __all__ = ["ActionError", "Actions", "EXCEPTION_KINDS", "RESPONSES"]
 
 RESPONSES = ("suspend", "throttle", "require_verification", "strip_reasoning")
-ENFORCED = RESPONSES
 EXCEPTION_KINDS = ("account", "org", "api_key", "ip_prefix", "user_agent", "payment")
 MAX_REASON = 1000
 DEFAULT_REVIEW_DAYS = 90
@@ -164,7 +162,7 @@ class Actions:
         status, code = ERROR_CODES.get(action, (None, None))
         return self._record(s, action, accounts, campaign_id=campaign_id, reason=reason,
                             params={**params, "gateway_error": code, "gateway_status": status},
-                            enforced_at_gateway=action in ENFORCED and self.shared_state)
+                            enforced_at_gateway=self.shared_state)
 
     def lift(self, s: Session, accounts: Sequence[str], reason: str, *,
              campaign_id: str | None = None) -> dict[str, Any]:

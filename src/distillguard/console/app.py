@@ -94,13 +94,13 @@ def _safe_next(nxt: str | None) -> str:
 
 def create_app(cc: ConsoleConfig) -> FastAPI:
     """Build the console app on the store ``cc.db``."""
-    db = ConsoleDB(cc.db)
+    cfg = cc.config or load_config()
+    db = ConsoleDB(cc.db, cfg)
     work = Path(cc.work_dir) if cc.work_dir else Path(cc.db).resolve().parent / "console"
     work.mkdir(parents=True, exist_ok=True)
     audit_path = Path(cc.audit) if cc.audit else work / "audit.jsonl"
     audit = AuditLog(audit_path)
     policy = cc.policy or load_policy()
-    cfg = cc.config or load_config()
     state = cc.state if cc.state is not None else MemoryState()
     users = Users(db)
     actions = Actions(db, audit, state, policy, shared_state=cc.shared_state)

@@ -55,17 +55,18 @@ def console(
     from distillguard.respond.state import MemoryState, RedisState
 
     try:
+        cfg = load_config(config)
         if add_user is not None:
             pw = os.environ.get(PASSWORD_ENV) or typer.prompt(
                 f"password for {add_user}", hide_input=True, confirmation_prompt=True)
-            cdb = ConsoleDB(db)
+            cdb = ConsoleDB(db, cfg)
             try:
                 Users(cdb).add(add_user, pw, role)
             finally:
                 cdb.close()
             err.print(f"user {escape(add_user)} ({role}) added to {db}")
             return
-        cdb = ConsoleDB(db)
+        cdb = ConsoleDB(db, cfg)
         try:
             users = Users(cdb)
             if users.count() == 0:
@@ -84,7 +85,7 @@ def console(
             key = load_key(intel_key_file)
         application = create_app(ConsoleConfig(
             db=db, audit=audit, state=state, shared_state=redis_url is not None,
-            policy=load_policy(policy), config=load_config(config), intel_key=key,
+            policy=load_policy(policy), config=cfg, intel_key=key,
             producer=producer, secure_cookies=secure_cookies,
             gateway_audit=list(gateway_audit or [])))
     except (DistillguardError, ValueError) as exc:

@@ -18,7 +18,6 @@ __all__ = ["QueueFilter", "STATES", "account_page", "campaign_page", "facets", "
 
 PAGE_SIZE = 25
 STATES = ("open", "confirmed", "dismissed", "suspended", "responded", "excepted")
-RESPONSES = ("suspend", "throttle", "require_verification", "strip_reasoning")
 
 #: Latest verdict and latest response per account, from the console's action rows.
 STATE_SQL = """
