@@ -226,6 +226,12 @@ def test_parity_from_canonical_jsonl(spark, data):
             assert abs(c["score"] - d["score"]) <= 1e-6
             assert c["indicators"]["payment_fingerprints"] == \
                 d["indicators"]["payment_fingerprints"]
+        # Each stage's Spark jobs carry its job group (what bench.spark_scale reads back),
+        # and no group is left set on the thread afterwards.
+        tracker = spark.sparkContext.statusTracker()
+        for stage in ("signals", "features", "linking", "scoring"):
+            assert tracker.getJobIdsForGroup(f"distillguard:{stage}"), stage
+        assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
     finally:
         run.store.close()
     print(f"spark jsonl run: {time.perf_counter() - t0:.1f}s")

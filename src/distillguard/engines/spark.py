@@ -1137,8 +1137,16 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
 
     @contextmanager
     def timed(name: str) -> Iterator[None]:
+        # Tag the stage's Spark jobs so the UI, event logs and bench.spark_scale can tell
+        # what each shuffle belongs to.
+        sc = spark.sparkContext
+        sc.setJobGroup(f"distillguard:{name}", f"distillguard {name}")
         t0 = time.perf_counter()
-        yield
+        try:
+            yield
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+            sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
         timings[name] = time.perf_counter() - t0
         progress.done(name, timings[name])
 
