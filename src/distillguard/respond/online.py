@@ -743,7 +743,7 @@ class OnlineScorer:
         scan = self._scan(prompt, system)
         if elicit:
             return (*self.signals(prompt, system, n_tools),
-                    float(self._elicit.predict_proba([scan])[0]))
+                    self._elicit.proba_one(scan))
         return self._rx.signals(scan, n_tools > 0, self._flag_names, self._cap_names)
 
     def _template_keys(self, prompt: str) -> tuple[str, ...]:
