@@ -268,6 +268,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             await holder.pop("s").close()
         if isinstance(request_log, str | Path) and rlog is not None:
             rlog.close()
+        flush = getattr(scorer.state, "flush", None)     # queued usage writes (Redis)
+        if flush is not None:
+            with contextlib.suppress(StateStoreError):
+                await off_loop(flush)
         pool.shutdown(wait=False)
 
     app = _GatewayApp(title="distillguard gateway", lifespan=lifespan)

@@ -847,14 +847,10 @@ class OnlineScorer:
                             distinct=distinct, cross=cross, cross_max=("card", "sys"),
                             cross_hist=("ip",) if self._track_iph else ())
         acct = req.account_id
+        # hcl=hour: the hour entropy's running sum of c ln c over the hour counters gains
+        # c ln c - (c - 1) ln (c - 1) for this request's hour, in the same update
+        upd.hcl = hour
         st = self.state.update(acct, upd)
-        # hour entropy: the running sum of c ln c over the hour counters gains
-        # c ln c - (c - 1) ln (c - 1) for this request's hour (c: its count now)
-        c = st.get(hour, 1)
-        if c > 1:
-            hcl = st.get("hcl", 0.0) + c * math.log(c) - (c - 1) * math.log(c - 1)
-            self.state.add_float(acct, "hcl", hcl - st.get("hcl", 0.0))
-            st["hcl"] = hcl
         out = self._score(acct, st, flags, cap)
         out.elicit_p = elicit_p
         return out
@@ -871,9 +867,14 @@ class OnlineScorer:
         """
         if output_tokens is None:
             return
-        ts = now_s() if ts is None else ts
         ratio = output_tokens / max(input_tokens if input_tokens is not None else 1, 1)
         key = "z" if ratio <= 0 else f"b{math.floor(math.log(ratio) / _RATIO_BIN)}"
+        defer = getattr(self.state, "defer_usage", None)
+        # Redis: queued, the median computed there; sent ahead of the next command
+        if defer is not None and defer(account_id, {"lr_n": 1, "out_sum": int(output_tokens)},
+                                       ("ratio", key), _RATIO_BIN):
+            return
+        ts = now_s() if ts is None else ts
         st = self.state.update(account_id, AccountUpdate(
             {"lr_n": 1, "out_sum": int(output_tokens)}, _NO, "", (), ts, _NO, _NO, _NO, (),
             ("ratio", key)))
