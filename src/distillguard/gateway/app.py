@@ -292,9 +292,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                **extra: Any) -> None:
         """One request-log record (when the request was valid) and one audit entry."""
         action = extra.pop("action", None) or (d.action if d else "allow")
+        its = _iso(ts)
         if rlog is not None and caller is not None and payload is not None:
             rec: dict[str, Any] = {
-                "request_id": rid, "ts": _iso(ts), "account_id": caller.account_id,
+                "request_id": rid, "ts": its, "account_id": caller.account_id,
                 "model": payload["model"], "messages": payload["messages"],
                 "org_id": caller.attrs.org or None, "api_key_id": caller.api_key_id,
                 "ip": request.client.host if request and request.client else None,
@@ -317,7 +318,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             rlog.write(rec)
         if audit is not None:
             audit.append(
-                event, request_id=rid, request_ts=_iso(ts),
+                event, request_id=rid, request_ts=its,
                 account_id=caller.account_id if caller else None,
                 model=payload.get("model") if payload else None, status=status, action=action,
                 actions=list(d.actions) if d else [], rules=list(d.rules) if d else [],

@@ -119,7 +119,7 @@ from distillguard.respond.policy import ACTIONS, Policy, PolicyDecision, PolicyI
 from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
-from distillguard.scoring.evidence import item_weight, reasons_for
+from distillguard.scoring.evidence import REASON_MIN, item_weight, reasons_for
 
 __all__ = ["OnlineScore", "OnlineScorer", "RequestView", "compile_evidence", "ip_prefix",
            "replay", "system_key", "write_batch_context"]
@@ -921,10 +921,15 @@ class OnlineScorer:
     def _reasons(self, account_id: str, st: Mapping[str, float], g: Mapping[str, Any] | None,
                  contrib: Sequence[float]) -> list[str]:
         """The batch reasons (``scoring.evidence.reasons_for``) of these contributions."""
-        ev = {f"ev_{it['name']}": v for it, v in zip(self._items, contrib, strict=True)}
-        feat = self.features(st, account_id)
         k = self._max_reasons
-        rs = reasons_for(feat, ev, {"scoring": {"evidence": list(self._items)}}, k)
+        # reasons_for names only contributions over REASON_MIN: without one (most requests)
+        # the features it would format are not computed
+        if any(v > REASON_MIN for v in contrib):
+            ev = {f"ev_{it['name']}": v for it, v in zip(self._items, contrib, strict=True)}
+            feat = self.features(st, account_id)
+            rs = reasons_for(feat, ev, {"scoring": {"evidence": list(self._items)}}, k)
+        else:
+            rs = []
         cid = self.campaigns.get(account_id)
         if cid is not None:
             rs.insert(0, f"member of campaign {cid}")
