@@ -262,47 +262,50 @@ class MemoryState:
 # kind in the set ``<a>:xk:<kind>``, the largest of them into ``xm:<kind>``), then the
 # counters, the distinct count, the suspension record and the cross-set sizes read back, TTLs
 # refreshed. Keys built inside the script (named sets, cross sets) are not declared in KEYS:
-# fine on one Redis, not on Redis Cluster.
+# fine on one Redis, not on Redis Cluster. The arguments come as one JSON array of strings
+# (the strings redis-py would send one by one): redis-py encoding ~45 arguments one by one
+# was ~20 of the ~85 µs client CPU of an update.
 _UPDATE_LUA = """
+local argv = cjson.decode(ARGV[1])
 local a, hp, ht = KEYS[1], KEYS[2], KEYS[3]
-local ttl = ARGV[1]
+local ttl = argv[1]
 local i = 2
-for _ = 1, tonumber(ARGV[i]) do redis.call('HINCRBY', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+for _ = 1, tonumber(argv[i]) do redis.call('HINCRBY', a, argv[i + 1], argv[i + 2]); i = i + 2 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do redis.call('HSETNX', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+for _ = 1, tonumber(argv[i]) do redis.call('HSETNX', a, argv[i + 1], argv[i + 2]); i = i + 2 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local cur = redis.call('HGET', a, ARGV[i + 1])
-  if (not cur) or tonumber(ARGV[i + 2]) > tonumber(cur) then
-    redis.call('HSET', a, ARGV[i + 1], ARGV[i + 2])
+for _ = 1, tonumber(argv[i]) do
+  local cur = redis.call('HGET', a, argv[i + 1])
+  if (not cur) or tonumber(argv[i + 2]) > tonumber(cur) then
+    redis.call('HSET', a, argv[i + 1], argv[i + 2])
   end
   i = i + 2
 end
 i = i + 1
-if ARGV[i] ~= '' then redis.call('PFADD', hp, ARGV[i]) end
+if argv[i] ~= '' then redis.call('PFADD', hp, argv[i]) end
 i = i + 1
 local top = 0
-for _ = 1, tonumber(ARGV[i]) do
+for _ = 1, tonumber(argv[i]) do
   i = i + 1
-  local c = redis.call('HINCRBY', ht, ARGV[i], 1)
+  local c = redis.call('HINCRBY', ht, argv[i], 1)
   if c > top then top = c end
 end
 if top > tonumber(redis.call('HGET', a, 'tpl_top') or '0') then
   redis.call('HSET', a, 'tpl_top', top)
 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local k = a .. ':d:' .. ARGV[i + 1]
-  redis.call('PFADD', k, ARGV[i + 2])
-  redis.call('HSET', a, 'd:' .. ARGV[i + 1], redis.call('PFCOUNT', k))
+for _ = 1, tonumber(argv[i]) do
+  local k = a .. ':d:' .. argv[i + 1]
+  redis.call('PFADD', k, argv[i + 2])
+  redis.call('HSET', a, 'd:' .. argv[i + 1], redis.call('PFCOUNT', k))
   redis.call('EXPIRE', k, ttl)
   i = i + 2
 end
-local xp, acct = ARGV[i + 1], ARGV[i + 2]
+local xp, acct = argv[i + 1], argv[i + 2]
 i = i + 3
 local xc, hs = {}, {}
-for _ = 1, tonumber(ARGV[i]) do
-  local kind, key = ARGV[i + 1], ARGV[i + 2]
+for _ = 1, tonumber(argv[i]) do
+  local kind, key = argv[i + 1], argv[i + 2]
   local xk = xp .. kind .. ':' .. key
   redis.call('PFADD', xk, acct)
   local c = redis.call('PFCOUNT', xk)
@@ -310,8 +313,8 @@ for _ = 1, tonumber(ARGV[i]) do
   xc[#xc + 1] = kind
   xc[#xc + 1] = c
   if c >= 2 then redis.call('HINCRBY', a, 'xs:' .. kind, 1) end
-  if ARGV[i + 3] == '1' then redis.call('SADD', a .. ':xk:' .. kind, key) end
-  if ARGV[i + 4] == '1' then
+  if argv[i + 3] == '1' then redis.call('SADD', a .. ':xk:' .. kind, key) end
+  if argv[i + 4] == '1' then
     local hk = a .. ':h:x:' .. kind
     redis.call('HINCRBY', hk, 'c' .. c, 1)
     redis.call('EXPIRE', hk, ttl)
@@ -321,8 +324,8 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 4
 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local kind = ARGV[i + 1]
+for _ = 1, tonumber(argv[i]) do
+  local kind = argv[i + 1]
   local ks = a .. ':xk:' .. kind
   local members = redis.call('SRANDMEMBER', ks, 64)
   if #members > 0 then
@@ -336,15 +339,15 @@ for _ = 1, tonumber(ARGV[i]) do
   end
   i = i + 1
 end
-if ARGV[i + 1] ~= '' then
-  local hk = a .. ':h:' .. ARGV[i + 1]
-  redis.call('HINCRBY', hk, ARGV[i + 2], 1)
+if argv[i + 1] ~= '' then
+  local hk = a .. ':h:' .. argv[i + 1]
+  redis.call('HINCRBY', hk, argv[i + 2], 1)
   redis.call('EXPIRE', hk, ttl)
-  hs[#hs + 1] = ARGV[i + 1]
+  hs[#hs + 1] = argv[i + 1]
   hs[#hs + 1] = redis.call('HGETALL', hk)
 end
-if ARGV[i + 3] ~= '' then
-  local c = tonumber(redis.call('HGET', a, ARGV[i + 3]) or '0')
+if argv[i + 3] ~= '' then
+  local c = tonumber(redis.call('HGET', a, argv[i + 3]) or '0')
   if c > 1 then
     local old = tonumber(redis.call('HGET', a, 'hcl') or '0')
     -- %.17g: the double round-trips, the same bits as MemoryState's sum
@@ -716,17 +719,18 @@ class RedisState:
         args.append(u.hcl)
 
         keys = [a, hp, ht, f"{self.p}s:{account_id}"]
+        packed = orjson.dumps([x if isinstance(x, str) else str(x) for x in args])
 
         def go() -> list[Any]:
             import redis
 
             pipe, rid = self._pipe()
-            pipe.evalsha(self._script, 4, *keys, *args)
+            pipe.evalsha(self._script, 4, *keys, packed)
             try:
                 return self._exec(pipe, rid)[0]
             except redis.exceptions.NoScriptError:      # Redis restarted or flushed scripts
                 self._script = self.r.script_load(_UPDATE_LUA)
-                return self.r.evalsha(self._script, 4, *keys, *args)
+                return self.r.evalsha(self._script, 4, *keys, packed)
 
         flat, distinct, susp, xc, hs = self._run(go)
         it = iter(flat)
