@@ -310,3 +310,34 @@ def test_redis_scoring_equals_memory_bit_for_bit(redis_url) -> None:
         for k in ("hcl", "oir", "lr_n", "out_sum", "n"):
             assert sr[k] == sm[k], (acct, k)
         assert red.features(sr, acct) == mem.features(sm, acct), acct
+
+
+def test_usage_is_queued_and_lands_in_order(redis_url) -> None:
+    """Queued usage reaches Redis ahead of the account's next update, or by the flusher
+    thread within defer_max_s; a FallbackState in an outage records it in process."""
+    from distillguard.respond._errors import StateStoreError
+    from distillguard.respond.state import AccountUpdate, FallbackState
+
+    url, proc = redis_url
+    state = RedisState.from_url(url, prefix="q:")
+    state.defer_max_s = 0.02
+    scorer = OnlineScorer(state)
+    scorer.observe_response("u", 10, 30)
+    assert state.r.hget("q:a:u", "lr_n") is None                  # queued ...
+    deadline = time.monotonic() + 5
+    while state.r.hget("q:a:u", "lr_n") is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert int(state.r.hget("q:a:u", "lr_n")) == 1                # ... sent by the flusher
+    state.defer_max_s = 60.0
+    scorer.observe_response("u", 10, 60)
+    st = state.update("u", AccountUpdate(ts=time.time()))        # rides ahead of the update
+    assert st["lr_n"] == 2 and st["out_sum"] == 90 and st["oir"] > 0
+    fb = FallbackState(state, probe_interval_s=60, sync_interval_s=None)
+    proc.terminate()
+    proc.wait(5)
+    with pytest.raises(StateStoreError):
+        state.update("u", AccountUpdate(ts=time.time()))
+    fb._go_down(RuntimeError("test"))
+    fscorer = OnlineScorer(fb)
+    fscorer.observe_response("u", 10, 30)
+    assert fb.fallback.update("u", AccountUpdate(ts=time.time()))["lr_n"] == 1

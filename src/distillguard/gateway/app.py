@@ -213,6 +213,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     """
     guard = Guard(policy, directives, scorer, fail_mode)
     directives = guard.directives
+    usage_inline = guard.usage_inline
     keys = keys or KeyStore(allow_account_header=True)
     rlog = RequestLog(request_log) if isinstance(request_log, str | Path) else request_log
     tel = Telemetry(upstream_url, policy.version, tracer_provider=tracer_provider,
@@ -500,7 +501,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     async def _after(caller: Caller, usage: dict[str, Any] | None) -> None:
         if not usage:
             return
-        if guard.inline:
+        if usage_inline:        # no I/O (RedisState queues it for its next round trip)
             guard.observe_usage(caller.account_id, usage)
         else:
             # Not awaited: the answer does not wait for the state store's round trips (the
