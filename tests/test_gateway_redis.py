@@ -332,6 +332,10 @@ def test_usage_is_queued_and_lands_in_order(redis_url) -> None:
     scorer.observe_response("u", 10, 60)
     st = state.update("u", AccountUpdate(ts=time.time()))        # rides ahead of the update
     assert st["lr_n"] == 2 and st["out_sum"] == 90 and st["oir"] > 0
+    state.r.script_flush()                   # Redis restarted or flushed its scripts
+    scorer.observe_response("u", 10, 60)
+    st = state.update("u", AccountUpdate({"n": 1}, ts=time.time()))
+    assert st["n"] == 1 and int(state.r.hget("q:a:u", "lr_n")) == 3      # both sent again
     fb = FallbackState(state, probe_interval_s=60, sync_interval_s=None)
     proc.terminate()
     proc.wait(5)
