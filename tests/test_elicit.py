@@ -79,6 +79,21 @@ def test_values_do_not_depend_on_the_batch(model):
     assert together.tolist() == alone * 3
 
 
+def test_proba_one_gives_the_batch_bits(model, rows):
+    """The online scorer's one-text path equals predict_proba bit for bit, with the
+    shipped model and with word hashing (Spec.words) on."""
+    rnd = np.random.default_rng(7)
+    alpha = list("abcdefgh ijklmnop\nqrs\tTUVWXYZ0123456789.,!?éßΩдж中文\x00\r")
+    texts = ["", None, " ", "a", "ab", "x" * 64, "x" * 65, "y" * 256, "y" * 257,
+             *(scan_text(r["text"], r["system"]) for r in rows[:300]),
+             *("".join(rnd.choice(alpha, int(rnd.integers(0, 900)))) for _ in range(300))]
+    wordy = ElicitModel(Spec(bits=14, words=True),
+                        rnd.integers(-300, 300, (2, 2 ** 14)).astype(np.int16),
+                        np.array([0.01, 0.02]), np.array([-1.0, 0.5]))
+    for m in (model, wordy):
+        assert [m.proba_one(t) for t in texts] == m.predict_proba(texts).tolist()
+
+
 def test_train_is_reproducible_and_round_trips(rows, tmp_path):
     sub = [r for r in rows if r["split"] == "train"][::12]
     a = fit(sub, SMALL, 4.0)

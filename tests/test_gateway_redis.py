@@ -186,3 +186,162 @@ def test_online_scorer_on_redis_matches_memory(redis_url) -> None:
     fr = red.features(red.state.update("x", __import__("distillguard.respond.state",
                       fromlist=["AccountUpdate"]).AccountUpdate(ts=1.7e9 + 1e5)), "x")
     assert fr["card_accounts"] == 2 and fr["n_prefixes"] == 4 and fr["system_accounts"] == 2
+
+
+# ---------------------------------------------------------------- one round trip per request
+
+@pytest.fixture
+def sends(monkeypatch):
+    """Round trips to Redis: every command or pipeline goes out in one send_packed_command."""
+    from redis.connection import AbstractConnection
+
+    count = [0]
+    real = AbstractConnection.send_packed_command
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return count
+
+
+# Request times near the wall clock: usage is recorded at the wall clock, and MemoryState
+# starts an account afresh when it comes back after more than the TTL.
+_T0 = time.time() - 20_000
+
+
+def _view(i: int, acct: str):
+    from distillguard.respond.online import RequestView
+
+    return RequestView(acct, "m1", _T0 + 37 * i, f"Question {i % 9}: why is the sky blue?",
+                       "You are terse." if i % 3 else "", 1 + i % 2, 40 * (i % 2), i % 2,
+                       "high" if i % 5 == 0 else None, 1.69e9, "web",
+                       f"10.1.{i % 3}.{i % 5}", f"card-{i % 2}", f"key-{i % 4}")
+
+
+ALLOW_ALL = Policy.from_dict({"version": "t", "rules": [
+    {"id": "never", "when": {"score_min": 1.0, "min_requests": 10 ** 9}, "action": "suspend"}]})
+
+
+def test_one_round_trip_per_request_in_the_guard(redis_url, sends) -> None:
+    """Screening (globals, update, hour entropy, suspension record) and the response's
+    usage cost one Redis round trip per request together, the usage riding in front of the
+    next request's update."""
+    from distillguard.respond.directives import UserAttrs
+    from distillguard.respond.guard import Guard
+
+    url, _ = redis_url
+    state = RedisState.from_url(url, prefix="rt:")
+    state.defer_max_s = 60.0                 # no flusher sends inside the measurement
+    guard = Guard(ALLOW_ALL, DirectiveSet([]), OnlineScorer(state))
+    for i in range(5):                       # warm-up: script loads, the globals cache
+        guard.screen("warm", UserAttrs(), _view(i, "warm"))
+        guard.observe_usage("warm", {"prompt_tokens": 10, "completion_tokens": 100})
+    state.globals_max_age_s = 0.0            # a due refresh must ride along, not add one
+    sends[0] = 0
+    n = 40
+    for i in range(n):
+        acct = f"a{i % 3}"
+        sc = guard.screen(acct, UserAttrs(), _view(i, acct))
+        assert sc.status == 200 and sc.decision is not None
+        guard.observe_usage(acct, {"prompt_tokens": 10 + i, "completion_tokens": 7 * i})
+    assert sends[0] == n
+    state.flush()                            # the last usage: its own send, or the next's
+    assert sends[0] == n + 1
+    assert int(state.r.hget("rt:a:a1", "lr_n")) == 13
+
+
+def test_one_round_trip_per_request_through_the_gateway(redis_url, tmp_path: Path,
+                                                        sends) -> None:
+    url, _ = redis_url
+    up = StubUpstream()
+    state = RedisState.from_url(url, prefix="rg:")
+    state.defer_max_s = 60.0
+    app = create_app("http://u", ALLOW_ALL, DirectiveSet([]), OnlineScorer(state),
+                     AuditLog(tmp_path / "audit.jsonl"), transport=up.transport())
+    with TestClient(app) as c:
+        def post(i: int) -> None:
+            r = c.post("/v1/chat/completions", json=_prompt(i),
+                       headers={"X-Account-Id": f"acct-{i % 4}"})
+            assert r.status_code == 200
+
+        for i in range(5):
+            post(i)
+        sends[0] = 0
+        for i in range(30):
+            post(i)
+        assert sends[0] == 30
+    assert int(state.r.hget("rg:a:acct-1", "lr_n")) >= 8     # usage landed (flushed at exit)
+
+
+def test_redis_scoring_equals_memory_bit_for_bit(redis_url) -> None:
+    """Guard decisions, scores and every feature on Redis equal those in process on the
+    same stream, usage (ratio median, computed in Lua on Redis) and hour entropy included."""
+    import random
+
+    from distillguard.respond.directives import UserAttrs
+    from distillguard.respond.guard import Guard
+    from distillguard.respond.state import AccountUpdate, MemoryState
+
+    url, _ = redis_url
+    policy = Policy.from_dict({"version": "t", "rules": [
+        {"id": "log", "when": {"score_min": 0.2}, "action": "log"},
+        {"id": "cap", "when": {"score_min": 0.3}, "action": "cap_output",
+         "params": {"max_tokens": 64}}]})
+    red_state = RedisState.from_url(url, prefix="eq:")
+    red, mem = OnlineScorer(red_state), OnlineScorer(MemoryState())
+    gr, gm = Guard(policy, None, red), Guard(policy, None, mem)
+    rnd = random.Random(3)
+    for i in range(160):
+        acct = f"e{rnd.randrange(4)}"
+        v = _view(i, acct)
+        a, b = gr.screen(acct, UserAttrs(), v), gm.screen(acct, UserAttrs(), v)
+        assert (a.status, a.verdict, a.action) == (b.status, b.verdict, b.action), i
+        assert a.score.score == b.score.score and a.score.raw == b.score.raw, i
+        usage = {"prompt_tokens": rnd.choice([None, 1, 12, 300]),
+                 "completion_tokens": rnd.choice([0, 1, 5, 80, 900, 4000])}
+        gr.observe_usage(acct, usage)
+        gm.observe_usage(acct, usage)
+    for acct in ("e0", "e1", "e2", "e3"):
+        ts = _T0 + 37 * 200
+        sr = red.state.update(acct, AccountUpdate(ts=ts))
+        sm = mem.state.update(acct, AccountUpdate(ts=ts))
+        for k in ("hcl", "oir", "lr_n", "out_sum", "n"):
+            assert sr[k] == sm[k], (acct, k)
+        assert red.features(sr, acct) == mem.features(sm, acct), acct
+
+
+def test_usage_is_queued_and_lands_in_order(redis_url) -> None:
+    """Queued usage reaches Redis ahead of the account's next update, or by the flusher
+    thread within defer_max_s; a FallbackState in an outage records it in process."""
+    from distillguard.respond._errors import StateStoreError
+    from distillguard.respond.state import AccountUpdate, FallbackState
+
+    url, proc = redis_url
+    state = RedisState.from_url(url, prefix="q:")
+    state.defer_max_s = 0.02
+    scorer = OnlineScorer(state)
+    scorer.observe_response("u", 10, 30)
+    assert state.r.hget("q:a:u", "lr_n") is None                  # queued ...
+    deadline = time.monotonic() + 5
+    while state.r.hget("q:a:u", "lr_n") is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert int(state.r.hget("q:a:u", "lr_n")) == 1                # ... sent by the flusher
+    state.defer_max_s = 60.0
+    scorer.observe_response("u", 10, 60)
+    st = state.update("u", AccountUpdate(ts=time.time()))        # rides ahead of the update
+    assert st["lr_n"] == 2 and st["out_sum"] == 90 and st["oir"] > 0
+    state.r.script_flush()                   # Redis restarted or flushed its scripts
+    scorer.observe_response("u", 10, 60)
+    st = state.update("u", AccountUpdate({"n": 1}, ts=time.time()))
+    assert st["n"] == 1 and int(state.r.hget("q:a:u", "lr_n")) == 3      # both sent again
+    fb = FallbackState(state, probe_interval_s=60, sync_interval_s=None)
+    proc.terminate()
+    proc.wait(5)
+    with pytest.raises(StateStoreError):
+        state.update("u", AccountUpdate(ts=time.time()))
+    fb._go_down(RuntimeError("test"))
+    fscorer = OnlineScorer(fb)
+    fscorer.observe_response("u", 10, 30)
+    assert fb.fallback.update("u", AccountUpdate(ts=time.time()))["lr_n"] == 1

@@ -213,6 +213,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     """
     guard = Guard(policy, directives, scorer, fail_mode)
     directives = guard.directives
+    usage_inline = guard.usage_inline
     keys = keys or KeyStore(allow_account_header=True)
     rlog = RequestLog(request_log) if isinstance(request_log, str | Path) else request_log
     tel = Telemetry(upstream_url, policy.version, tracer_provider=tracer_provider,
@@ -268,6 +269,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             await holder.pop("s").close()
         if isinstance(request_log, str | Path) and rlog is not None:
             rlog.close()
+        flush = getattr(scorer.state, "flush", None)     # queued usage writes (Redis)
+        if flush is not None:
+            with contextlib.suppress(StateStoreError):
+                await off_loop(flush)
         pool.shutdown(wait=False)
 
     app = _GatewayApp(title="distillguard gateway", lifespan=lifespan)
@@ -288,9 +293,10 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
                **extra: Any) -> None:
         """One request-log record (when the request was valid) and one audit entry."""
         action = extra.pop("action", None) or (d.action if d else "allow")
+        its = _iso(ts)
         if rlog is not None and caller is not None and payload is not None:
             rec: dict[str, Any] = {
-                "request_id": rid, "ts": _iso(ts), "account_id": caller.account_id,
+                "request_id": rid, "ts": its, "account_id": caller.account_id,
                 "model": payload["model"], "messages": payload["messages"],
                 "org_id": caller.attrs.org or None, "api_key_id": caller.api_key_id,
                 "ip": request.client.host if request and request.client else None,
@@ -313,7 +319,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
             rlog.write(rec)
         if audit is not None:
             audit.append(
-                event, request_id=rid, request_ts=_iso(ts),
+                event, request_id=rid, request_ts=its,
                 account_id=caller.account_id if caller else None,
                 model=payload.get("model") if payload else None, status=status, action=action,
                 actions=list(d.actions) if d else [], rules=list(d.rules) if d else [],
@@ -495,7 +501,7 @@ def create_app(upstream_url: str, policy: Policy, directives: DirectiveSet | Non
     async def _after(caller: Caller, usage: dict[str, Any] | None) -> None:
         if not usage:
             return
-        if guard.inline:
+        if usage_inline:        # no I/O (RedisState queues it for its next round trip)
             guard.observe_usage(caller.account_id, usage)
         else:
             # Not awaited: the answer does not wait for the state store's round trips (the

@@ -309,7 +309,7 @@ class DistillguardGuardrail(_Base):  # type: ignore[misc,valid-type]
         if not usage or not st.get("account_id"):
             return
         try:
-            if self.guard.inline:
+            if self.guard.usage_inline:      # no I/O: in process, or queued (Redis)
                 self.guard.observe_usage(st["account_id"], usage)
             else:
                 import asyncio

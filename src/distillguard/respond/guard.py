@@ -140,6 +140,14 @@ class Guard:
         """True when screening does no I/O (in-process state): run it on the event loop."""
         return isinstance(self.scorer.state, MemoryState)
 
+    @property
+    def usage_inline(self) -> bool:
+        """True when :meth:`observe_usage` does no I/O: in-process state, or a store that
+        queues usage for its next round trip (``defer_usage``: RedisState, and FallbackState
+        over one, whose outage path is in process)."""
+        st = self.scorer.state
+        return self.inline or hasattr(getattr(st, "primary", st), "defer_usage")
+
     def screen(self, account_id: str, attrs: UserAttrs, view: RequestView) -> Screening:
         """Directives, then score and policy. Never raises for a state-store outage."""
         dd = self.directives.check(account_id, view.model, attrs, view.ts)

@@ -119,7 +119,7 @@ from distillguard.respond.policy import ACTIONS, Policy, PolicyDecision, PolicyI
 from distillguard.respond.state import AccountUpdate, MemoryState, StateStore, now_s
 from distillguard.scoring import calibrator_from_config
 from distillguard.scoring.calibrate import Calibrator
-from distillguard.scoring.evidence import item_weight, reasons_for
+from distillguard.scoring.evidence import REASON_MIN, item_weight, reasons_for
 
 __all__ = ["OnlineScore", "OnlineScorer", "RequestView", "compile_evidence", "ip_prefix",
            "replay", "system_key", "write_batch_context"]
@@ -743,7 +743,7 @@ class OnlineScorer:
         scan = self._scan(prompt, system)
         if elicit:
             return (*self.signals(prompt, system, n_tools),
-                    float(self._elicit.predict_proba([scan])[0]))
+                    self._elicit.proba_one(scan))
         return self._rx.signals(scan, n_tools > 0, self._flag_names, self._cap_names)
 
     def _template_keys(self, prompt: str) -> tuple[str, ...]:
@@ -847,14 +847,10 @@ class OnlineScorer:
                             distinct=distinct, cross=cross, cross_max=("card", "sys"),
                             cross_hist=("ip",) if self._track_iph else ())
         acct = req.account_id
+        # hcl=hour: the hour entropy's running sum of c ln c over the hour counters gains
+        # c ln c - (c - 1) ln (c - 1) for this request's hour, in the same update
+        upd.hcl = hour
         st = self.state.update(acct, upd)
-        # hour entropy: the running sum of c ln c over the hour counters gains
-        # c ln c - (c - 1) ln (c - 1) for this request's hour (c: its count now)
-        c = st.get(hour, 1)
-        if c > 1:
-            hcl = st.get("hcl", 0.0) + c * math.log(c) - (c - 1) * math.log(c - 1)
-            self.state.add_float(acct, "hcl", hcl - st.get("hcl", 0.0))
-            st["hcl"] = hcl
         out = self._score(acct, st, flags, cap)
         out.elicit_p = elicit_p
         return out
@@ -871,9 +867,14 @@ class OnlineScorer:
         """
         if output_tokens is None:
             return
-        ts = now_s() if ts is None else ts
         ratio = output_tokens / max(input_tokens if input_tokens is not None else 1, 1)
         key = "z" if ratio <= 0 else f"b{math.floor(math.log(ratio) / _RATIO_BIN)}"
+        defer = getattr(self.state, "defer_usage", None)
+        # Redis: queued, the median computed there; sent ahead of the next command
+        if defer is not None and defer(account_id, {"lr_n": 1, "out_sum": int(output_tokens)},
+                                       ("ratio", key), _RATIO_BIN):
+            return
+        ts = now_s() if ts is None else ts
         st = self.state.update(account_id, AccountUpdate(
             {"lr_n": 1, "out_sum": int(output_tokens)}, _NO, "", (), ts, _NO, _NO, _NO, (),
             ("ratio", key)))
@@ -920,10 +921,15 @@ class OnlineScorer:
     def _reasons(self, account_id: str, st: Mapping[str, float], g: Mapping[str, Any] | None,
                  contrib: Sequence[float]) -> list[str]:
         """The batch reasons (``scoring.evidence.reasons_for``) of these contributions."""
-        ev = {f"ev_{it['name']}": v for it, v in zip(self._items, contrib, strict=True)}
-        feat = self.features(st, account_id)
         k = self._max_reasons
-        rs = reasons_for(feat, ev, {"scoring": {"evidence": list(self._items)}}, k)
+        # reasons_for names only contributions over REASON_MIN: without one (most requests)
+        # the features it would format are not computed
+        if any(v > REASON_MIN for v in contrib):
+            ev = {f"ev_{it['name']}": v for it, v in zip(self._items, contrib, strict=True)}
+            feat = self.features(st, account_id)
+            rs = reasons_for(feat, ev, {"scoring": {"evidence": list(self._items)}}, k)
+        else:
+            rs = []
         cid = self.campaigns.get(account_id)
         if cid is not None:
             rs.insert(0, f"member of campaign {cid}")

@@ -22,7 +22,9 @@ Every Redis failure is raised as :class:`StateStoreError`; the gateway applies i
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import threading
 import time
 import weakref
@@ -53,6 +55,9 @@ class AccountUpdate:
     ``xm:<kind>``; ``hist``: (name, bin) counted in the account's histogram ``name``;
     ``cross_hist``: kinds whose set size is counted in histogram ``x:<kind>`` (bin
     ``c<size>``). A histogram touched by the update is returned under ``\x1fh:<name>``.
+    ``hcl``: a counter (this request's hour) whose ``c ln c`` growth after the increments,
+    ``c ln c - (c - 1) ln (c - 1)``, is added to the float ``hcl`` (the running sum behind
+    the hour entropy; in the update so that it costs no second write).
     """
 
     incr: dict[str, int] = field(default_factory=dict)
@@ -66,6 +71,7 @@ class AccountUpdate:
     cross_max: tuple[str, ...] = ()
     hist: tuple[str, str] | None = None
     cross_hist: tuple[str, ...] = ()
+    hcl: str = ""
 
 
 class StateStore(Protocol):
@@ -154,6 +160,10 @@ class MemoryState:
             for k, v in u.maxs.items():
                 if v is not None and (k not in st or v > st[k]):
                     st[k] = v
+            if u.hcl:
+                c = st.get(u.hcl, 0)
+                if c > 1:
+                    st["hcl"] = st.get("hcl", 0.0) + c * math.log(c) - (c - 1) * math.log(c - 1)
             if u.prompt_hash:
                 rec.prompts.add(u.prompt_hash)
             st["distinct"] = len(rec.prompts)
@@ -252,47 +262,50 @@ class MemoryState:
 # kind in the set ``<a>:xk:<kind>``, the largest of them into ``xm:<kind>``), then the
 # counters, the distinct count, the suspension record and the cross-set sizes read back, TTLs
 # refreshed. Keys built inside the script (named sets, cross sets) are not declared in KEYS:
-# fine on one Redis, not on Redis Cluster.
+# fine on one Redis, not on Redis Cluster. The arguments come as one JSON array of strings
+# (the strings redis-py would send one by one): redis-py encoding ~45 arguments one by one
+# was ~20 of the ~85 µs client CPU of an update.
 _UPDATE_LUA = """
+local argv = cjson.decode(ARGV[1])
 local a, hp, ht = KEYS[1], KEYS[2], KEYS[3]
-local ttl = ARGV[1]
+local ttl = argv[1]
 local i = 2
-for _ = 1, tonumber(ARGV[i]) do redis.call('HINCRBY', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+for _ = 1, tonumber(argv[i]) do redis.call('HINCRBY', a, argv[i + 1], argv[i + 2]); i = i + 2 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do redis.call('HSETNX', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+for _ = 1, tonumber(argv[i]) do redis.call('HSETNX', a, argv[i + 1], argv[i + 2]); i = i + 2 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local cur = redis.call('HGET', a, ARGV[i + 1])
-  if (not cur) or tonumber(ARGV[i + 2]) > tonumber(cur) then
-    redis.call('HSET', a, ARGV[i + 1], ARGV[i + 2])
+for _ = 1, tonumber(argv[i]) do
+  local cur = redis.call('HGET', a, argv[i + 1])
+  if (not cur) or tonumber(argv[i + 2]) > tonumber(cur) then
+    redis.call('HSET', a, argv[i + 1], argv[i + 2])
   end
   i = i + 2
 end
 i = i + 1
-if ARGV[i] ~= '' then redis.call('PFADD', hp, ARGV[i]) end
+if argv[i] ~= '' then redis.call('PFADD', hp, argv[i]) end
 i = i + 1
 local top = 0
-for _ = 1, tonumber(ARGV[i]) do
+for _ = 1, tonumber(argv[i]) do
   i = i + 1
-  local c = redis.call('HINCRBY', ht, ARGV[i], 1)
+  local c = redis.call('HINCRBY', ht, argv[i], 1)
   if c > top then top = c end
 end
 if top > tonumber(redis.call('HGET', a, 'tpl_top') or '0') then
   redis.call('HSET', a, 'tpl_top', top)
 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local k = a .. ':d:' .. ARGV[i + 1]
-  redis.call('PFADD', k, ARGV[i + 2])
-  redis.call('HSET', a, 'd:' .. ARGV[i + 1], redis.call('PFCOUNT', k))
+for _ = 1, tonumber(argv[i]) do
+  local k = a .. ':d:' .. argv[i + 1]
+  redis.call('PFADD', k, argv[i + 2])
+  redis.call('HSET', a, 'd:' .. argv[i + 1], redis.call('PFCOUNT', k))
   redis.call('EXPIRE', k, ttl)
   i = i + 2
 end
-local xp, acct = ARGV[i + 1], ARGV[i + 2]
+local xp, acct = argv[i + 1], argv[i + 2]
 i = i + 3
 local xc, hs = {}, {}
-for _ = 1, tonumber(ARGV[i]) do
-  local kind, key = ARGV[i + 1], ARGV[i + 2]
+for _ = 1, tonumber(argv[i]) do
+  local kind, key = argv[i + 1], argv[i + 2]
   local xk = xp .. kind .. ':' .. key
   redis.call('PFADD', xk, acct)
   local c = redis.call('PFCOUNT', xk)
@@ -300,8 +313,8 @@ for _ = 1, tonumber(ARGV[i]) do
   xc[#xc + 1] = kind
   xc[#xc + 1] = c
   if c >= 2 then redis.call('HINCRBY', a, 'xs:' .. kind, 1) end
-  if ARGV[i + 3] == '1' then redis.call('SADD', a .. ':xk:' .. kind, key) end
-  if ARGV[i + 4] == '1' then
+  if argv[i + 3] == '1' then redis.call('SADD', a .. ':xk:' .. kind, key) end
+  if argv[i + 4] == '1' then
     local hk = a .. ':h:x:' .. kind
     redis.call('HINCRBY', hk, 'c' .. c, 1)
     redis.call('EXPIRE', hk, ttl)
@@ -311,8 +324,8 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 4
 end
 i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local kind = ARGV[i + 1]
+for _ = 1, tonumber(argv[i]) do
+  local kind = argv[i + 1]
   local ks = a .. ':xk:' .. kind
   local members = redis.call('SRANDMEMBER', ks, 64)
   if #members > 0 then
@@ -326,18 +339,84 @@ for _ = 1, tonumber(ARGV[i]) do
   end
   i = i + 1
 end
-if ARGV[i + 1] ~= '' then
-  local hk = a .. ':h:' .. ARGV[i + 1]
-  redis.call('HINCRBY', hk, ARGV[i + 2], 1)
+if argv[i + 1] ~= '' then
+  local hk = a .. ':h:' .. argv[i + 1]
+  redis.call('HINCRBY', hk, argv[i + 2], 1)
   redis.call('EXPIRE', hk, ttl)
-  hs[#hs + 1] = ARGV[i + 1]
+  hs[#hs + 1] = argv[i + 1]
   hs[#hs + 1] = redis.call('HGETALL', hk)
+end
+if argv[i + 3] ~= '' then
+  local c = tonumber(redis.call('HGET', a, argv[i + 3]) or '0')
+  if c > 1 then
+    local old = tonumber(redis.call('HGET', a, 'hcl') or '0')
+    -- %.17g: the double round-trips, the same bits as MemoryState's sum
+    redis.call('HSET', a, 'hcl',
+               string.format('%.17g', old + c * math.log(c) - (c - 1) * math.log(c - 1)))
+  end
 end
 local h = redis.call('HGETALL', a)
 local d = redis.call('PFCOUNT', hp)
 for _, k in ipairs({a, hp, ht}) do redis.call('EXPIRE', k, ttl) end
 return {h, d, redis.call('GET', KEYS[4]), xc, hs}
 """
+
+# A response's usage (RedisState.defer_usage): counter increments, one more value in the
+# account's output/input ratio histogram, and its median written to ``oir`` when it moved,
+# computed here as ``online._hist_median`` computes it (same double operations, so the same
+# bits). Needs no reply: it is queued and sent ahead of the worker's next command.
+_USAGE_LUA = """
+local a, hk = KEYS[1], KEYS[2]
+local ttl, width = ARGV[1], tonumber(ARGV[2])
+redis.call('HINCRBY', hk, ARGV[3], 1)
+local i = 4
+for _ = 1, tonumber(ARGV[i]) do redis.call('HINCRBY', a, ARGV[i + 1], ARGV[i + 2]); i = i + 2 end
+local flat = redis.call('HGETALL', hk)
+local zeros, n, bins = 0, 0, {}
+for j = 1, #flat, 2 do
+  local c = tonumber(flat[j + 1])
+  n = n + c
+  if flat[j] == 'z' then zeros = c
+  elseif string.sub(flat[j], 1, 1) == 'b' then bins[#bins + 1] = {tonumber(string.sub(flat[j], 2)), c} end
+end
+local med = 0.0
+if n > 0 then
+  local pos = (n - 1) / 2
+  local lo = math.floor(pos)
+  local want = {lo}
+  if pos > lo then want[2] = lo + 1 end
+  local got, seen = {}, zeros
+  for _, r in ipairs(want) do if r < zeros then got[#got + 1] = 0.0 end end
+  if #got < #want then
+    table.sort(bins, function(x, y) return x[1] < y[1] end)
+    for _, b in ipairs(bins) do
+      local k, c = b[1], b[2]
+      while #got < #want and want[#got + 1] < seen + c do
+        got[#got + 1] = math.exp(width * (k + (want[#got + 1] - seen + 0.5) / c))
+      end
+      if #got == #want then break end
+      seen = seen + c
+    end
+  end
+  med = got[1]
+  if #got > 1 then med = med + (pos - lo) * (got[2] - med) end
+end
+if med - tonumber(redis.call('HGET', a, 'oir') or '0') ~= 0 then
+  redis.call('HSET', a, 'oir', string.format('%.17g', med))
+end
+redis.call('EXPIRE', hk, ttl)
+for _, k in ipairs({a, KEYS[3], KEYS[4]}) do redis.call('EXPIRE', k, ttl) end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class _Riders:
+    """What :meth:`RedisState._pipe` put in front of the caller's commands."""
+
+    n: int = 0                                   # commands before the caller's
+    usage: list[tuple[int, list[str], list[Any]]] = field(default_factory=list)
+    globals_at: int | None = None
 
 
 class RedisState:
@@ -346,25 +425,37 @@ class RedisState:
     ``client`` is a ``redis.Redis``; use short socket timeouts so a dead Redis turns into a
     fast :class:`StateStoreError` (and the gateway's fail mode) rather than a hung request.
 
-    Round trips per request are kept low: an account update is one Lua script (atomic,
-    including the template top count) that also reads the account's suspension record, which
-    the :meth:`suspended` call that follows in the same thread uses instead of a second GET;
-    inside :meth:`batched`, :meth:`add_float` increments ride along with the thread's next
-    command (or are sent at the end of the block), in order. The global ``t0`` and model
-    first-seen map are write-once and cached per process for ``globals_max_age_s`` (1 s):
-    a model first seen by *another* worker shows up here at most that late. Without Lua
-    scripting (e.g. a proxy refusing EVAL) updates fall back to a plain pipeline.
+    One round trip per request: an account update is one Lua script (atomic, including the
+    template top count and the hour-entropy sum) that also reads the account's suspension
+    record, which the :meth:`suspended` call that follows in the same thread uses instead of
+    a second GET. Writes that need no answer ride in front of the next command's pipeline:
+    inside :meth:`batched`, this thread's :meth:`add_float` increments (in order); and, from
+    any thread, the response usage queued by :meth:`defer_usage` (a script that also
+    computes the ratio median), sent by a flusher thread instead when no command follows
+    within ``defer_max_s`` (50 ms). The global ``t0`` and model first-seen map are
+    write-once and cached per process; once the cache is ``globals_max_age_s`` (1 s) old, a
+    request for a model it knows uses it and refreshes it in the same pipeline, so a model
+    first seen by *another* worker shows up here about that late (only a model missing from
+    the cache costs a round trip of its own). Without Lua scripting (e.g. a proxy refusing
+    EVAL) updates fall back to a plain pipeline (several round trips).
     """
 
     globals_max_age_s = 1.0
+    defer_max_s = 0.05
     _SUSP_MAX_AGE_S = 0.05
 
     def __init__(self, client: Any, prefix: str = "dg:", ttl_s: int = 7 * 86400) -> None:
         self.r, self.p, self.ttl_s = client, prefix, ttl_s
         self._local = threading.local()
         self._globals: tuple[float, float, dict[str, float]] | None = None
+        self._refresh: tuple[str, float] | None = None      # globals refresh to ride along
         self._script: Any = None
+        self._usage_script: Any = None
         self._use_script = hasattr(client, "script_load")
+        # (queued at, keys, args) of usage writes; bounded: a dead Redis drops, not hoards
+        self._deferred: collections.deque[tuple[float, list[str], list[Any]]] = \
+            collections.deque(maxlen=100_000)
+        self._flusher: threading.Thread | None = None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "dg:", ttl_s: int = 7 * 86400,
@@ -402,17 +493,101 @@ class RedisState:
                     pipe.hincrbyfloat(key, field_, value)
                 self._run(pipe.execute)
 
-    def _pipe(self) -> tuple[Any, int]:
-        """A pipeline starting with this thread's deferred increments, and their count."""
+    def _pipe(self) -> tuple[Any, _Riders]:
+        """A pipeline starting with the writes that ride along (this thread's deferred
+        increments, queued usage writes, a due globals refresh); :meth:`_exec` runs it."""
         pipe = self.r.pipeline(transaction=False)
+        rid = _Riders()
         pending = getattr(self._local, "pending", None)
-        if not pending:
-            return pipe, 0
-        for key, field_, value in pending:
-            pipe.hincrbyfloat(key, field_, value)
-        n = len(pending)
-        pending.clear()
-        return pipe, n
+        if pending:
+            for key, field_, value in pending:
+                pipe.hincrbyfloat(key, field_, value)
+            rid.n += len(pending)
+            pending.clear()
+        dq = self._deferred
+        if dq:
+            if self._usage_script is None:
+                self._usage_script = self.r.script_load(_USAGE_LUA)
+            while True:
+                try:
+                    _, keys, args = dq.popleft()
+                except IndexError:
+                    break
+                pipe.evalsha(self._usage_script, len(keys), *keys, *args)
+                rid.usage.append((rid.n, keys, args))
+                rid.n += 1
+        refresh, self._refresh = self._refresh, None
+        if refresh is not None:
+            self._globals_cmds(pipe, *refresh)
+            rid.globals_at = rid.n
+            rid.n += 4
+        return pipe, rid
+
+    def _exec(self, pipe: Any, rid: _Riders) -> list[Any]:
+        """Execute a :meth:`_pipe` pipeline; return the results of the caller's commands.
+
+        Raises the first error among them (as ``execute`` would); a usage write refused for
+        a missing script (Redis restarted or flushed) is sent again, others are dropped:
+        usage is best effort, as it always was.
+        """
+        import redis
+
+        res = pipe.execute(raise_on_error=False)
+        again = [(keys, args) for at, keys, args in rid.usage
+                 if isinstance(res[at], redis.exceptions.NoScriptError)]
+        if again:
+            self._usage_script = self.r.script_load(_USAGE_LUA)
+            p2 = self.r.pipeline(transaction=False)
+            for keys, args in again:
+                p2.evalsha(self._usage_script, len(keys), *keys, *args)
+            p2.execute(raise_on_error=False)
+        g = rid.globals_at
+        if g is not None and not any(isinstance(x, Exception) for x in res[g:g + 4]):
+            self._globals_set(res[g + 1], res[g + 3])
+        main = res[rid.n:]
+        for x in main:
+            if isinstance(x, Exception):
+                raise x
+        return main
+
+    # ------------------------------------------------------------------ deferred usage
+    def defer_usage(self, account_id: str, incr: dict[str, int], hist: tuple[str, str],
+                    width: float) -> bool:
+        """Queue a response's usage: ``incr`` into the account hash, one value in bin
+        ``hist[1]`` of histogram ``hist[0]`` and the histogram's median (bins ``width``
+        wide in log space, as ``online._hist_median``) into ``oir``. Never blocks."""
+        a = f"{self.p}a:{account_id}"
+        args: list[Any] = [self.ttl_s, repr(float(width)), hist[1], len(incr)]
+        for k, v in incr.items():
+            args += [k, v]
+        self._deferred.append((time.monotonic(), [a, f"{a}:h:{hist[0]}", a + ":p", a + ":t"],
+                               args))
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=RedisState._flush_loop,
+                                             args=(weakref.ref(self),),
+                                             name="dg-state-flush", daemon=True)
+            self._flusher.start()
+        return True
+
+    def flush(self) -> None:
+        """Send the queued usage writes now (the flusher thread, shutdown, tests)."""
+        if self._deferred:
+            self._run(lambda: self._exec(*self._pipe()))
+
+    @staticmethod
+    def _flush_loop(ref: Any) -> None:
+        """Send usage writes that no request took along within ``defer_max_s``."""
+        while True:
+            me = ref()
+            if me is None:
+                return
+            with suppress(IndexError):
+                if time.monotonic() - me._deferred[0][0] >= me.defer_max_s:
+                    with suppress(StateStoreError):      # best effort, as usage always was
+                        me.flush()
+            wait = me.defer_max_s
+            del me
+            time.sleep(wait)
 
     # ------------------------------------------------------------------ store interface
     def update(self, account_id: str, u: AccountUpdate) -> dict[str, float]:
@@ -428,7 +603,7 @@ class RedisState:
                 self._use_script = False        # no scripting here: plain pipeline below
 
         def go() -> dict[str, float]:
-            pipe, skip = self._pipe()
+            pipe, rid = self._pipe()
             for k, v in u.incr.items():
                 pipe.hincrby(a, k, v)
             for k, v in u.sets.items():
@@ -454,7 +629,7 @@ class RedisState:
             pipe.pfcount(hp)
             for k in (a, hp, ht):
                 pipe.expire(k, self.ttl_s)
-            res = iter(pipe.execute()[skip:])
+            res = iter(self._exec(pipe, rid))
             for _ in range(len(u.incr) + len(u.sets) + (1 if u.prompt_hash else 0)):
                 next(res)
             top = max([int(next(res)) for _ in u.template_keys] or [0])
@@ -481,6 +656,9 @@ class RedisState:
                     later[k] = st[k] = float(v)
             if top > st.get("tpl_top", 0):
                 later["tpl_top"] = st["tpl_top"] = top
+            c = st.get(u.hcl, 0) if u.hcl else 0
+            if c > 1:
+                later["hcl"] = st.get("hcl", 0.0) + c * math.log(c) - (c - 1) * math.log(c - 1)
             for kind, ms in members.items():
                 if ms:
                     p2 = self.r.pipeline(transaction=False)
@@ -538,19 +716,21 @@ class RedisState:
         args.append(len(u.cross_max))
         args += list(u.cross_max)
         args += list(u.hist) if u.hist is not None else ["", ""]
+        args.append(u.hcl)
 
         keys = [a, hp, ht, f"{self.p}s:{account_id}"]
+        packed = orjson.dumps([x if isinstance(x, str) else str(x) for x in args])
 
         def go() -> list[Any]:
             import redis
 
-            pipe, skip = self._pipe()
-            pipe.evalsha(self._script, 4, *keys, *args)
+            pipe, rid = self._pipe()
+            pipe.evalsha(self._script, 4, *keys, packed)
             try:
-                return pipe.execute()[skip]
+                return self._exec(pipe, rid)[0]
             except redis.exceptions.NoScriptError:      # Redis restarted or flushed scripts
                 self._script = self.r.script_load(_UPDATE_LUA)
-                return self.r.evalsha(self._script, 4, *keys, *args)
+                return self.r.evalsha(self._script, 4, *keys, packed)
 
         flat, distinct, susp, xc, hs = self._run(go)
         it = iter(flat)
@@ -578,39 +758,50 @@ class RedisState:
 
     def globals(self, model: str, ts: float) -> tuple[float, dict[str, float]]:
         c = self._globals
-        if c is not None and model in c[2] and time.monotonic() - c[0] < self.globals_max_age_s:
+        if c is not None and model in c[2]:
+            if time.monotonic() - c[0] >= self.globals_max_age_s:
+                # refreshed by the next pipeline (this request's update): no round trip
+                self._globals = (time.monotonic(), c[1], c[2])
+                self._refresh = (model, ts)
             return c[1], dict(c[2])
 
         def go() -> tuple[float, dict[str, float]]:
-            pipe, skip = self._pipe()
-            pipe.setnx(f"{self.p}t0", ts)
-            pipe.get(f"{self.p}t0")
-            pipe.hsetnx(f"{self.p}models", model, ts)
-            pipe.hgetall(f"{self.p}models")
-            res = pipe.execute()[skip:]
-            return float(res[1]), {k: float(v) for k, v in res[3].items()}
+            pipe, rid = self._pipe()
+            self._globals_cmds(pipe, model, ts)
+            res = self._exec(pipe, rid)
+            return self._globals_set(res[1], res[3])
 
         t0, models = self._run(go)
-        self._globals = (time.monotonic(), t0, models)
         return t0, dict(models)
+
+    def _globals_cmds(self, pipe: Any, model: str, ts: float) -> None:
+        pipe.setnx(f"{self.p}t0", ts)
+        pipe.get(f"{self.p}t0")
+        pipe.hsetnx(f"{self.p}models", model, ts)
+        pipe.hgetall(f"{self.p}models")
+
+    def _globals_set(self, t0: Any, models: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        out = float(t0), {k: float(v) for k, v in models.items()}
+        self._globals = (time.monotonic(), *out)
+        return out
 
     def rate(self, account_id: str, bucket: int, ttl_s: int) -> int:
         key = f"{self.p}r:{account_id}:{bucket}"
 
         def go() -> int:
-            pipe, skip = self._pipe()
+            pipe, rid = self._pipe()
             pipe.incr(key)
             pipe.expire(key, ttl_s)
-            return int(pipe.execute()[skip])
+            return int(self._exec(pipe, rid)[0])
 
         return self._run(go)
 
     def suspend(self, account_id: str, info: dict[str, Any]) -> None:
         def go() -> None:
-            pipe, _ = self._pipe()
+            pipe, rid = self._pipe()
             pipe.set(f"{self.p}s:{account_id}", orjson.dumps(info), nx=True)
             pipe.sadd(f"{self.p}susp", account_id)      # index (FallbackState mirrors it)
-            pipe.execute()
+            self._exec(pipe, rid)
 
         self._run(go)
 
@@ -621,9 +812,9 @@ class RedisState:
             raw = hit[0]          # read by this thread's update of the account just now
         else:
             def go() -> Any:
-                pipe, skip = self._pipe()
+                pipe, rid = self._pipe()
                 pipe.get(f"{self.p}s:{account_id}")
-                return pipe.execute()[skip]
+                return self._exec(pipe, rid)[0]
 
             raw = self._run(go)
         return orjson.loads(raw) if raw else None
@@ -824,6 +1015,21 @@ class FallbackState:
             cm.__exit__(None, None, None)
         except StateStoreError as exc:      # deferred float increments lost: best effort
             self._go_down(exc)
+
+    def defer_usage(self, account_id: str, incr: dict[str, int], hist: tuple[str, str],
+                    width: float) -> bool:
+        """The primary's :meth:`RedisState.defer_usage` while it is up; False during an
+        outage (the caller then records the usage here, on the fallback)."""
+        inner = getattr(self.primary, "defer_usage", None)
+        if self._down_since is not None or inner is None:
+            return False
+        return bool(inner(account_id, incr, hist, width))
+
+    def flush(self) -> None:
+        inner = getattr(self.primary, "flush", None)
+        if self._down_since is None and inner is not None:
+            with suppress(StateStoreError):
+                inner()
 
     # ------------------------------------------------------------------ store interface
     def update(self, account_id: str, u: AccountUpdate) -> dict[str, float]:

@@ -78,11 +78,15 @@ def evidence_frame(con: duckdb.DuckDBPyConnection, cfg: Config,
                            .alias("final_raw"))
 
 
+#: A contribution is named as a reason only above this.
+REASON_MIN = 0.05
+
+
 def reasons_for(feat_row: dict, ev_row: dict, cfg: Config, k: int) -> list[str]:
     """The k strongest positive contributions, as human-readable text with values."""
     items = cfg["scoring"]["evidence"]
     contrib = sorted(((ev_row[f"ev_{it['name']}"], it) for it in items
-                      if ev_row[f"ev_{it['name']}"] > 0.05), key=lambda t: -t[0])
+                      if ev_row[f"ev_{it['name']}"] > REASON_MIN), key=lambda t: -t[0])
     out = []
     for _, it in contrib[:k]:
         val = feat_row.get(it["show"])
