@@ -109,7 +109,11 @@ def test_csv_and_parquet(tmp_path, cfg):
     assert scalar(con, "SELECT count(*) FROM requests WHERE prompt LIKE 'question%'") == 20
 
 
-def test_crash_mid_ingest_leaves_whole_batches(tmp_path, cfg):
+def test_crash_mid_ingest_leaves_whole_batches(tmp_path, cfg, monkeypatch):
+    # The row path's batches (clean JSONL otherwise takes the fast path: one transaction).
+    import distillguard.ingest.core as core
+
+    monkeypatch.setattr(core, "ingest_parquet_fast", lambda *a, **k: None)
     p = tmp_path / "big.jsonl"
     _write_jsonl(p, [_rec(i) for i in range(250)])
     db = tmp_path / "store.duckdb"

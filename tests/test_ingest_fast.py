@@ -173,3 +173,71 @@ def test_eligible_types(typ, ok):
     assert eligible(s) is ok
     assert not eligible(pa.schema([*s, ("custom", pa.string())]))
     assert not eligible(pa.schema([*s, ("messages", pa.string())]))
+
+
+def _jsonl(path, recs, sep=b"\n", gz=False):
+    import gzip
+
+    import orjson
+
+    body = b"".join(orjson.dumps(r) + sep for r in recs)
+    path.write_bytes(gzip.compress(body) if gz else body)
+    return path
+
+
+def test_jsonl_fast_path_matches_row_path(tmp_path, monkeypatch):
+    """Clean canonical JSONL goes through Arrow and the same SQL as Parquet; the store,
+    quarantine and counts equal the row path's. Files it does not vouch for (an unknown
+    field, a blank line, two objects on a line) are read by the row path whole."""
+    rows = _rows()
+    ints = [{"request_id": 1001 + i, "ts": ts, "account_id": 7, "model": "m",
+             "prompt": p, "status": st}
+            for i, (ts, p, st) in enumerate([(1_762_000_000, "a", 200),
+                                             (1_762_000_000_123, "b", 429),
+                                             (1_762_000_000_123_456, "c", None), (5, "d", 200),
+                                             (None, "e", 200)])]
+    extra = [{"request_id": "z1", "ts": "2026-11-01T00:00:00Z", "account_id": "a",
+              "model": "m", "prompt": "q", "custom": 3}]
+    tail = [{**r, "request_id": f"t{i}"} for i, r in enumerate(rows[:6])]
+    paths = [
+        _jsonl(tmp_path / "a.jsonl.gz", rows, gz=True),
+        _jsonl(tmp_path / "b.jsonl", ints),
+        _jsonl(tmp_path / "c.jsonl", extra),                          # unknown field
+        _jsonl(tmp_path / "d.jsonl", tail[:3], sep=b"\n\n"),          # blank lines
+        _jsonl(tmp_path / "e.jsonl", tail[3:], sep=b"\r\n"),          # CRLF
+    ]
+    two = tmp_path / "f.jsonl"                                         # two objects a line
+    two.write_bytes(b'{"request_id":"w1","ts":"2026-11-01T00:00:00Z","account_id":"a",'
+                    b'"model":"m","prompt":"q"} {"request_id":"w2"}\n')
+    paths.append(two)
+    con_f, rep_f, rep2_f, calls_f = _ingest(paths, monkeypatch, True, tmp_path, "fast")
+    con_r, rep_r, rep2_r, calls_r = _ingest(paths, monkeypatch, False, tmp_path, "row")
+    assert calls_f[:6] == [True, True, False, False, True, False] and not any(calls_r)
+    fast, row = _snapshot(con_f), _snapshot(con_r)
+    for x, y in zip(fast[0], row[0], strict=True):
+        assert x == y
+    assert fast[1:] == row[1:]
+    assert fast == row and len(fast[0]) > 30
+    for a, b in ((rep_f, rep_r), (rep2_f, rep2_r)):
+        assert [(f.rows_ok, f.rows_bad, f.rows_dup) for f in a.files] == \
+               [(f.rows_ok, f.rows_bad, f.rows_dup) for f in b.files]
+    assert sorted((tmp_path / "fast.jsonl").read_text().splitlines()) == \
+           sorted((tmp_path / "row.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("body,lines", [
+    (b'{"a":1}\n{"b":2}\n', 2), (b'{"a":1}\n{"b":2}', 2), (b'{"a":1}\r\n', 1), (b"", 0)])
+def test_check_lines_counts_clean_lines(body, lines):
+    from distillguard.ingest.fast import _check_lines
+
+    assert _check_lines(body, 100) == lines
+
+
+@pytest.mark.parametrize("body", [b'{"a":1}\n\n', b' {"a":1}\n', b'{"a":1} \n', b'{"a":\n1}\n',
+                                  b'[1]\n', b'{"a":"' + b"x" * 200 + b'"}\n', b'{"a":1}\r'
+                                  b'\r\n'])
+def test_check_lines_rejects(body):
+    from distillguard.ingest.fast import _check_lines, _NotClean
+
+    with pytest.raises(_NotClean):
+        _check_lines(body, 100)

@@ -127,3 +127,34 @@ def test_worker_processes_give_the_same_signals(cfg):
         out.append(con.sql("SELECT * FROM signals ORDER BY request_id").pl())
     assert out[0].equals(out[1])
     assert out[0]["template_size"][:60].min() == 60
+
+
+def test_rule_set_equals_the_shared_sql_definition(cfg):
+    """compute_signals matches the rules with one RE2 set per batch (inline and in worker
+    processes); its flags and capability equal signals_sql's regexp_matches column for
+    column, on real prompts, every phrasing above, system prompts, tools, NULLs, newlines,
+    non-ASCII case folding and texts past the scan window."""
+    from distillguard.signals import compute_signals
+
+    texts = ([r["text"] for r in REAL] + COT + RUBRIC + CENSOR
+             + ["Use the available tools to run the tests.", "", None, "x\nREASONING\n",
+                "ΣΚΈΨΟΥ ΒΉΜΑ ΠΡΟΣ ΒΉΜΑ", "Write a Python function. " * 400 + COT[0],
+                COT[1] + " " + "filler " * 2000, "ＣＨＡＩＮ ＯＦ ＴＨＯＵＧＨＴ"])
+    rows = [(f"{i:06d}", t, None if i % 5 else COT[i % len(COT)], i % 7 == 3)
+            for i, t in enumerate(texts)]
+    names = ["cot_elicit", "rubric_grading", "censorship_safe", "capability"]
+    want = None
+    for kw in ({}, {"batch_rows": 11, "parallel_min_rows": 1}):
+        con = connect(None)
+        con.executemany(
+            "INSERT INTO requests (request_id, ts, account_id, model, prompt, system, "
+            "n_tools) VALUES (?, TIMESTAMP '2026-01-01', 'a', 'm', ?, ?, "
+            "CASE WHEN ? THEN 2 ELSE 0 END)", rows)
+        if want is None:
+            want = con.sql(signals_sql(cfg) + " ORDER BY request_id").pl().select(
+                "request_id", *names)
+        compute_signals(con, cfg, **kw)
+        got = con.sql("SELECT request_id, " + ", ".join(names)
+                      + " FROM signals ORDER BY request_id").pl()
+        assert got.equals(want), kw
+    assert want["cot_elicit"].sum() > 10 and want["capability"].n_unique() >= 4

@@ -506,11 +506,22 @@ def perf(
     seed: Annotated[int, typer.Option()] = 7,
     keep: Annotated[bool, typer.Option(help="Keep generated logs and stores")] = False,
     profile: Annotated[bool, typer.Option(help="cProfile each detection run")] = False,
+    formats: Annotated[str, typer.Option(
+        help="Comma-separated input formats: parquet, jsonl.gz (the same traffic as "
+        "gzipped canonical JSONL)")] = "parquet",
+    floor: Annotated[bool, typer.Option(
+        help="Also time the floor query (read every column, md5 each request's message "
+        "text, count distinct digests per account) on the same files")] = True,
 ) -> None:
-    """Scaling benchmark: generate traffic at each size, detect, print per-stage figures."""
+    """Scaling benchmark: generate traffic at each size, detect, print per-stage figures
+    and detection against the floor per input format."""
     from distillguard.bench.perf import perf as _perf
 
-    _perf([float(s) for s in sizes.split(",")], out, seed, keep=keep, profile=profile)
+    try:
+        _perf([float(s) for s in sizes.split(",")], out, seed, keep=keep, profile=profile,
+              formats=[f.strip() for f in formats.split(",") if f.strip()], floor=floor)
+    except ValueError as exc:
+        _fail(exc)
 
 
 def _missing_extra(name: str, extra: str, exc: ImportError) -> None:

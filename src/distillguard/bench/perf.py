@@ -16,7 +16,15 @@ with a file-backed store. Per stage: wall seconds, requests per second, peak RSS
 the fitted growth exponent of time vs size (least squares on log-log). Results go to
 ``perf.json`` and ``perf.md`` in ``out_dir``.
 
-Run: ``python -m distillguard.bench.perf perf-out --sizes 1e6,4e6,16e6 --seed 7``
+Beside each detection run, in the same ``perf`` run and on the same files, the *floor*: one
+DuckDB query that reads every column detection reads, takes md5 of every request's message
+text and counts distinct digests per account (:func:`floor_sql`), in its own fresh process
+with the same DuckDB limits. Detection is reported as a multiple of it. ``formats`` adds
+the same traffic as gzipped canonical JSONL (``jsonl.gz``, written from the Parquet by
+DuckDB): detection from it, and ingest against the ``read_json`` floor on the same files.
+
+Run: ``python -m distillguard.bench.perf perf-out --sizes 1e6,4e6,16e6 --seed 7
+--formats parquet,jsonl.gz``
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import threading
 import time
@@ -409,12 +418,96 @@ def run_detect(files: Sequence[Path], db: Path, profile: Path | None = None) -> 
     """Detect in a fresh process (spawned, so its memory is its own)."""
     for p in (db, Path(str(db) + ".wal")):
         p.unlink(missing_ok=True)
+    return _in_child(_detect_one, [str(f) for f in files], str(db),
+                     str(profile) if profile else None)
+
+
+FORMATS = ("parquet", "jsonl.gz")
+
+
+def write_jsonl(parquet_files: Sequence[Path], out_dir: Path) -> list[Path]:
+    """The same requests as gzipped canonical JSONL, one file per Parquet file, in row
+    order (DuckDB's JSON writer: columnar, and ``messages`` stays a list of objects)."""
+    import duckdb
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    files = []
+    try:
+        for f in parquet_files:
+            dst = out_dir / (f.name.removesuffix(".parquet") + ".jsonl.gz")
+            con.execute(f"COPY (SELECT * FROM read_parquet({_lit(str(f))})) TO {_lit(str(dst))} "
+                        "(FORMAT json, COMPRESSION gzip)")
+            files.append(dst)
+    finally:
+        con.close()
+    return files
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def reader_sql(files: Sequence[Path], fmt: str) -> str:
+    """DuckDB table function reading ``files`` as stored in format ``fmt``."""
+    lst = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    if fmt == "parquet":
+        return f"read_parquet({lst})"
+    return f"read_json({lst}, format = 'newline_delimited')"
+
+
+def floor_sql(con: Any, files: Sequence[Path], fmt: str) -> str:
+    """The floor query: every column read, md5 of each request's message text, distinct
+    digests counted per account. Any detector reading these logs pays at least this."""
+    src = reader_sql(files, fmt)
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+    rest = [f'"{c}"' for c in cols if c not in ("account_id", "messages")]
+    text = ("array_to_string(list_transform(messages, lambda m: m.content), chr(10))"
+            if "messages" in cols else "prompt")
+    return f"""
+SELECT count(*) AS accounts, sum(n) AS digests, bit_xor(h) AS h FROM (
+  SELECT account_id, count(DISTINCT md5({text})) AS n, bit_xor(hash({", ".join(rest)})) AS h
+  FROM {src} GROUP BY account_id)
+"""
+
+
+def _floor_one(files: list[str], fmt: str, q: Any) -> None:
+    """Child process: time the floor query; puts wall and CPU seconds on ``q``."""
+    try:
+        from distillguard.store import connect
+
+        con = connect(None)      # the store's DuckDB limits (memory, threads, temp dir)
+        cpu0 = _cpu_seconds()
+        t0 = time.perf_counter()
+        row = con.execute(floor_sql(con, [Path(f) for f in files], fmt)).fetchone()
+        q.put({"floor_s": time.perf_counter() - t0, "floor_cpu_s": _cpu_seconds() - cpu0,
+               "floor_accounts": int(row[0]), "floor_digests": int(row[1])})
+    except BaseException as exc:  # pragma: no cover - reported by the parent
+        q.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_floor(files: Sequence[Path], fmt: str) -> dict[str, Any]:
+    """The floor query on ``files`` in a fresh process (as detection runs)."""
+    return _in_child(_floor_one, [str(f) for f in files], fmt)
+
+
+def _in_child(target: Any, *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_detect_one, args=([str(f) for f in files], str(db),
-                                                  str(profile) if profile else None, q))
+    proc = ctx.Process(target=target, args=(*args, q))
     proc.start()
-    out = q.get()
+    while True:      # a child that dies without answering (killed, OOM) must not hang us
+        try:
+            out = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                try:
+                    out = q.get_nowait()
+                    break
+                except queue.Empty:
+                    raise RuntimeError(f"{target.__name__} exited with code "
+                                       f"{proc.exitcode} and no result") from None
     proc.join()
     if "error" in out:
         raise RuntimeError(out["error"])
@@ -431,10 +524,11 @@ def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float |
     return float(np.polyfit(x, y, 1)[0])
 
 
-def _fmt_markdown(results: list[dict[str, Any]], exps: dict[str, float | None]) -> str:
+def _fmt_markdown(results: list[dict[str, Any]], exps: dict[str, float | None],
+                  floors: dict[str, dict[str, float | None]] | None = None) -> str:
     gb = 1 << 30
-    lines = ["| requests | accounts | stage | seconds | CPU seconds | requests/s | "
-             "peak RSS (GB) |", "|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| requests | format | accounts | stage | seconds | CPU seconds | requests/s | "
+             "peak RSS (GB) |", "|---:|---|---:|---|---:|---:|---:|---:|"]
     for r in results:
         cpu = r.get("cpu_s", {})
         subs = [k for k in r["timings"] if "." in k]
@@ -442,25 +536,50 @@ def _fmt_markdown(results: list[dict[str, Any]], exps: dict[str, float | None]) 
             sec = r["total_s"] if st == "total" else r["timings"].get(st, 0.0)
             rss = r["overall_peak_rss"] if st == "total" else r["peak_rss"].get(st, 0)
             c = sum(cpu.get(x, 0.0) for x in STAGES) if st == "total" else cpu.get(st)
-            lines.append(f"| {r['n']:,} | {r['accounts']:,} | {st} | {sec:.1f} | "
-                         f"{'–' if c is None else f'{c:.1f}'} | "
+            lines.append(f"| {r['n']:,} | {r.get('format', 'parquet')} | {r['accounts']:,} | "
+                         f"{st} | {sec:.1f} | {'–' if c is None else f'{c:.1f}'} | "
                          f"{r['n'] / sec if sec else 0:,.0f} | "
                          f"{'–' if st in subs else f'{rss / gb:.2f}'} |")
+    lines += ["", "Detection against the floor (one DuckDB query: every column read, md5 of "
+              "each request's message text, distinct digests per account), same files, "
+              "same run; wall seconds (CPU seconds):", "",
+              "| requests | format | detection | floor | detection / floor | ingest | "
+              "ingest / floor | load avg |", "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        if "floor_s" not in r:
+            continue
+        cpu = r.get("cpu_s", {})
+        tot_cpu = sum(cpu.get(x, 0.0) for x in STAGES)
+        ing = r["timings"].get("ingest", 0.0)
+        la = r.get("load_avg") or ()
+        lines.append(
+            f"| {r['n']:,} | {r['format']} | {r['total_s']:.1f} ({tot_cpu:.1f}) | "
+            f"{r['floor_s']:.1f} ({r['floor_cpu_s']:.1f}) | {r['total_s'] / r['floor_s']:.1f}x | "
+            f"{ing:.1f} ({cpu.get('ingest', 0.0):.1f}) | {ing / r['floor_s']:.2f}x | "
+            f"{' '.join(f'{x:.1f}' for x in la)} |")
     lines += ["", "| stage | growth exponent (time ~ size^k) |", "|---|---:|"]
     for st, k in exps.items():
         lines.append(f"| {st} | {'n/a' if k is None else f'{k:.2f}'} |")
+    for fmt, e in (floors or {}).items():
+        k = e.get("floor")
+        lines.append(f"| floor ({fmt}) | {'n/a' if k is None else f'{k:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 
 def perf(sizes: Sequence[float] = (1e6, 4e6, 16e6), out_dir: str | Path = "perf-out",
-         seed: int = 7, *, keep: bool = False, profile: bool = False) -> dict[str, Any]:
-    """Generate traffic at each size, run detection, print and write the scaling table."""
+         seed: int = 7, *, keep: bool = False, profile: bool = False,
+         formats: Sequence[str] = ("parquet",), floor: bool = True) -> dict[str, Any]:
+    """Generate traffic at each size, run detection (and the floor) per input format,
+    print and write the scaling table."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # DuckDB's default is 80% of RAM; cap it so the run stays out of core (spilling) well
     # below the 8 GB budget. The detection child inherits the environment.
     os.environ.setdefault("DISTILLGUARD_MEMORY_LIMIT", "4GB")
-    results = []
+    results: list[dict[str, Any]] = []
     for size in sizes:
         n = int(size)
         d = out / f"n{n}"
@@ -470,35 +589,72 @@ def perf(sizes: Sequence[float] = (1e6, 4e6, 16e6), out_dir: str | Path = "perf-
         size_mb = sum(f.stat().st_size for f in files) / 1e6
         print(f"[perf] generated {n:,} requests in {gen_s:.1f}s ({size_mb:,.0f} MB parquet)",
               flush=True)
-        r = run_detect(files, d / "store.duckdb", (d / "profile.pstats") if profile else None)
-        r.update(n=n, generate_s=gen_s, parquet_mb=size_mb)
-        results.append(r)
-        for st in (*STAGES, *(k for k in r["timings"] if "." in k)):
-            sec = r["timings"].get(st, 0.0)
-            # CPU and peak RSS are sampled per stage only, not per sub-stage
-            cpu = f" (CPU {r['cpu_s'][st]:7.1f}s)" if st in r["cpu_s"] else " " * 16
-            peak = (f" peak {r['peak_rss'][st] / (1 << 30):.2f} GB"
-                    if st in r["peak_rss"] else "")
-            print(f"[perf] n={n:,} {st:18s} {sec:8.1f}s{cpu} "
-                  f"{n / sec if sec else 0:12,.0f} req/s{peak}", flush=True)
-        print(f"[perf] n={n:,} total     {r['total_s']:8.1f}s  overall peak "
-              f"{r['overall_peak_rss'] / (1 << 30):.2f} GB  accounts={r['accounts']:,} "
-              f"flagged={r['flagged']:,} campaigns={r['campaigns']}", flush=True)
+        for fmt in formats:
+            fmt_files, conv_s = files, 0.0
+            if fmt == "jsonl.gz":
+                t0 = time.perf_counter()
+                fmt_files = write_jsonl(files, d / "jsonl")
+                conv_s = time.perf_counter() - t0
+                mb = sum(f.stat().st_size for f in fmt_files) / 1e6
+                print(f"[perf] wrote {n:,} requests as gzipped JSONL in {conv_s:.1f}s "
+                      f"({mb:,.0f} MB)", flush=True)
+            fl = run_floor(fmt_files, fmt) if floor else {}
+            if fl:
+                print(f"[perf] n={n:,} {fmt:8s} floor {fl['floor_s']:8.1f}s "
+                      f"(CPU {fl['floor_cpu_s']:7.1f}s)", flush=True)
+            r = run_detect(fmt_files, d / "store.duckdb",
+                           (d / f"profile-{fmt}.pstats") if profile else None)
+            r.update(n=n, format=fmt, generate_s=gen_s + conv_s, parquet_mb=size_mb,
+                     input_mb=sum(f.stat().st_size for f in fmt_files) / 1e6, **fl)
+            results.append(r)
+            _print_run(r)
+            for p in d.glob("store.duckdb*"):
+                if not keep:
+                    p.unlink()
+            (out / "perf.json").write_text(json.dumps({"seed": seed, "results": results},
+                                                      indent=2))
         if not keep:
             shutil.rmtree(d / "logs", ignore_errors=True)
-            for p in d.glob("store.duckdb*"):
-                p.unlink()
-        (out / "perf.json").write_text(json.dumps({"seed": seed, "results": results}, indent=2))
-    ns = [r["n"] for r in results]
-    exps = {st: growth_exponent(ns, [r["timings"].get(st, 0.0) for r in results])
-            for st in STAGES}
-    exps["total"] = growth_exponent(ns, [r["total_s"] for r in results])
-    md = _fmt_markdown(results, exps)
-    (out / "perf.json").write_text(json.dumps({"seed": seed, "results": results,
-                                               "growth_exponent": exps}, indent=2))
+            shutil.rmtree(d / "jsonl", ignore_errors=True)
+    exps: dict[str, float | None] = {}
+    by_fmt: dict[str, dict[str, float | None]] = {}
+    for fmt in formats:
+        rs = [r for r in results if r["format"] == fmt]
+        ns = [r["n"] for r in rs]
+        e = {st: growth_exponent(ns, [r["timings"].get(st, 0.0) for r in rs]) for st in STAGES}
+        e["total"] = growth_exponent(ns, [r["total_s"] for r in rs])
+        if floor:
+            e["floor"] = growth_exponent(ns, [r["floor_s"] for r in rs])
+        by_fmt[fmt] = e
+        if fmt == formats[0]:
+            exps = {k: v for k, v in e.items() if k != "floor"}
+    md = _fmt_markdown(results, exps, {f: {"floor": e.get("floor")} for f, e in by_fmt.items()})
+    (out / "perf.json").write_text(json.dumps({"seed": seed, "formats": list(formats),
+                                               "results": results, "growth_exponent": exps,
+                                               "growth_exponent_by_format": by_fmt},
+                                              indent=2))
     (out / "perf.md").write_text(md)
     print(md, flush=True)
-    return {"results": results, "growth_exponent": exps}
+    return {"results": results, "growth_exponent": exps, "growth_exponent_by_format": by_fmt}
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    n, fmt = r["n"], r["format"]
+    for st in (*STAGES, *(k for k in r["timings"] if "." in k)):
+        sec = r["timings"].get(st, 0.0)
+        # CPU and peak RSS are sampled per stage only, not per sub-stage
+        cpu = f" (CPU {r['cpu_s'][st]:7.1f}s)" if st in r["cpu_s"] else " " * 16
+        peak = (f" peak {r['peak_rss'][st] / (1 << 30):.2f} GB"
+                if st in r["peak_rss"] else "")
+        print(f"[perf] n={n:,} {fmt:8s} {st:18s} {sec:8.1f}s{cpu} "
+              f"{n / sec if sec else 0:12,.0f} req/s{peak}", flush=True)
+    print(f"[perf] n={n:,} {fmt:8s} total     {r['total_s']:8.1f}s  overall peak "
+          f"{r['overall_peak_rss'] / (1 << 30):.2f} GB  accounts={r['accounts']:,} "
+          f"flagged={r['flagged']:,} campaigns={r['campaigns']}", flush=True)
+    if "floor_s" in r:
+        print(f"[perf] n={n:,} {fmt:8s} detection / floor {r['total_s'] / r['floor_s']:.2f}x, "
+              f"ingest / floor {r['timings'].get('ingest', 0.0) / r['floor_s']:.2f}x",
+              flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -507,10 +663,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--sizes", default="1e6,4e6,16e6")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep generated logs and stores")
-    ap.add_argument("--profile", action="store_true", help="cProfile each run (profile.pstats)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile each run (profile-FORMAT.pstats)")
+    ap.add_argument("--formats", default="parquet",
+                    help=f"comma-separated input formats, of {', '.join(FORMATS)}")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor query")
     a = ap.parse_args(argv)
     perf([float(s) for s in a.sizes.split(",")], a.out_dir, a.seed, keep=a.keep,
-         profile=a.profile)
+         profile=a.profile, formats=a.formats.split(","), floor=not a.no_floor)
 
 
 if __name__ == "__main__":

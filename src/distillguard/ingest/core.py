@@ -215,7 +215,8 @@ def ingest_files(
                     rows.clear()
                 quarantine.flush()
 
-            # Canonical Parquet: columnar fast path (same rows and reasons); else row by row.
+            # Canonical Parquet or clean JSONL: columnar fast path (same rows and reasons);
+            # else row by row.
             fast = None if strict or file_fmt != "canonical" else ingest_parquet_fast(
                 path, con, limits, bad, insert, on_progress)
             if fast is not None:

@@ -1,4 +1,5 @@
-"""Columnar fast path for canonical Parquet: validate and flatten in DuckDB, not per row.
+"""Columnar fast path for canonical Parquet and JSONL: validate and flatten in DuckDB, not per
+row.
 
 The row path (``reader`` → ``normalize``) costs ~50-100 µs per request in Python. Here one
 SQL statement per file reads the Parquet columns, flattens ``messages`` (last user turn →
@@ -16,21 +17,43 @@ A file whose schema the fast path does not cover (unknown columns, which go to `
 float or boolean fields; ``messages`` as JSON text or with content-part lists) returns
 ``None`` and is ingested by the row path unchanged. Duplicates: the first occurrence of a
 ``request_id`` in file order wins, and ids already stored are skipped (as in the row path).
+
+Canonical JSONL(.gz) is parsed by Arrow's JSON reader against an explicit schema (the known
+fields, ``messages`` as a list of role/content objects) and the file is left to the row
+path on anything else: an unknown top-level field, a value of another type (content parts,
+a float token count), a duplicate key, a lone surrogate, invalid UTF-8. Ids, timestamps and
+the string-or-integer fields are integers when the first block has them so. Before Arrow
+sees a block of whole lines, numpy checks it: every line is one object (``{`` first, ``}``
+last), none is longer than ``max_line_bytes``, and the rows read equal the lines, so row
+*i* is line *i*. A file that fails any of this is read by the row path, whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from distillguard.ingest.normalize import RowError, normalize
-from distillguard.ingest.reader import _decode_nested, file_kind
+from distillguard.ingest.reader import (
+    _BOM,
+    _CHUNK,
+    LineError,
+    _bounded_lines,
+    _decode_nested,
+    _gunzip_chunks,
+    _open_bytes,
+    _parse_lines,
+    file_kind,
+)
 from distillguard.schema import KNOWN_FIELDS, STORE_COLUMNS
 from distillguard.store import scalar
 
@@ -114,8 +137,15 @@ def _ts_sql(col: str, typ: pa.DataType) -> tuple[str, str]:
     return val, ok
 
 
-def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int]) -> str:
-    """SELECT over the file: every store column, ``line`` (1-based) and ``fast``."""
+def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
+              source: str | None = None, empty_is_slow: bool = False) -> str:
+    """SELECT over the file: every store column, ``line`` (1-based) and ``fast``.
+
+    ``source``: a relation with the file's columns and a 0-based ``file_row_number``
+    (default: ``read_parquet`` of ``path``). ``empty_is_slow``: a row with an empty string
+    in a top-level field is left to the row path (JSONL: the Parquet row reader drops empty
+    fields before ``normalize``, the JSONL one hands them on, and ``normalize`` keeps some
+    and rejects others)."""
     types = {f.name: f.type for f in schema}
     max_id, short = int(limits["max_id_chars"]), int(limits["max_field_chars"])
     max_prompt, reject = int(limits["max_prompt_chars"]), int(limits["max_prompt_chars_reject"])
@@ -230,6 +260,9 @@ def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int]) -> str:
     }
     assert tuple(store) == STORE_COLUMNS
     conds.append(f"length(_prompt) <= {reject}")
+    if empty_is_slow:
+        conds += [f'("{f.name}" IS NULL OR "{f.name}" <> \'\')' for f in schema
+                  if _is_str(f.type)]
     fast = " AND ".join(f"coalesce({c}, false)" for c in conds)
     cols = ",\n  ".join(f"{v} AS {k}" for k, v in store.items())
     return f"""
@@ -238,7 +271,7 @@ SELECT {cols},
   {fast} AS fast
 FROM (
   SELECT *, file_row_number + 1 AS _line, {ts_val} AS _ts, {prompt_full} AS _prompt
-  FROM read_parquet({_lit(str(path))}, file_row_number = true)
+  FROM {source or f"read_parquet({_lit(str(path))}, file_row_number = true)"}
 )
 """
 
@@ -253,12 +286,16 @@ def ingest_parquet_fast(
     insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int] | None:
-    """Ingest one canonical Parquet file; (inserted, duplicates), or None if not eligible.
+    """Ingest one canonical Parquet or JSONL file; (inserted, duplicates), or None if the
+    fast path does not take it (the caller then reads it row by row).
 
     ``bad(line, reason, raw)`` quarantines a row; ``insert_rows`` inserts row-path store rows
     (for the rows the SQL left to ``normalize``).
     """
-    if file_kind(path) != "parquet":
+    kind = file_kind(path)
+    if kind == "jsonl":
+        return ingest_jsonl_fast(path, con, limits, bad, insert_rows, on_progress)
+    if kind != "parquet":
         return None
     try:
         schema = pq.read_schema(path)
@@ -268,6 +305,15 @@ def ingest_parquet_fast(
         return None
     sql = build_sql(path, schema, limits)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {sql}")
+    return _store_fast(path, con, limits, bad, insert_rows, on_progress, _row_path)
+
+
+def _store_fast(path: Path, con: duckdb.DuckDBPyConnection, limits: dict[str, int],
+                bad: Callable[[int, str, Any], None],
+                insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
+                on_progress: Callable[[int], None] | None, row_path: Callable[..., tuple[int, int]]
+                ) -> tuple[int, int]:
+    """Insert the fast rows of the temp table ``_fast``; the rest go through ``row_path``."""
     try:
         cols = ", ".join(STORE_COLUMNS)
         con.execute("BEGIN TRANSACTION")
@@ -306,7 +352,7 @@ def ingest_parquet_fast(
     finally:
         con.execute("DROP TABLE IF EXISTS _fast")
     if slow:
-        ok, d = _row_path(path, con, slow, limits, bad, insert_rows)
+        ok, d = row_path(path, con, slow, limits, bad, insert_rows)
         inserted += ok
         dup += d
     return inserted, dup
@@ -338,6 +384,238 @@ def _row_path(path: Path, con: duckdb.DuckDBPyConnection, lines: list[int],
                 i, d = insert_rows(rows)
                 ok, dup, rows = ok + i, dup + d, []
         start = end
+    if rows:
+        i, d = insert_rows(rows)
+        ok, dup = ok + i, dup + d
+    return ok, dup
+
+
+# --------------------------------------------------------------------------- JSONL
+
+_MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_INT_FIELDS = ("input_tokens", "output_tokens")
+#: The canonical fields as the JSONL fast path reads them: strings, two integers and
+#: ``messages`` (``tools``, any JSON, is inferred; ids, timestamps and the string-or-integer
+#: fields may turn integer, see ``_jsonl_schema``).
+JSONL_SCHEMA = pa.schema(
+    [(f, _MSG if f == "messages" else pa.int64() if f in _INT_FIELDS else pa.string())
+     for f in sorted(KNOWN_FIELDS - {"tools"})])
+
+
+class _NotClean(Exception):
+    """The file holds a line the JSONL fast path does not vouch for."""
+
+
+_BLOCK = 8 << 20        # bytes of whole lines handed to Arrow's JSON parser at a time
+
+
+def _raw_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        if path.suffix.lower() == ".gz":
+            yield from _gunzip_chunks(fh)
+        else:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+
+
+def _check_lines(block: bytes, max_line_bytes: int) -> int:
+    """Number of lines in ``block`` (whole lines, the last one's newline optional) after
+    checking in numpy that each is one object (``{`` first, ``}`` last before an optional
+    CR) of at most ``max_line_bytes`` bytes with its newline, as the row path measures."""
+    a = np.frombuffer(block, dtype=np.uint8)
+    if a.size == 0:
+        return 0
+    nl = np.flatnonzero(a == 10)
+    if nl.size == 0 or nl[-1] != a.size - 1:
+        nl = np.append(nl, a.size)          # the file's last line, without a newline
+    starts = np.concatenate([[0], nl[:-1] + 1])
+    if (a[starts] != 123).any() or int(np.diff(np.concatenate([[-1], nl])).max()) > \
+            max_line_bytes:
+        raise _NotClean("a line that is not one object, or too long")
+    # Every line starts with '{', so its newline is at least one byte further on.
+    b1 = a[nl - 1]
+    cr = np.flatnonzero(b1 == 13)
+    if ((b1 != 125) & (b1 != 13)).any() or (cr.size and (a[nl[cr] - 2] != 125).any()):
+        raise _NotClean("a line that is not one object")
+    return int(nl.size)
+
+
+def _line_blocks(path: Path, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(block of whole lines, its line count), about ``_BLOCK`` bytes each, checked."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in _raw_chunks(path):
+        if not parts and size == 0 and chunk[:3] == _BOM[:len(chunk[:3])]:
+            raise _NotClean("byte-order mark")     # the row path strips it: it reads it
+        parts.append(chunk)
+        size += len(chunk)
+        if size < _BLOCK:
+            continue
+        buf = b"".join(parts)
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            if size > max_line_bytes:
+                raise _NotClean("a line over max_line_bytes")
+            parts = [buf]
+            continue
+        rest = buf[cut:]
+        parts, size = [rest], len(rest)
+        yield buf[:cut], _check_lines(buf[:cut], max_line_bytes)
+    if parts and (buf := b"".join(parts)):
+        yield buf, _check_lines(buf, max_line_bytes)
+
+
+def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``it`` run on a thread ``depth`` items ahead: decompression (zlib releases the GIL)
+    overlaps Arrow's parse and DuckDB's transform of the previous block."""
+    from queue import Queue
+    from threading import Event, Thread
+
+    q: Queue = Queue(depth)
+    stop = Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for x in it:
+                if stop.is_set():
+                    return
+                q.put((True, x))
+            q.put((True, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((False, exc))
+
+    th = Thread(target=run, daemon=True)
+    th.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is done:
+                return
+            yield x
+    finally:
+        stop.set()
+        while th.is_alive():        # unblock a producer waiting on a full queue
+            while not q.empty():
+                q.get_nowait()
+            th.join(0.05)
+
+
+def _jsonl_schema(block: bytes) -> pa.Schema:
+    """:data:`JSONL_SCHEMA`, with integer columns where the first block's ids, timestamps
+    and string-or-integer fields are integers (as the Parquet path takes them)."""
+    seen = pj.read_json(pa.py_buffer(block)).schema
+    flexible = {*_ID, *_STR_OR_INT, "ts", "account_created"}
+    return pa.schema([pa.field(f.name, pa.int64()) if f.name in flexible and
+                      f.name in seen.names and pa.types.is_integer(seen.field(f.name).type)
+                      else f for f in JSONL_SCHEMA])
+
+
+_TOOLS = pa.list_(pa.null())      # only the length of ``tools`` is read (``n_tools``)
+
+
+def _jsonl_batches(path: Path, max_line_bytes: int, out_schema: list[pa.Schema]
+                   ) -> Iterator[pa.RecordBatch]:
+    """Record batches of a clean JSONL file with its 0-based row number (= line - 1).
+
+    Arrow parses whole-line blocks synchronously (its threads never call back into Python);
+    a block that yields other than one row per line is not clean. Fields it was not told
+    of are inferred, then: a top-level one not in the canonical schema makes the file not
+    clean (the row path keeps it in ``extra``); ``tools`` becomes a list of nulls of the
+    same lengths and ``messages`` keeps role and content (what the SQL reads, as for
+    Parquet).
+    """
+    row = 0
+    parse: pj.ParseOptions | None = None
+    schema: pa.Schema | None = None
+    for block, n in _prefetch(_line_blocks(path, max_line_bytes)):
+        if parse is None:
+            parse = pj.ParseOptions(explicit_schema=_jsonl_schema(block),
+                                    unexpected_field_behavior="infer")
+            schema = parse.explicit_schema.append(pa.field("tools", _TOOLS))
+            out_schema.append(schema)
+        t = pj.read_json(pa.py_buffer(block), read_options=pj.ReadOptions(block_size=1 << 20),
+                         parse_options=parse)
+        if t.num_rows != n:
+            raise _NotClean("rows and lines differ")
+        if not set(t.schema.names) <= KNOWN_FIELDS:
+            raise _NotClean("unknown fields")
+        cols = {c: t.column(c) for c in schema.names if c in t.schema.names}
+        cols["messages"] = cols["messages"].cast(_MSG)     # extra message keys dropped
+        tools = t.column("tools").combine_chunks() if "tools" in cols else None
+        if tools is None:
+            cols["tools"] = pa.nulls(n, _TOOLS)
+        elif pa.types.is_list(tools.type):
+            off = tools.offsets
+            off = pc.subtract(off, off[0])
+            cols["tools"] = pa.ListArray.from_arrays(off, pa.nulls(int(off[-1].as_py())),
+                                                     mask=tools.is_null())
+        elif pa.types.is_null(tools.type):
+            cols["tools"] = pa.nulls(n, _TOOLS)
+        else:
+            raise _NotClean("tools is not a list")
+        t = pa.table([cols[c] for c in schema.names], schema=schema)
+        t = t.append_column("file_row_number",
+                            pa.array(np.arange(row, row + n, dtype=np.int64)))
+        row += n
+        yield from t.to_batches()
+
+
+def ingest_jsonl_fast(
+    path: Path, con: duckdb.DuckDBPyConnection, limits: dict[str, int],
+    bad: Callable[[int, str, Any], None],
+    insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[int, int] | None:
+    """:func:`ingest_parquet_fast` for canonical JSONL(.gz); None when the file is not clean
+    (see the module docstring), so the row path reads it."""
+    max_line = int(limits["max_line_bytes"])
+    try:
+        got: list[pa.Schema] = []
+        batches = _jsonl_batches(path, max_line, got)
+        first = next(batches, None)
+        if first is None:
+            return None                        # empty: the row path has nothing to say
+        schema = got[0].append(pa.field("file_row_number", pa.int64()))
+        con.register("_jsonl_in", pa.RecordBatchReader.from_batches(
+            schema, chain([first], batches)))
+        try:
+            sql = build_sql(path, schema, limits, source="_jsonl_in", empty_is_slow=True)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {sql}")
+        finally:
+            con.unregister("_jsonl_in")
+    except Exception:   # noqa: BLE001 - not clean (_NotClean, Arrow's parse errors, as
+        # DuckDB reports them mid-scan, damaged gzip): the row path reads the file and says
+        # what is wrong with which line.
+        con.execute("DROP TABLE IF EXISTS _fast")
+        return None
+    return _store_fast(path, con, limits, bad, insert_rows, on_progress, _jsonl_row_path)
+
+
+def _jsonl_row_path(path: Path, con: duckdb.DuckDBPyConnection, lines: list[int],
+                    limits: dict[str, int], bad: Callable[[int, str, Any], None],
+                    insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
+                    batch: int = 50_000) -> tuple[int, int]:
+    """The lines the SQL did not take, parsed and normalised exactly as the row path does."""
+    want = set(lines)
+    ok = dup = 0
+    rows: list[dict[str, Any]] = []
+    with _open_bytes(path) as fh:
+        picked = ((n, line) for n, line in _bounded_lines(fh, int(limits["max_line_bytes"]))
+                  if n in want)
+        for lineno, obj in _parse_lines(picked):
+            if isinstance(obj, LineError):
+                bad(lineno, obj.reason, obj.raw)
+                continue
+            try:
+                rows.append(normalize(obj, f"{path.name}:{lineno}", limits))
+            except RowError as exc:
+                bad(lineno, str(exc), obj)
+            if len(rows) >= batch:
+                i, d = insert_rows(rows)
+                ok, dup, rows = ok + i, dup + d, []
     if rows:
         i, d = insert_rows(rows)
         ok, dup = ok + i, dup + d

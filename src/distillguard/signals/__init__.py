@@ -16,8 +16,8 @@ from distillguard.config import Config
 from distillguard.retention import overlay_retained_signals
 from distillguard.signals._workers import TemplateKeyWorkers, batch_work
 from distillguard.signals.elicit_model import scan_probs
-from distillguard.signals.rules import FLAG_NAMES, load_rules
-from distillguard.signals.sql import signals_sql
+from distillguard.signals.rules import FLAG_NAMES, load_rules, rule_set
+from distillguard.signals.sql import signals_base_sql, signals_sql
 from distillguard.signals.templates import template_ids_sql
 from distillguard.store import scalar, table_exists
 
@@ -45,21 +45,27 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         overlay_retained_signals(con)     # pruned requests keep their signals
         return n
     t0 = time.perf_counter()
-    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_sql(cfg)}")
+    flags, caps = load_rules(cfg)
+    rules = (flags, caps)
+    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_base_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
     perms = int(cfg["signals"]["minhash_perms"])
     bands = int(cfg["signals"]["lsh_bands"])
     k = int(cfg["signals"]["skeleton_words"])
     kcols = [f"k{b}" for b in range(bands + 2)]      # MinHash bands, then head and tail keys
+    rcols = [*(r.name for r in flags), "capability"]
     # A temporary table: no WAL write per batch; DuckDB spills it past its memory limit.
     con.execute("CREATE OR REPLACE TEMP TABLE _tkeys (request_id VARCHAR, skeleton VARCHAR, "
-                + ", ".join(f"{c} BIGINT" for c in kcols) + ", elicit_p DOUBLE)")
+                + ", ".join(f"{c} BIGINT" for c in kcols) + ", elicit_p DOUBLE, "
+                + ", ".join(f"{r.name} BOOLEAN" for r in flags) + ", capability VARCHAR)")
 
-    def write(ids: pa.Array, skel: pa.Array, keys: np.ndarray, p: np.ndarray) -> None:
-        cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
-                for i, c in enumerate(kcols)}
+    def write(ids: pa.Array, skel: pa.Array, keys: np.ndarray, p: np.ndarray,
+              rule_cols: dict[str, pa.Array]) -> None:
+        kt = np.ascontiguousarray(keys.T).view(np.int64)    # one copy, then zero-copy rows
+        cols = {c: pa.array(kt[i]) for i, c in enumerate(kcols)}
         con.register("_tkeys_in", pa.table({"request_id": ids, "skeleton": skel, **cols,
-                                            "elicit_p": pa.array(p, pa.float64())}))
+                                            "elicit_p": pa.array(p, pa.float64()),
+                                            **{c: rule_cols[c] for c in rcols}}))
         try:
             con.execute("INSERT INTO _tkeys SELECT * FROM _tkeys_in")
         finally:
@@ -67,8 +73,9 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
 
     timings["signals.rules"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # The text work (skeletons in Polars, MinHash in rensa, which holds the GIL) runs in
-    # worker processes on big inputs, while this one reads batches and inserts results.
+    # The text work (skeletons in Polars, MinHash in rensa, which holds the GIL, the rule
+    # set) runs in worker processes on big inputs, while this one reads batches and
+    # inserts results.
     workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows else 0
     pool = TemplateKeyWorkers(workers) if workers else None
     # Inline, elicit_p runs on a thread beside the template keys: its numpy passes release
@@ -80,21 +87,23 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     def drain(limit: int) -> None:
         while len(pending) > limit:
             ids, res = pending.popleft()
-            skel, keys, _, p = res.result() if pool is not None else res
-            write(ids, skel, keys, p.result() if isinstance(p, Future) else p)
+            skel, keys, _, p, rule_cols = res.result() if pool is not None else res
+            write(ids, skel, keys, p.result() if isinstance(p, Future) else p, rule_cols)
 
     # The read streams on its own cursor: this connection inserts while it is open.
     cur = con.cursor()
     try:
-        reader = cur.sql("SELECT request_id, prompt_ends, scan FROM _signals_base"
+        reader = cur.sql("SELECT request_id, prompt_ends, scan, n_tools FROM _signals_base"
                          ).to_arrow_reader(batch_rows)
         for batch in reader:
-            args = (batch.column("prompt_ends"), done, k, perms, bands, batch.column("scan"))
+            scan, n_tools = batch.column("scan"), batch.column("n_tools")
+            args = (batch.column("prompt_ends"), done, k, perms, bands)
             if pool is not None:
-                res = pool.submit(*args)
+                res = pool.submit_call("signal_work", *args, scan, n_tools, rules)
             else:
-                fut = side.submit(scan_probs, args[-1])
-                res = (*batch_work(*args[:-1])[:3], fut)
+                fut = side.submit(scan_probs, scan)
+                res = (*batch_work(*args)[:3], fut, rule_set(*rules).evaluate(
+                    scan, n_tools.to_numpy(zero_copy_only=False)))
             pending.append((batch.column("request_id"), res))
             drain(2 * workers)
             done += batch.num_rows
@@ -111,11 +120,12 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     t0 = time.perf_counter()
     con.execute(f"""
         CREATE OR REPLACE TABLE signals AS
-        SELECT s.* EXCLUDE (prompt_ends, scan), t.skeleton,
-               't' || lower(hex(t.template_key)) AS template_id, t.template_size,
-               e.elicit_p
-        FROM _signals_base s JOIN ({template_ids_sql("_tkeys", len(kcols))}) t
-        USING (request_id) JOIN (SELECT request_id, elicit_p FROM _tkeys) e USING (request_id)
+        SELECT s.request_id, s.account_id, s.ts, s.model, {", ".join(f"t.{c}" for c in rcols)},
+               t.skeleton, 't' || lower(hex(t.template_key)) AS template_id, t.template_size,
+               t.elicit_p
+        FROM _signals_base s
+        JOIN ({template_ids_sql("_tkeys", len(kcols), [*rcols, "elicit_p"])}) t
+        USING (request_id)
     """)
     con.execute("DROP TABLE _tkeys")
     con.execute("DROP TABLE _signals_base")
@@ -184,12 +194,16 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     new = ("SELECT * FROM main.requests" if fresh else
            f"SELECT * FROM main.requests r ANTI JOIN {_CACHE} c USING (request_id)")
     con.execute(f"CREATE OR REPLACE TABLE _signals_base AS "
-                f"WITH requests AS ({new}) {signals_sql(cfg)}")
+                f"WITH requests AS ({new}) {signals_base_sql(cfg)}")
     n = scalar(con, "SELECT count(*) FROM _signals_base")
+    flags, caps = load_rules(cfg)
+    rules = rule_set(flags, caps)
     if fresh:
+        # The columns signals_sql gives (rules after model), then the batch step's.
         con.execute(f"DROP TABLE IF EXISTS {_CACHE}")
-        con.execute(f"CREATE TABLE {_CACHE} AS SELECT * EXCLUDE (prompt_ends, scan), "
-                    "''::VARCHAR AS skeleton, "
+        con.execute(f"CREATE TABLE {_CACHE} AS SELECT request_id, account_id, ts, model, "
+                    + "".join(f"NULL::BOOLEAN AS {r.name}, " for r in flags)
+                    + "NULL::VARCHAR AS capability, ''::VARCHAR AS skeleton, "
                     + ", ".join(f"0::BIGINT AS {c}" for c in kcols)
                     + ", 0.0::DOUBLE AS elicit_p FROM _signals_base LIMIT 0")
     timings["signals.rules"] = time.perf_counter() - t0
@@ -213,16 +227,17 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
             else:
                 skel, keys, _, p = batch_work(batch.column("prompt_ends"), offset, k, perms,
                                               bands, batch.column("scan"))
-            cols = {c: pa.array(np.ascontiguousarray(keys[:, i]).view(np.int64))
-                    for i, c in enumerate(kcols)}
-            tab = batch.drop_columns(["prompt_ends", "scan"])
-            tab = pa.Table.from_batches([tab]).append_column("skeleton", skel)
-            for c, arr in cols.items():
-                tab = tab.append_column(c, arr)
-            tab = tab.append_column("elicit_p", pa.array(p, pa.float64()))
+            rule_cols = rules.evaluate(batch.column("scan"),
+                                       batch.column("n_tools").to_numpy(zero_copy_only=False))
+            kt = np.ascontiguousarray(keys.T).view(np.int64)
+            tab = pa.table({**{c: batch.column(c) for c in ("request_id", "account_id", "ts",
+                                                             "model")},
+                            **rule_cols, "skeleton": skel,
+                            **{c: pa.array(kt[i]) for i, c in enumerate(kcols)},
+                            "elicit_p": pa.array(p, pa.float64())})
             con.register("_sig_new", tab)
             try:
-                con.execute(f"INSERT INTO {_CACHE} SELECT * FROM _sig_new")
+                con.execute(f"INSERT INTO {_CACHE} BY NAME SELECT * FROM _sig_new")
             finally:
                 con.unregister("_sig_new")
             offset += batch.num_rows

@@ -47,9 +47,29 @@ def batch_work(prompt_ends: Any, offset: int, k: int, perms: int, bands: int,
     return skel, keys, missing, (scan_probs(scan) if scan is not None else None)
 
 
+def signal_work(prompt_ends: Any, offset: int, k: int, perms: int, bands: int, scan: Any,
+                n_tools: Any, rules: tuple[list, list] | None = None
+                ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`batch_work` plus the rule columns (flags, ``capability``) of the batch.
+
+    ``rules``: (flag rules, capability rules) from ``load_rules``; the compiled set is
+    kept per process, so a worker compiles it once.
+    """
+    from distillguard.signals.rules import rule_set
+
+    skel, keys, missing, p = batch_work(prompt_ends, offset, k, perms, bands, scan)
+    cols = {} if rules is None else rule_set(*rules).evaluate(
+        scan, n_tools.to_numpy(zero_copy_only=False))
+    return skel, keys, missing, p, cols
+
+
+_CALLS = {"batch_work": batch_work, "signal_work": signal_work}
+
+
 class TemplateKeyWorkers:
     """``submit(prompt_ends, offset, k, perms, bands, scan)`` → Future of
-    ``batch_work(...)``."""
+    ``batch_work(...)``; ``submit_call("signal_work", *args)`` → Future of
+    ``signal_work(*args)``."""
 
     def __init__(self, n: int) -> None:
         self._idle: Queue = Queue()
@@ -74,7 +94,10 @@ class TemplateKeyWorkers:
 
     def submit(self, prompt_ends: Any, offset: int, k: int, perms: int, bands: int,
                scan: Any = None) -> Future:
-        return self._io.submit(self._call, (prompt_ends, offset, k, perms, bands, scan))
+        return self.submit_call("batch_work", prompt_ends, offset, k, perms, bands, scan)
+
+    def submit_call(self, name: str, *args: Any) -> Future:
+        return self._io.submit(self._call, (name, args))
 
     def close(self) -> None:
         self._io.shutdown(wait=True, cancel_futures=True)
@@ -100,7 +123,8 @@ def _serve() -> None:
         except EOFError:
             return
         try:
-            res: Any = batch_work(*args)
+            name, call_args = args
+            res: Any = _CALLS[name](*call_args)
         except Exception as exc:  # handed back to the caller
             res = exc
         _send(out, res)

@@ -12,7 +12,7 @@ largest bucket it falls in as its template id. Cost is linear in requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import chain
 
 import numpy as np
@@ -132,10 +132,11 @@ def exact_keys(texts: list[str | None], salt: int, offset: int = 0) -> np.ndarra
     return out
 
 
-def template_ids_sql(keys_table: str, width: int) -> str:
+def template_ids_sql(keys_table: str, width: int, carry: Sequence[str] = ()) -> str:
     """Template choice over a table with columns ``k0 .. k{width-1}``.
 
-    Yields ``request_id, skeleton, template_key, template_size``. Per band, only buckets of
+    Yields ``request_id, skeleton, template_key, template_size`` and the ``carry`` columns
+    of the keys table (so callers need not join it a second time). Per band, only buckets of
     two or more are counted (a key seen once has size 1), so each band's hash table holds the
     repeated keys only; the request's template is the largest bucket, ties to the lowest band.
     Runs in DuckDB, so memory stays bounded (it spills).
@@ -148,13 +149,15 @@ def template_ids_sql(keys_table: str, width: int) -> str:
     joins = "\n".join(f"LEFT JOIN sz{b} ON t.{k} = sz{b}.k" for b, k in enumerate(ks))
     best = f"greatest({', '.join(f'c{b}' for b in range(width))})"
     whens = " ".join(f"WHEN c{b} = {best} THEN {k}" for b, k in enumerate(ks))
+    extra = "".join(f", t.{c}" for c in carry)
+    out = "".join(f", {c}" for c in carry)
     return f"""
 WITH {sizes},
 sized AS (
-  SELECT t.request_id, t.skeleton, {', '.join(f't.{k}' for k in ks)}, {cols}
+  SELECT t.request_id, t.skeleton, {', '.join(f't.{k}' for k in ks)}, {cols}{extra}
   FROM {keys_table} t
   {joins}
 )
-SELECT request_id, skeleton, CASE {whens} END AS template_key, {best} AS template_size
+SELECT request_id, skeleton, CASE {whens} END AS template_key, {best} AS template_size{out}
 FROM sized
 """
