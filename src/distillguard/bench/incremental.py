@@ -9,9 +9,11 @@ fresh process with a file-backed store:
 
 1. ``base``: detect days 1..14 into a store (the store a provider has before today);
 2. ``incremental``: a copy of that store, detect day 15 into it (the default on re-run);
-3. ``full``: detect days 1..15 into a fresh store (what every run cost before).
+3. ``full``: detect days 1..15 into a fresh store, ``incremental=False`` (what every run
+   cost before);
+4. ``full_on_store``: a copy of 1, day 15 detected with ``full=True`` (``--full``).
 
-It also re-runs 2 with ``full=True`` (the same store, everything recomputed) and compares
+It compares
 the results of 2 with 3 (accounts.csv columns and the ``features`` table) and prints the
 ratio of wall and CPU seconds. Results go to ``incremental.json`` in ``out_dir``.
 
@@ -56,13 +58,13 @@ def generate_days(out_dir: str | Path, days: int, requests_per_day: int,
     return files
 
 
-def _run(files: list[str], db: str, out: str, full: bool, q: Any) -> None:
+def _run(files: list[str], db: str, out: str, how: str, q: Any) -> None:
     """Child process: one detection run; puts its figures on ``q``."""
     try:
         from distillguard.api import detect
 
         c0, t0 = _cpu_seconds(), time.perf_counter()
-        res = detect(files, out, db=db, full=full)
+        res = detect(files, out, db=db, full=how == "full", incremental=how != "once")
         q.put({"wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0,
                "timings": res.timings, "mode": res.mode, "accounts": res.accounts.height,
                "flagged": res.n_flagged, "campaigns": len(res.campaigns),
@@ -71,12 +73,16 @@ def _run(files: list[str], db: str, out: str, full: bool, q: Any) -> None:
         q.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_detect(files: Sequence[Path], db: Path, out: Path, *, full: bool = False
+def run_detect(files: Sequence[Path], db: Path, out: Path, how: str = "default"
                ) -> dict[str, Any]:
-    """Detect in a fresh (spawned) process, so one run's caches and memory are its own."""
+    """Detect in a fresh (spawned) process, so one run's caches and memory are its own.
+
+    ``how``: ``default`` (incremental on a store that has the state), ``full``
+    (``full=True``), ``once`` (``incremental=False``: what every run did before).
+    """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_run, args=([str(f) for f in files], str(db), str(out), full, q))
+    proc = ctx.Process(target=_run, args=([str(f) for f in files], str(db), str(out), how, q))
     proc.start()
     res = q.get()
     proc.join()
@@ -165,10 +171,10 @@ def bench(out_dir: str | Path = "incr-out", days: int = 14, requests_per_day: in
     show("base", run_detect(files[:-1], out / "base.duckdb", out / "base"))
     _copy_store(out / "base.duckdb", out / "incr.duckdb")
     show("incremental", run_detect(files[-1:], out / "incr.duckdb", out / "incr"))
-    show("full", run_detect(files, out / "full.duckdb", out / "full", full=True))
+    show("full", run_detect(files, out / "full.duckdb", out / "full", "once"))
     _copy_store(out / "base.duckdb", out / "refull.duckdb")
     show("full_on_store", run_detect(files[-1:], out / "refull.duckdb", out / "refull",
-                                     full=True))
+                                     "full"))
     same = compare_results(out / "incr", out / "incr.duckdb", out / "full", out / "full.duckdb")
     inc, full = runs["incremental"], runs["full"]
     summary = {

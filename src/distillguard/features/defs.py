@@ -155,6 +155,20 @@ ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED + PARTNER}
 GLOBAL_PARTS = ("windows", "ip_n", "card_n", "sys_r", "sys_a")
 
 
+def own_sql(cfg: Config, requests: str = "requests") -> str:
+    """The columns of ``_req`` that depend on the request alone (its text hashed, its
+    address's prefix, ...), plus the keys the global parts join on: ``own`` in
+    ``enriched_sql``, kept per request by incremental runs."""
+    return f"""SELECT r.request_id, r.account_id, r.ts, r.model, r.payment_fingerprint,
+       r.n_user_turns, r.context_chars, r.n_tools,
+       r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
+       r.account_created,
+       r.signup_channel, r.ip, r.api_key_id,
+       {ip_prefix_sql(cfg, "r.ip")} AS ip_prefix,
+       coalesce(md5(r.prompt), '-') AS prompt_hash  -- md5: same value on every engine
+FROM {requests} r"""
+
+
 def enriched_sql(cfg: Config, *, materialized: Mapping[str, str] | None = None,
                  accounts: str | None = None, request_id: bool = False) -> str:
     """``_req``: requests + signals + inter-arrival gap + new-model window flags.
@@ -164,14 +178,14 @@ def enriched_sql(cfg: Config, *, materialized: Mapping[str, str] | None = None,
     windows into disjoint ones (at most one match per request), and a request matches at most
     one window of its own model (``models`` has one row per model).
 
-    For incremental runs: ``materialized`` maps parts named in ``GLOBAL_PARTS`` to tables
-    already holding them (``global_part_sql``), ``accounts`` names a table of the accounts
-    whose rows to produce (every row of each, so the per-account gaps stay whole), and
-    ``request_id`` adds the request id (to tell later which rows changed).
+    For incremental runs: ``materialized`` maps ``own`` and parts named in ``GLOBAL_PARTS``
+    to tables already holding them (``own_sql``, ``global_part_sql``), ``accounts`` names a
+    table of the accounts whose rows to produce (every row of each, so the per-account gaps
+    stay whole), and ``request_id`` adds the request id (to tell later which rows changed).
     """
-    mat = dict(materialized or {})
     ctes = _enriched_ctes(cfg)
-    for name, table in mat.items():
+    ctes["own"] = own_sql(cfg)
+    for name, table in (materialized or {}).items():
         ctes[name] = f"SELECT * FROM {table}"
     elicit_thr = float(cfg["signals"]["elicit_model_threshold"])
     scope = (f"\nWHERE r.account_id IN (SELECT account_id FROM {accounts})" if accounts
@@ -179,18 +193,16 @@ def enriched_sql(cfg: Config, *, materialized: Mapping[str, str] | None = None,
     rid = "r.request_id, " if request_id else ""
     return "\nWITH " + ",\n".join(f"{k} AS ({v})" for k, v in ctes.items()) + f"""
 SELECT {rid}r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
-       r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
-       r.account_created,
-       r.signup_channel, r.ip, r.api_key_id,
-       {ip_prefix_sql(cfg, "r.ip")} AS ip_prefix,
+       r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
+       r.signup_channel, r.ip, r.api_key_id, r.ip_prefix,
        ip_n.n AS ip_accounts, card_n.n AS card_accounts, sys_n.n AS system_accounts,
-       coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
+       r.prompt_hash,
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
        p.s0 IS NOT NULL AS in_pivot_window,
        w.model IS NOT NULL AS on_new_model
-FROM requests r JOIN signals s USING (request_id)
+FROM own r JOIN signals s USING (request_id)
 LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
 LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
 LEFT JOIN ip_n ON r.ip = ip_n.ip

@@ -13,8 +13,9 @@ change only when one of its rows does. A row changes when
   timestamp) and its timestamp lies in an old or new window that differs.
 
 The parts of ``_req`` over all accounts (``defs.GLOBAL_PARTS``) are kept between runs, so
-each run compares them with their new values; only the system-prompt keys (a regex per
-request) are kept per request and computed for new requests only. The accounts found
+each run compares them with their new values. What depends on the request alone
+(``defs.own_sql``: its prompt hashed, its address's prefix, ...) and its system-prompt key are
+kept per request and computed for new requests only. The accounts found
 ("dirty") get all their ``_req`` rows rebuilt (their inter-arrival gaps need every row) and
 their features re-aggregated with the same SQL as a full run (``defs.features_sql``), so
 each account's row equals a full run's.
@@ -33,14 +34,17 @@ from distillguard.features.defs import (
     enriched_sql,
     features_sql,
     global_part_sql,
+    own_sql,
 )
 from distillguard.store import scalar, table_exists
 
 #: Tables an incremental run keeps: the global parts of ``_req`` and the features before
 #: partner indicators are joined in (``features`` itself is rebuilt from it every run).
 STATE = {name: f"_inc_{name}" for name in GLOBAL_PARTS}
+#: ``defs.own_sql`` of every request: the per-request part of ``_req`` (prompt hash, ...).
+OWN = "_inc_own"
 BASE = "_inc_features_base"
-STATE_TABLES = (*STATE.values(), BASE)
+STATE_TABLES = (*STATE.values(), OWN, BASE)
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
@@ -50,8 +54,9 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
         con.execute(f"CREATE OR REPLACE TABLE {STATE[name]} AS "
                     f"{global_part_sql(cfg, name, materialized=done)}")
         done[name] = STATE[name]
+    con.execute(f"CREATE OR REPLACE TABLE {OWN} AS {own_sql(cfg)}")
     con.execute("CREATE OR REPLACE TABLE _req AS "
-                f"{enriched_sql(cfg, materialized=STATE, request_id=True)}")
+                f"{enriched_sql(cfg, materialized={**STATE, 'own': OWN}, request_id=True)}")
     con.execute(f"CREATE OR REPLACE TABLE {BASE} AS {features_sql(cfg)}")
 
 
@@ -69,7 +74,9 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
                 "FROM requests ANTI JOIN _req USING (request_id)")
     con.execute(f"""INSERT INTO {STATE['sys_r']} BY NAME {global_part_sql(
         cfg, 'sys_r', requests='(SELECT * FROM requests SEMI JOIN _inc_new USING (request_id))')}""")
-    fresh = {"sys_r": STATE["sys_r"]}
+    con.execute(f"INSERT INTO {OWN} BY NAME "
+                f"{own_sql(cfg, '(SELECT * FROM requests SEMI JOIN _inc_new USING (request_id))')}")
+    fresh = {"sys_r": STATE["sys_r"], "own": OWN}
     for name in ("windows", "ip_n", "card_n", "sys_a"):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _inc_next_{name} AS "
                     f"{global_part_sql(cfg, name, materialized={'sys_r': STATE['sys_r']})}")
@@ -93,7 +100,7 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
           UNION ALL
           SELECT account_id FROM _req WHERE ip IN ({changed('ip_n', 'ip')})
           UNION ALL
-          SELECT account_id FROM requests
+          SELECT account_id FROM {OWN}
           WHERE payment_fingerprint IN ({changed('card_n', 'payment_fingerprint')})
           UNION ALL
           SELECT account_id FROM {STATE['sys_r']} WHERE sys_key IN ({changed('sys_a', 'sys_key')})
@@ -121,7 +128,7 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
 def forget_requests(con: duckdb.DuckDBPyConnection, ids_table: str) -> None:
     """Make the requests in ``ids_table`` new to the next :func:`update` (their text
     changed, e.g. pruned): their rows leave ``_req`` and the kept system-prompt keys."""
-    for t in ("_req", STATE["sys_r"]):
+    for t in ("_req", STATE["sys_r"], OWN):
         if table_exists(con, t):
             con.execute(f"DELETE FROM {t} WHERE request_id IN (SELECT request_id FROM "
                         f"{ids_table})")
