@@ -26,7 +26,8 @@ import distillguard
 from distillguard.config import Config
 from distillguard.features import incremental as feat_inc
 from distillguard.features.defs import enriched_sql, features_sql
-from distillguard.store import table_exists
+from distillguard.signals import template_counts
+from distillguard.store import scalar, table_exists
 
 META = "_incremental_meta"
 #: Request ids whose stored content changed since the last run (``retention.prune``): the
@@ -38,6 +39,7 @@ _SIGNAL_TABLES = ("_signals_cache", "_signals_cache_meta", "_signals_elicit_hint
 _DEFINING = ("features/defs.py", "features/incremental.py", "features/__init__.py",
              "signals/__init__.py", "signals/sql.py", "signals/rules.py",
              "signals/templates.py", "signals/_workers.py", "signals/elicit_model.py",
+             "signals/template_counts.py",
              "retention.py", "incremental.py")
 
 
@@ -71,15 +73,18 @@ def begin(con: duckdb.DuckDBPyConnection, cfg: Config, *, full: bool = False) ->
     from distillguard.signals import enable_incremental
 
     if valid:
-        if table_exists(con, CHANGED):
+        if table_exists(con, CHANGED) and scalar(con, f"SELECT count(*) FROM {CHANGED}"):
             con.execute("DELETE FROM _signals_cache WHERE request_id IN "
                         f"(SELECT request_id FROM {CHANGED})")
             feat_inc.forget_requests(con, CHANGED)
             con.execute(f"DELETE FROM {CHANGED}")
+            # Their template keys change: buckets shrink, so choose over every request.
+            template_counts.drop_state(con)
     else:
         drop(con)
     con.execute(f"CREATE TABLE IF NOT EXISTS {CHANGED} (request_id VARCHAR)")
     enable_incremental(con)
+    template_counts.enable(con)
     return "incremental" if valid else "full"
 
 
@@ -98,4 +103,5 @@ def invalidate(con: duckdb.DuckDBPyConnection) -> None:
 def drop(con: duckdb.DuckDBPyConnection) -> None:
     for t in (*_SIGNAL_TABLES, CHANGED):
         con.execute(f"DROP TABLE IF EXISTS {t}")
+    template_counts.drop_state(con, disable=True)
     feat_inc.drop(con)
