@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from distillguard.bench.perf import ACCOUNTS_AT_16M, _accounts, _chunk, _cpu_seconds, _Text
+from distillguard.bench.perf import (
+    ACCOUNTS_AT_16M,
+    _accounts,
+    _chunk,
+    _cpu_seconds,
+    _StageRSS,
+    _Text,
+)
 
 
 def generate_days(out_dir: str | Path, days: int, requests_per_day: int,
@@ -64,9 +71,12 @@ def _run(files: list[str], db: str, out: str, how: str, q: Any) -> None:
         from distillguard.api import detect
 
         c0, t0 = _cpu_seconds(), time.perf_counter()
-        res = detect(files, out, db=db, full=how == "full", incremental=how != "once")
+        with _StageRSS() as m:        # its progress hook takes CPU seconds per stage
+            res = detect(files, out, db=db, full=how == "full", incremental=how != "once",
+                         progress=m.progress)
         q.put({"wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0,
-               "timings": res.timings, "mode": res.mode, "accounts": res.accounts.height,
+               "timings": res.timings, "stage_cpu_s": m.cpu,
+               "features_recomputed": res.features_recomputed, "mode": res.mode, "accounts": res.accounts.height,
                "flagged": res.n_flagged, "campaigns": len(res.campaigns),
                "load_avg": os.getloadavg()})
     except BaseException as exc:  # pragma: no cover - reported by the parent
@@ -163,10 +173,12 @@ def bench(out_dir: str | Path = "incr-out", days: int = 14, requests_per_day: in
 
     def show(name: str, r: dict[str, Any]) -> None:
         runs[name] = r
-        stages = "  ".join(f"{k}={v:.1f}" for k, v in r["timings"].items() if "." not in k)
-        print(f"[incr] {name:12s} mode={r['mode']:11s} wall {r['wall_s']:7.1f}s  CPU "
-              f"{r['cpu_s']:7.1f}s  accounts={r['accounts']:,} flagged={r['flagged']:,}  "
-              f"[{stages}]", flush=True)
+        stages = "  ".join(f"{k}={v:.1f}/{r['stage_cpu_s'].get(k, 0):.1f}"
+                           for k, v in r["timings"].items() if "." not in k)
+        print(f"[incr] {name:13s} mode={r['mode']:11s} wall {r['wall_s']:7.1f}s  CPU "
+              f"{r['cpu_s']:7.1f}s  accounts={r['accounts']:,} (features redone "
+              f"{r['features_recomputed']:,}) flagged={r['flagged']:,}  "
+              f"[stage wall/CPU s: {stages}]", flush=True)
 
     show("base", run_detect(files[:-1], out / "base.duckdb", out / "base"))
     _copy_store(out / "base.duckdb", out / "incr.duckdb")
