@@ -14,14 +14,13 @@ change only when one of its rows does. A row changes when
 
 The parts of ``_req`` over all accounts (``defs.GLOBAL_PARTS``) are kept between runs, so
 each run compares them with their new values. What depends on the request alone
-(``defs.own_sql``: its prompt hashed, its address's prefix, ...) and its system-prompt key are
-kept per request and computed for new requests only. The accounts found
-("dirty") get all their ``_req`` rows rebuilt (their inter-arrival gaps need every row) and
-their features re-aggregated with the same SQL as a full run (``defs.features_sql``), so
-each account's row equals a full run's.
-
-``_req`` keeps, for accounts not rebuilt, the template size it was built with where that
-size moved but stayed on the same side of ``min_template_size``: no feature reads more.
+(``defs.own_sql``: its prompt hashed, its address's prefix, ...), its system-prompt key and
+what the features read of its template are kept per request and computed for new requests
+only. The accounts found ("dirty") get all their ``_req`` rows built (their inter-arrival
+gaps need every row) and their features aggregated with the same SQL as a full run
+(``defs.enriched_sql``, ``defs.features_sql``), so each account's row equals a full run's.
+``_req`` itself is a temporary table here: writing it to the store costs more than building
+it.
 """
 
 from __future__ import annotations
@@ -43,8 +42,11 @@ from distillguard.store import scalar, table_exists
 STATE = {name: f"_inc_{name}" for name in GLOBAL_PARTS}
 #: ``defs.own_sql`` of every request: the per-request part of ``_req`` (prompt hash, ...).
 OWN = "_inc_own"
+#: Per request, what of its template the features read: the id and whether the template
+#: reaches ``min_template_size``, as of the last run.
+TPL = "_inc_tpl"
 BASE = "_inc_features_base"
-STATE_TABLES = (*STATE.values(), OWN, BASE)
+STATE_TABLES = (*STATE.values(), OWN, TPL, BASE)
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
@@ -55,23 +57,28 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
                     f"{global_part_sql(cfg, name, materialized=done)}")
         done[name] = STATE[name]
     con.execute(f"CREATE OR REPLACE TABLE {OWN} AS {own_sql(cfg)}")
-    con.execute("CREATE OR REPLACE TABLE _req AS "
-                f"{enriched_sql(cfg, materialized={**STATE, 'own': OWN}, request_id=True)}")
+    m = int(cfg["features"]["min_template_size"])
+    con.execute(f"CREATE OR REPLACE TABLE {TPL} AS SELECT request_id, template_id, "
+                f"template_size >= {m} AS big FROM signals")
+    # _req is a working table here: the state above is what the next run compares with,
+    # so it is not written to the store file (writing it costs more than computing it).
+    con.execute("DROP TABLE IF EXISTS main._req")
+    con.execute("CREATE OR REPLACE TEMP TABLE _req AS "
+                f"{enriched_sql(cfg, materialized={**STATE, 'own': OWN})}")
     con.execute(f"CREATE OR REPLACE TABLE {BASE} AS {features_sql(cfg)}")
+    con.execute("DROP TABLE _req")
 
 
 def ready(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the store holds the state :func:`update` starts from."""
-    return (all(table_exists(con, t) for t in (*STATE_TABLES, "_req"))
-            and bool(scalar(con, "SELECT count(*) FROM information_schema.columns "
-                                 "WHERE table_name = '_req' AND column_name = 'request_id'")))
+    return all(table_exists(con, t) for t in STATE_TABLES)
 
 
 def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
-    """Bring ``_req`` and the features base up to the store; returns the accounts redone."""
+    """Bring the features base up to the store; returns the accounts redone."""
     m = int(cfg["features"]["min_template_size"])
     con.execute("CREATE OR REPLACE TEMP TABLE _inc_new AS SELECT request_id, account_id "
-                "FROM requests ANTI JOIN _req USING (request_id)")
+                f"FROM requests ANTI JOIN {OWN} USING (request_id)")
     con.execute(f"""INSERT INTO {STATE['sys_r']} BY NAME {global_part_sql(
         cfg, 'sys_r', requests='(SELECT * FROM requests SEMI JOIN _inc_new USING (request_id))')}""")
     con.execute(f"INSERT INTO {OWN} BY NAME "
@@ -86,6 +93,17 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
         return (f"SELECT {key} FROM {STATE[name]} o FULL JOIN {fresh[name]} n USING ({key}) "
                 "WHERE o.n IS DISTINCT FROM n.n")
 
+    # Requests whose template id moved, or crossed min_template_size, since the last run.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _inc_moved AS
+        SELECT t.request_id, s.template_id, s.template_size >= {m} AS big
+        FROM {TPL} t JOIN signals s USING (request_id)
+        WHERE t.template_id IS DISTINCT FROM s.template_id
+           OR t.big IS DISTINCT FROM (s.template_size >= {m})""")
+    con.execute(f"UPDATE {TPL} SET template_id = x.template_id, big = x.big FROM _inc_moved x "
+                f"WHERE {TPL}.request_id = x.request_id")
+    con.execute(f"INSERT INTO {TPL} SELECT request_id, template_id, template_size >= {m} "
+                "FROM signals SEMI JOIN _inc_new USING (request_id)")
     moved_windows = (f"(SELECT * FROM {STATE['windows']} EXCEPT SELECT * FROM "
                      f"{fresh['windows']}) UNION ALL (SELECT * FROM {fresh['windows']} "
                      f"EXCEPT SELECT * FROM {STATE['windows']})")
@@ -94,29 +112,26 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
         SELECT DISTINCT account_id FROM (
           SELECT account_id FROM _inc_new
           UNION ALL
-          SELECT q.account_id FROM _req q JOIN signals s USING (request_id)
-          WHERE q.template_id IS DISTINCT FROM s.template_id
-             OR (q.template_size >= {m}) IS DISTINCT FROM (s.template_size >= {m})
+          SELECT o.account_id FROM _inc_moved JOIN {OWN} o USING (request_id)
           UNION ALL
-          SELECT account_id FROM _req WHERE ip IN ({changed('ip_n', 'ip')})
+          SELECT account_id FROM {OWN} WHERE ip IN ({changed('ip_n', 'ip')})
           UNION ALL
           SELECT account_id FROM {OWN}
           WHERE payment_fingerprint IN ({changed('card_n', 'payment_fingerprint')})
           UNION ALL
           SELECT account_id FROM {STATE['sys_r']} WHERE sys_key IN ({changed('sys_a', 'sys_key')})
           UNION ALL
-          SELECT q.account_id FROM _req q JOIN ({moved_windows}) w
+          SELECT q.account_id FROM {OWN} q JOIN ({moved_windows}) w
             ON q.ts >= w.w0 AND q.ts < w.w1
         )""")
     n = int(scalar(con, "SELECT count(*) FROM _inc_dirty"))
-    con.execute("DELETE FROM _req WHERE account_id IN (SELECT account_id FROM _inc_dirty)")
-    con.execute("INSERT INTO _req BY NAME "
-                f"{enriched_sql(cfg, materialized=fresh, accounts='_inc_dirty', request_id=True)}")
+    # Every row of the dirty accounts, as a full run builds _req, then their features.
+    con.execute("CREATE OR REPLACE TEMP TABLE _inc_req AS "
+                f"{enriched_sql(cfg, materialized=fresh, accounts='_inc_dirty')}")
     con.execute(f"DELETE FROM {BASE} WHERE account_id IN (SELECT account_id FROM _inc_dirty)")
-    con.execute("CREATE OR REPLACE TEMP VIEW _inc_req AS SELECT * FROM _req "
-                "WHERE account_id IN (SELECT account_id FROM _inc_dirty)")
     con.execute(f"INSERT INTO {BASE} BY NAME {features_sql(cfg, source='_inc_req')}")
-    con.execute("DROP VIEW _inc_req")
+    con.execute("DROP TABLE _inc_req")
+    con.execute("DROP TABLE _inc_moved")
     for name in ("windows", "ip_n", "card_n", "sys_a"):
         con.execute(f"CREATE OR REPLACE TABLE {STATE[name]} AS SELECT * FROM {fresh[name]}")
         con.execute(f"DROP TABLE {fresh[name]}")
@@ -128,7 +143,7 @@ def update(con: duckdb.DuckDBPyConnection, cfg: Config) -> int:
 def forget_requests(con: duckdb.DuckDBPyConnection, ids_table: str) -> None:
     """Make the requests in ``ids_table`` new to the next :func:`update` (their text
     changed, e.g. pruned): their rows leave ``_req`` and the kept system-prompt keys."""
-    for t in ("_req", STATE["sys_r"], OWN):
+    for t in (STATE["sys_r"], OWN, TPL):
         if table_exists(con, t):
             con.execute(f"DELETE FROM {t} WHERE request_id IN (SELECT request_id FROM "
                         f"{ids_table})")
