@@ -40,6 +40,8 @@ class DetectResult:
     timings: dict[str, float] = field(default_factory=dict)
     config_version: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)   # calibration_summary
+    mode: str = "once"             # incremental | full (state kept) | once (nothing kept)
+    features_recomputed: int = 0   # accounts whose features were aggregated
 
     @property
     def n_flagged(self) -> int:
@@ -66,20 +68,41 @@ def _timed(timings: dict[str, float], name: str, progress: Progress) -> Iterator
 
 def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress | None = None,
             calibrator: Calibrator | None = None, intel_key: bytes | Sequence[bytes] | None = None,
-            timings: dict[str, float] | None = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Run signals → features → links → scores on what the store holds."""
+            timings: dict[str, float] | None = None, incremental: bool = False,
+            full: bool = False, info: dict[str, Any] | None = None,
+            ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Run signals → features → links → scores on what the store holds.
+
+    ``incremental``: keep per-request signals and per-account features in the store and, on
+    the next run, recompute them only for new requests and the accounts they change
+    (``distillguard.incremental``; the results equal a full run's). ``full`` recomputes
+    everything once (and keeps the state again). ``info`` gets ``mode`` (``incremental``,
+    ``full`` or ``once``) and ``features_recomputed`` (accounts aggregated).
+    """
+    from distillguard import incremental as inc
+
     progress = progress or Progress()
     timings = timings if timings is not None else {}
+    info = info if info is not None else {}
+    if incremental:
+        mode = inc.begin(con, cfg, full=full)
+    else:
+        inc.invalidate(con)
+        mode = "once"
+    info["mode"] = mode
     n = scalar(con, "SELECT count(*) FROM requests")
     with _timed(timings, "signals", progress):
         compute_signals(con, cfg, on_progress=progress.stage("signals", n), timings=timings)
     with _timed(timings, "features", progress):
-        compute_features(con, cfg, intel_key)
+        compute_features(con, cfg, intel_key, stats=info, incremental={
+            "incremental": "update", "full": "build"}.get(mode))
     with _timed(timings, "linking", progress):
         compute_links(con, cfg)
     with _timed(timings, "scoring", progress):
         scores, flagged = score_accounts(con, cfg, calibrator)
         campaigns = describe_campaigns(con, cfg, flagged, scores)
+    if incremental:
+        inc.finish(con, cfg)
     return scores, campaigns
 
 
@@ -137,6 +160,8 @@ def detect(
     summary_extra: dict[str, Any]
     | Callable[[pl.DataFrame, list[dict[str, Any]]], dict[str, Any]] | None = None,
     intel_key: bytes | Sequence[bytes] | None = None,
+    incremental: bool | None = None,
+    full: bool = False,
 ) -> DetectResult:
     """Ingest ``paths`` into the store at ``db`` and run the whole detection pipeline.
 
@@ -147,6 +172,10 @@ def detect(
     when ``out_dir`` is None), so results in one output folder cover the logs given for it
     (re-running adds only new requests); ``None`` for an in-memory store. The analysis covers
     everything the store holds, so pass the same ``db`` to accumulate logs over time.
+
+    ``incremental`` (default: on for a store file): a re-run recomputes signals only for
+    new requests and features only for the accounts they change, with the same results as
+    a full run (docs/incremental.md); ``full=True`` recomputes everything this time.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     progress = progress or Progress()
@@ -157,7 +186,10 @@ def detect(
         db = (out / "store.duckdb") if out is not None else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
+    if incremental is None:
+        incremental = db not in (None, ":memory:")
     t_start = time.perf_counter()
+    info: dict[str, Any] = {}
     con = connect(db)
     try:
         with _timed(timings, "ingest", progress):
@@ -166,7 +198,8 @@ def detect(
                 quarantine_path=(out / "quarantine.jsonl") if out else None,
                 on_progress=progress.stage("ingest", None))
         scores, campaigns = analyse(con, cfg, progress=progress, calibrator=calibrator,
-                                    timings=timings, intel_key=intel_key)
+                                    timings=timings, intel_key=intel_key,
+                                    incremental=incremental, full=full, info=info)
         if out is not None:
             with _timed(timings, "outputs", progress):
                 extra = (summary_extra(scores, campaigns) if callable(summary_extra)
@@ -182,6 +215,7 @@ def detect(
                     "rows_quarantined": report.rows_bad,
                     "input_files": ", ".join(p.name for p in paths[:20]),
                     "config_version": cfg.version,
+                    "run": info["mode"],
                     "run_seconds": round(time.perf_counter() - t_start, 1),
                     **extra,
                 }
@@ -189,7 +223,8 @@ def detect(
         calib = calibration_summary(con)
     finally:
         con.close()
-    return DetectResult(scores, campaigns, out, report, timings, cfg.version, calib)
+    return DetectResult(scores, campaigns, out, report, timings, cfg.version, calib,
+                        info["mode"], int(info.get("features_recomputed", 0)))
 
 
 def detect_spark(

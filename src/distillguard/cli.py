@@ -87,6 +87,10 @@ def _print_summary(res: api.DetectResult, seconds: float) -> None:
         t.add_row("requests ingested", f"{res.ingest.rows_ok:,}")
         t.add_row("duplicates skipped", f"{res.ingest.rows_dup:,}")
         t.add_row("rows quarantined", f"{res.ingest.rows_bad:,}")
+    if res.mode != "once":
+        t.add_row("run", "incremental: features recomputed for "
+                  f"{res.features_recomputed:,} accounts" if res.mode == "incremental"
+                  else "full (state kept for incremental re-runs)")
     t.add_row("time", f"{seconds:.1f} s (" + ", ".join(
         f"{k} {v:.1f}" for k, v in res.timings.items() if "." not in k) + ")")
     if res.out_dir:
@@ -121,6 +125,10 @@ def detect(
     spark_conf: Annotated[list[str] | None, typer.Option(
         "--spark-conf", help="KEY=VALUE Spark settings (repeatable)")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars")] = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Recompute every request's signals and every account's features "
+        "(by default a re-run on a store recomputes only what new requests change; "
+        "docs/incremental.md)")] = False,
 ) -> None:
     """Ingest LOGS and find distillation accounts and campaigns; write results to OUT."""
     t0 = time.perf_counter()
@@ -156,7 +164,7 @@ def detect(
         with RichProgress(not quiet) as prog:
             res = api.detect(logs, out, db=db if db is not None else api.STORE_IN_OUT,
                              config=config, fmt=fmt, strict=strict,
-                             progress=prog, intel_key=keys)
+                             progress=prog, intel_key=keys, full=full)
     except DistillguardError as exc:
         _fail(exc)
     _print_summary(res, time.perf_counter() - t0)

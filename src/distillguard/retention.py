@@ -91,6 +91,9 @@ def prune(con: duckdb.DuckDBPyConnection, *, older_than: timedelta | None = None
                     f"requests WHERE {where} AND (prompt IS NULL OR prompt NOT LIKE "
                     f"'{PRUNED}%')", params)
         n = scalar(con, "SELECT count(*) FROM _prune_ids")
+        if table_exists(con, "_incremental_changed"):
+            # Their text changes here: an incremental run must redo them as new requests.
+            con.execute("INSERT INTO _incremental_changed SELECT request_id FROM _prune_ids")
         kept = 0
         if table_exists(con, "signals"):
             if not table_exists(con, "retained_signals"):

@@ -180,10 +180,14 @@ def _accounts(n_acc: int, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def _timestamps(rng: np.random.Generator, campaign: np.ndarray) -> np.ndarray:
-    """Epoch ms: people follow a diurnal curve, campaigns run around the clock."""
+def _timestamps(rng: np.random.Generator, campaign: np.ndarray,
+                day_no: int | None = None) -> np.ndarray:
+    """Epoch ms: people follow a diurnal curve, campaigns run around the clock.
+
+    ``day_no``: every request on that day (a daily log), else spread over ``DAYS`` days.
+    """
     n = len(campaign)
-    day = rng.integers(0, DAYS, n)
+    day = rng.integers(0, DAYS, n) if day_no is None else np.full(n, day_no)
     hour_p = np.exp(-0.5 * ((np.arange(24) - 14) / 4.0) ** 2) + 0.05
     hour = rng.choice(24, n, p=hour_p / hour_p.sum())
     hour = np.where(campaign, rng.integers(0, 24, n), hour)
@@ -192,11 +196,11 @@ def _timestamps(rng: np.random.Generator, campaign: np.ndarray) -> np.ndarray:
 
 
 def _chunk(n: int, start: int, acc: dict[str, Any], text: _Text,
-           rng: np.random.Generator) -> pa.Table:
+           rng: np.random.Generator, day_no: int | None = None) -> pa.Table:
     a = np.minimum(np.searchsorted(acc["cw"], rng.random(n)), acc["n"] - 1)
     kind = acc["kinds"][a]
     camp = kind > 0
-    ts = _timestamps(rng, camp)
+    ts = _timestamps(rng, camp, day_no)
     day = (ts - T0) // 86_400_000
 
     # Prompts: people ask corpus questions, half with pasted context or extra words; campaigns

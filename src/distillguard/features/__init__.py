@@ -15,25 +15,45 @@ __all__ = ["ALL_FEATURES", "FEATURES", "compute_features", "enriched_sql", "feat
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config,
-                     intel_key: bytes | Sequence[bytes] | None = None) -> int:
+                     intel_key: bytes | Sequence[bytes] | None = None, *,
+                     incremental: str | None = None, stats: dict | None = None) -> int:
     """Build ``_req`` and ``features``; returns the number of accounts.
 
     With ``intel_key`` (the sharing group's HMAC key) and imported partner indicators, two
     more features say how many of a partner's indicators an account matches.
+
+    ``incremental``: ``"build"`` computes everything and keeps the state a later run starts
+    from, ``"update"`` recomputes only the accounts whose rows changed since
+    (``features.incremental``); None computes everything and keeps nothing. ``stats`` gets
+    ``features_recomputed``, the number of accounts aggregated.
     """
-    con.execute(f"CREATE OR REPLACE TABLE _req AS {enriched_sql(cfg)}")
-    con.execute(f"CREATE OR REPLACE TABLE features_base AS {features_sql(cfg)}")
+    from distillguard.features import incremental as inc
+
+    redone = None
+    if incremental == "update":
+        redone = inc.update(con, cfg)
+    elif incremental == "build":
+        inc.build(con, cfg)
+    else:
+        con.execute(f"CREATE OR REPLACE TABLE _req AS {enriched_sql(cfg)}")
+    base = inc.BASE if incremental else "features_base"
+    if not incremental:
+        con.execute(f"CREATE OR REPLACE TABLE features_base AS {features_sql(cfg)}")
     hits = _partner_hits(con, intel_key)
     con.register("_partner", hits.to_arrow())
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TABLE features AS
         SELECT f.*, coalesce(p.partner_hits, 0)::DOUBLE AS partner_hits,
                coalesce(p.max_confidence, 0)::DOUBLE AS partner_confidence,
                p.reasons AS partner_reasons
-        FROM features_base f LEFT JOIN _partner p USING (account_id)""")
+        FROM {base} f LEFT JOIN _partner p USING (account_id)""")
     con.unregister("_partner")
-    con.execute("DROP TABLE features_base")
-    return scalar(con, "SELECT count(*) FROM features")
+    if not incremental:
+        con.execute("DROP TABLE features_base")
+    n = scalar(con, "SELECT count(*) FROM features")
+    if stats is not None:
+        stats["features_recomputed"] = n if redone is None else redone
+    return n
 
 
 def _partner_hits(con: duckdb.DuckDBPyConnection, key: bytes | Sequence[bytes] | None) -> pl.DataFrame:

@@ -7,6 +7,7 @@ grouped by account. Direction is documented per feature; scoring reads them by n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from distillguard.config import Config
@@ -148,79 +149,129 @@ PARTNER: tuple[Feature, ...] = (
 ALL_FEATURES = {f.name: f for f in FEATURES + DERIVED + PARTNER}
 
 
-def enriched_sql(cfg: Config) -> str:
+#: The parts of ``_req`` computed over every account's requests (global state): new-model
+#: windows, accounts per address, card and system prompt. An incremental run keeps them
+#: between runs to tell which accounts they changed (``features.incremental``).
+GLOBAL_PARTS = ("windows", "ip_n", "card_n", "sys_r", "sys_a")
+
+
+def own_sql(cfg: Config, requests: str = "requests") -> str:
+    """The columns of ``_req`` that depend on the request alone (its text hashed, its
+    address's prefix, ...), plus the keys the global parts join on: ``own`` in
+    ``enriched_sql``, kept per request by incremental runs."""
+    return f"""SELECT r.request_id, r.account_id, r.ts, r.model, r.payment_fingerprint,
+       r.n_user_turns, r.context_chars, r.n_tools,
+       r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
+       r.account_created,
+       r.signup_channel, r.ip, r.api_key_id,
+       {ip_prefix_sql(cfg, "r.ip")} AS ip_prefix,
+       coalesce(md5(r.prompt), '-') AS prompt_hash  -- md5: same value on every engine
+FROM {requests} r"""
+
+
+def enriched_sql(cfg: Config, *, materialized: Mapping[str, str] | None = None,
+                 accounts: str | None = None, request_id: bool = False) -> str:
     """``_req``: requests + signals + inter-arrival gap + new-model window flags.
 
     Only the columns the feature SQL reads. The new-model windows are few, so the flags come
     from two small joins, not a correlated subquery per request: ``spans`` merges overlapping
     windows into disjoint ones (at most one match per request), and a request matches at most
     one window of its own model (``models`` has one row per model).
+
+    For incremental runs: ``materialized`` maps ``own`` and parts named in ``GLOBAL_PARTS``
+    to tables already holding them (``own_sql``, ``global_part_sql``), ``accounts`` names a
+    table of the accounts whose rows to produce (every row of each, so the per-account gaps
+    stay whole), and ``request_id`` adds the request id (to tell later which rows changed).
     """
-    fc = cfg["features"]
+    ctes = _enriched_ctes(cfg)
+    ctes["own"] = own_sql(cfg)
+    for name, table in (materialized or {}).items():
+        ctes[name] = f"SELECT * FROM {table}"
     elicit_thr = float(cfg["signals"]["elicit_model_threshold"])
+    scope = (f"\nWHERE r.account_id IN (SELECT account_id FROM {accounts})" if accounts
+             else "")
+    rid = "r.request_id, " if request_id else ""
+    return "\nWITH " + ",\n".join(f"{k} AS ({v})" for k, v in ctes.items()) + f"""
+SELECT {rid}r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
+       r.input_tokens, r.output_tokens, r.reasoning_effort, r.account_created,
+       r.signup_channel, r.ip, r.api_key_id, r.ip_prefix,
+       ip_n.n AS ip_accounts, card_n.n AS card_accounts, sys_n.n AS system_accounts,
+       r.prompt_hash,
+       s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
+       s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
+       epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
+       p.s0 IS NOT NULL AS in_pivot_window,
+       w.model IS NOT NULL AS on_new_model
+FROM own r JOIN signals s USING (request_id)
+LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
+LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
+LEFT JOIN ip_n ON r.ip = ip_n.ip
+LEFT JOIN card_n ON r.payment_fingerprint = card_n.payment_fingerprint
+LEFT JOIN sys_n ON r.request_id = sys_n.request_id{scope}
+"""
+
+
+def global_part_sql(cfg: Config, name: str, *, materialized: Mapping[str, str] | None = None,
+                    requests: str = "requests") -> str:
+    """SELECT of one of ``GLOBAL_PARTS`` as ``enriched_sql`` has it: over the whole store,
+    or over the table ``requests`` (e.g. the new requests' system-prompt keys), reading the
+    parts in ``materialized`` from tables."""
+    ctes = _enriched_ctes(cfg, requests)
+    for part, table in (materialized or {}).items():
+        ctes[part] = f"SELECT * FROM {table}"
+    return ("WITH " + ",\n".join(f"{k} AS ({v})" for k, v in ctes.items())
+            + f"\nSELECT * FROM {name}")
+
+
+def _enriched_ctes(cfg: Config, requests: str = "requests") -> dict[str, str]:
+    """The WITH parts of ``enriched_sql``, by name, in dependency order."""
+    fc = cfg["features"]
     win = int(fc["pivot_window_hours"])
     min_age = int(fc["new_model_min_age_hours"])
-    return f"""
-WITH start AS (SELECT min(ts) AS t0 FROM requests),
-models AS (
+    return {
+        "start": "SELECT min(ts) AS t0 FROM requests",
+        "models": f"""
   SELECT model, min(ts) AS first_seen,
          min(ts) >= (SELECT t0 FROM start) + INTERVAL {min_age} HOUR AS is_new
   FROM requests GROUP BY model
-),
-windows AS (SELECT first_seen AS w0, first_seen + INTERVAL {win} HOUR AS w1, model
-            FROM models WHERE is_new),
-islands AS (
+""",
+        "windows": f"""SELECT first_seen AS w0, first_seen + INTERVAL {win} HOUR AS w1, model
+            FROM models WHERE is_new""",
+        "islands": """
   SELECT w0, w1, sum(CASE WHEN prev_end >= w0 THEN 0 ELSE 1 END)
                  OVER (ORDER BY w0, w1 ROWS UNBOUNDED PRECEDING) AS island
   FROM (SELECT w0, w1, max(w1) OVER (ORDER BY w0, w1
                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
                        AS prev_end
         FROM windows) AS ordered
-),
-spans AS (SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island),
-ip_n AS (SELECT ip, count(DISTINCT account_id) AS n FROM requests
-         WHERE ip IS NOT NULL AND ip <> '' GROUP BY ip),
-card_n AS (SELECT payment_fingerprint, count(DISTINCT account_id) AS n FROM requests
+""",
+        "spans": "SELECT min(w0) AS s0, max(w1) AS s1 FROM islands GROUP BY island",
+        "ip_n": """SELECT ip, count(DISTINCT account_id) AS n FROM requests
+         WHERE ip IS NOT NULL AND ip <> '' GROUP BY ip""",
+        "card_n": """SELECT payment_fingerprint, count(DISTINCT account_id) AS n FROM requests
            WHERE payment_fingerprint IS NOT NULL AND payment_fingerprint <> ''
-           GROUP BY payment_fingerprint),
-sys_r AS (SELECT request_id, {SYSTEM_KEY_SQL} AS sys_key FROM requests
-          WHERE system IS NOT NULL AND system <> ''),
-sys_a AS (SELECT s.sys_key, count(DISTINCT r.account_id) AS n
-          FROM sys_r s JOIN requests r USING (request_id) GROUP BY s.sys_key),
-sys_n AS (SELECT s.request_id, a.n FROM sys_r s JOIN sys_a a USING (sys_key))
-SELECT r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
-       r.input_tokens, {OUTPUT_TOKENS_SQL} AS output_tokens, r.reasoning_effort,
-       r.account_created,
-       r.signup_channel, r.ip, r.api_key_id,
-       {ip_prefix_sql(cfg, "r.ip")} AS ip_prefix,
-       ip_n.n AS ip_accounts, card_n.n AS card_accounts, sys_n.n AS system_accounts,
-       coalesce(md5(r.prompt), '-') AS prompt_hash,  -- md5: same value on every engine
-       s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
-       s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
-       epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
-       p.s0 IS NOT NULL AS in_pivot_window,
-       w.model IS NOT NULL AS on_new_model
-FROM requests r JOIN signals s USING (request_id)
-LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
-LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
-LEFT JOIN ip_n ON r.ip = ip_n.ip
-LEFT JOIN card_n ON r.payment_fingerprint = card_n.payment_fingerprint
-LEFT JOIN sys_n ON r.request_id = sys_n.request_id
-"""
+           GROUP BY payment_fingerprint""",
+        # account_id rides along so sys_a needs no join back to requests
+        "sys_r": f"""SELECT request_id, account_id, {SYSTEM_KEY_SQL} AS sys_key FROM {requests}
+          WHERE system IS NOT NULL AND system <> ''""",
+        "sys_a": "SELECT sys_key, count(DISTINCT account_id) AS n FROM sys_r GROUP BY sys_key",
+        "sys_n": "SELECT s.request_id, a.n FROM sys_r s JOIN sys_a a USING (sys_key)",
+    }
 
 
-def features_sql(cfg: Config, key: str = "account_id") -> str:
-    """SELECT producing one row per ``key`` with every feature column."""
+def features_sql(cfg: Config, key: str = "account_id", source: str = "_req") -> str:
+    """SELECT producing one row per ``key`` with every feature column, from ``source``
+    (``_req``, or a part of it holding every row of the accounts it has)."""
     min_tpl = int(cfg["features"]["min_template_size"])
     aggs = ",\n  ".join(f"{f.sql} AS {f.name}" for f in FEATURES)
     return f"""
 WITH base AS (
   SELECT {key},
   {aggs}
-  FROM _req GROUP BY {key}
+  FROM {source} GROUP BY {key}
 ),
 hours AS (
-  SELECT {key}, hour(ts) AS h, count(*) AS c FROM _req GROUP BY {key}, hour(ts)
+  SELECT {key}, hour(ts) AS h, count(*) AS c FROM {source} GROUP BY {key}, hour(ts)
 ),
 hour_ent AS (
   SELECT {key}, -sum((c / tot) * ln(c / tot)) / ln(24) AS hour_entropy
@@ -229,13 +280,13 @@ hour_ent AS (
 ),
 tpl AS (
   SELECT {key}, max(c) AS c FROM (
-    SELECT {key}, template_id, count(*) AS c FROM _req
+    SELECT {key}, template_id, count(*) AS c FROM {source}
     WHERE template_size >= {min_tpl} GROUP BY {key}, template_id)
   GROUP BY {key}
 ),
 cap AS (
   SELECT {key}, max(c) AS c FROM (
-    SELECT {key}, capability, count(*) AS c FROM _req GROUP BY {key}, capability)
+    SELECT {key}, capability, count(*) AS c FROM {source} GROUP BY {key}, capability)
   GROUP BY {key}
 )
 SELECT base.*,

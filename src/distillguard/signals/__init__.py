@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from distillguard.config import Config
 from distillguard.retention import overlay_retained_signals
+from distillguard.signals import template_counts
 from distillguard.signals._workers import TemplateKeyWorkers, batch_work
 from distillguard.signals.elicit_model import scan_probs
 from distillguard.signals.rules import FLAG_NAMES, load_rules, rule_set
@@ -251,6 +252,12 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     con.execute("DROP TABLE _signals_base")
     timings["signals.keys"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if fresh:
+        template_counts.drop_state(con)
+    if template_counts.ready(con, len(kcols)):      # kept buckets: redo what new ones touch
+        template_counts.update(con, _CACHE, len(kcols))
+        timings["signals.templates"] = time.perf_counter() - t0
+        return n
     con.execute(f"CREATE OR REPLACE TEMP VIEW _tkeys_inc AS SELECT request_id, skeleton, "
                 f"{', '.join(kcols)} FROM {_CACHE} SEMI JOIN requests USING (request_id)")
     con.execute(f"""
@@ -260,6 +267,8 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
         FROM {_CACHE} c JOIN ({template_ids_sql("_tkeys_inc", len(kcols))}) t
         USING (request_id)
     """)
+    if template_counts.enabled(con):
+        template_counts.build_state(con, "_tkeys_inc", len(kcols))
     con.execute("DROP VIEW _tkeys_inc")
     timings["signals.templates"] = time.perf_counter() - t0
     return n
