@@ -98,6 +98,36 @@ def test_fallback_replays_outage_suspensions(tmp_path: Path, caplog) -> None:
         srv.stop()
 
 
+@needs_redis
+def test_restart_is_seen_after_another_worker_wrote_t0(tmp_path: Path) -> None:
+    """Redis restarted empty and a fresh worker wrote t0 before this worker probed: the
+    epoch tells the restart apart, so the known suspensions are still written back (the
+    race behind the wrong allows of the two-worker outage scenario)."""
+    from distillguard.respond.state import FallbackState, RedisState
+
+    srv = faults.RedisServer(tmp_path / "r")
+    srv.start()
+    try:
+        primary = RedisState.from_url(srv.url, prefix="f:")
+        st = FallbackState(primary, probe_interval_s=1.0, sync_interval_s=None)
+        st.suspend("known", {"rule": "r0"})
+        primary.globals("m", 1.0)
+        assert st.sync_suspensions() == 1              # learns the primary's epoch
+        srv.kill()
+        assert st.suspended("known") == {"rule": "r0"} and st.degraded
+        srv.start()
+        fresh = RedisState.from_url(srv.url, prefix="f:")   # a worker started meanwhile
+        fresh.globals("m", 2.0)                              # writes t0 to the empty store
+        FallbackState(fresh, sync_interval_s=None).sync_suspensions()   # and a new epoch
+        deadline = time.monotonic() + 8
+        while st.degraded and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not st.degraded
+        assert primary.suspended("known") == {"rule": "r0"}
+    finally:
+        srv.stop()
+
+
 def test_upstream_faults(tmp_path: Path) -> None:
     """500/503 pass through; hang and reset → 502 within the timeout; a reset or a stall in a
     stream ends it with an error event; a slow stream that keeps sending is delivered whole

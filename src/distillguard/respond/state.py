@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -866,6 +867,10 @@ class FallbackState:
         self._known: dict[str, dict[str, Any]] = {}      # suspension records seen
         self._synced: set[str] = set()                   # accounts of the last sync
         self._scanned = False
+        # The primary's epoch: a token set once per life of its data (SET NX), so a worker
+        # can tell a primary that came back empty even when another (re)started worker has
+        # already written t0 to it again.
+        self._epoch: str | None = None
         self._outage_ops: list[tuple[str, str, dict[str, Any] | None]] = []
         self.outages = 0                # times this worker fell back
         self.fallback_calls = 0         # store calls answered by the fallback
@@ -921,6 +926,8 @@ class FallbackState:
             return found
 
         found = p._run(go)
+        if self._epoch is None:
+            self._epoch = self._primary_epoch(create=True)
         self._scanned = True
         with self._lock:      # merge: a record written here while the SCAN ran is kept
             for acct in self._synced - found.keys():
@@ -974,11 +981,32 @@ class FallbackState:
             ops = list(self._outage_ops)
             known = dict(self._known)
         r = getattr(p, "r", None)
-        if r is not None and not p._run(lambda: r.exists(f"{p.p}t0")):
-            for acct, rec in known.items():      # the primary came back empty
-                p.suspend(acct, rec)
+        if r is not None:
+            epoch = self._primary_epoch(create=False)
+            empty = not p._run(lambda: r.exists(f"{p.p}t0")) or epoch is None or (
+                self._epoch is not None and epoch != self._epoch)
+            if empty:
+                for acct, rec in known.items():      # the primary came back empty
+                    p.suspend(acct, rec)
+            self._epoch = self._primary_epoch(create=True)
         self._replay(ops)
         return len(ops)
+
+    def _primary_epoch(self, create: bool) -> str | None:
+        """The primary's epoch token; with ``create``, set a new one if it has none."""
+        p = self.primary
+        r = getattr(p, "r", None)
+        if r is None:
+            return None
+        key = f"{p.p}epoch"
+
+        def go() -> Any:
+            if create:
+                r.set(key, os.urandom(8).hex(), nx=True)
+            return r.get(key)
+
+        v = p._run(go)
+        return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
 
     def _replay(self, ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         for op, acct, rec in ops:
