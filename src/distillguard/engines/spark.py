@@ -64,7 +64,9 @@ from distillguard.linking.keys import (
 from distillguard.schema import REQUIRED_FIELDS, STORE_COLUMNS, STORE_SCHEMA
 from distillguard.scoring import Calibrator, score_accounts
 from distillguard.scoring.campaigns import describe_campaigns
-from distillguard.signals import compute_signals, signals_sql
+from distillguard.signals import FLAG_NAMES, compute_signals
+from distillguard.signals.rules import load_rules
+from distillguard.signals.sql import signals_base_sql
 from distillguard.store import connect
 
 __all__ = [
@@ -406,34 +408,40 @@ def _to_arrow(df: DataFrame) -> pa.Table:
 # ------------------------------------------------------------------------------------------
 
 
-def _template_keys_fn(perms: int, bands: int, k: int):
-    """mapInArrow body: (request_id, prompt_ends, scan) -> (request_id, skeleton, keys,
-    elicit_p).
+def _template_keys_fn(perms: int, bands: int, k: int, rules: tuple[list, list]):
+    """mapInArrow body: (request_id, n_tools, prompt_ends, scan) -> (request_id, rule flags,
+    capability, skeleton, keys, elicit_p).
 
     The per-batch step of ``signals.compute_signals``, the same function
-    (``_workers.batch_work``): MinHash band keys, then the exact head and tail keys, and the
-    elicitation model's probability of the scan text. A missing head/tail is stored as a
+    (``_workers.signal_work``): the rules as one RE2 set (the DuckDB engine's regex engine,
+    so no Java-regex differences), MinHash band keys, then the exact head and tail keys, and
+    the elicitation model's probability of the scan text. A missing head/tail is stored as a
     NULL key here; the DuckDB stage keeps a key unique to the row, which never groups either.
     """
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from distillguard.signals._workers import batch_work
+        from distillguard.signals._workers import signal_work
 
         for b in batches:
             if b.num_rows == 0:
                 continue
-            ends = b.column(b.schema.get_field_index("prompt_ends"))
-            scan = b.column(b.schema.get_field_index("scan"))
-            skel, keys, missing, p = batch_work(ends, 0, k, perms, bands, scan)
+            col = b.column
+            ends = col(b.schema.get_field_index("prompt_ends"))
+            scan = col(b.schema.get_field_index("scan"))
+            n_tools = col(b.schema.get_field_index("n_tools"))
+            skel, keys, missing, p, rule_cols = signal_work(ends, 0, k, perms, bands, scan,
+                                                            n_tools, rules)
             n, width = keys.shape
             mask = np.hstack([np.zeros((n, bands), dtype=bool), missing]).reshape(-1)
             offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(
-                [b.column(b.schema.get_field_index("request_id")), skel,
+                [col(b.schema.get_field_index("request_id")),
+                 *(rule_cols[f] for f in FLAG_NAMES), rule_cols["capability"], skel,
                  pa.ListArray.from_arrays(offsets, pa.array(keys.view(np.int64).reshape(-1),
                                                             mask=mask)),
                  pa.array(p, pa.float64())],
-                names=["request_id", "skeleton", "keys", "elicit_p"])
+                names=["request_id", *FLAG_NAMES, "capability", "skeleton", "keys",
+                       "elicit_p"])
 
     return fn
 
@@ -454,7 +462,7 @@ best AS (
   FROM b JOIN sz ON b.band = sz.band AND b.key = sz.key
   GROUP BY b.request_id
 )
-SELECT s.*, k.skeleton, 't' || lower(hex(best.m.key)) AS template_id,
+SELECT s.*, {flags}, k.capability, k.skeleton, 't' || lower(hex(best.m.key)) AS template_id,
        best.m.size AS template_size, k.elicit_p
 FROM {base} s JOIN {keys} k ON s.request_id = k.request_id
 JOIN best ON s.request_id = best.request_id
@@ -509,18 +517,25 @@ def spark_signals(v: _Views, cfg: Config, columns: list[str] | None = None) -> D
     """
     sc = cfg["signals"]
     perms, bands, k = int(sc["minhash_perms"]), int(sc["lsh_bands"]), int(sc["skeleton_words"])
-    base = v.put("_signals_base", v.sql(signals_sql(cfg)), persist=True)
-    keys = base.select("request_id", "prompt_ends", "scan").mapInArrow(
-        _template_keys_fn(perms, bands, k),
-        "request_id string, skeleton string, keys array<bigint>, elicit_p double")
+    # The rules run in the batch step (RE2, as on DuckDB), not as Java regexes in the SQL:
+    # signals_sql's nine regexp_matches were ~0.9 ms per request per core in Spark.
+    base = v.put("_signals_base", v.sql(signals_base_sql(cfg)), persist=True)
+    flags = ", ".join(f"{f} boolean" for f in FLAG_NAMES)
+    keys = base.select("request_id", "n_tools", "prompt_ends", "scan").mapInArrow(
+        _template_keys_fn(perms, bands, k, load_rules(cfg)),
+        f"request_id string, {flags}, capability string, skeleton string, "
+        "keys array<bigint>, elicit_p double")
     keys = v.put("_tkeys", keys, persist=True)
-    sig = v.spark.sql(_TEMPLATE_SQL.format(keys=v.names["_tkeys"],
-                                           base=v.names["_signals_base"]))
+    sig = v.spark.sql(_TEMPLATE_SQL.format(
+        keys=v.names["_tkeys"], base=v.names["_signals_base"],
+        flags=", ".join(f"k.{f}" for f in FLAG_NAMES)))
     if columns is not None:
         missing = [c for c in columns if c not in sig.columns]
         if missing:
             raise RuntimeError(f"Spark signals lack DuckDB signals columns {missing}")
         sig = sig.select(*columns)
+    else:
+        sig = sig.drop("n_tools", "prompt_ends", "scan")
     sig = v.put("signals", sig, checkpoint=True)
     base.unpersist()     # materialised: the regex-heavy base and the keys are not needed now
     keys.unpersist()
