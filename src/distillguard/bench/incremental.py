@@ -121,9 +121,11 @@ def compare_results(out_a: Path, db_a: Path, out_b: Path, db_b: Path,
     if ds.max() > 1.5e-6:
         diff["score"] = int((ds > 1.5e-6).sum())
     for c in ("flagged", "campaign_id", "reasons"):
-        n = int((a[c].fill_null("") != b[c].fill_null("")).sum())
-        if n:
-            diff[c] = n
+        ne = a[c].fill_null("") != b[c].fill_null("")
+        if int(ne.sum()):
+            diff[c] = int(ne.sum())
+            i = int(ne.arg_max())       # the first differing account, to say how
+            diff[f"{c}_example"] = (a["account_id"][i], a[c][i], b[c][i])
     fa, fb = (duckdb.connect(str(p), read_only=True) for p in (db_a, db_b))
     try:
         ta = fa.sql("SELECT * FROM features ORDER BY account_id").pl()

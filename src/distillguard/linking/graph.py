@@ -231,9 +231,17 @@ def communities(edges: pl.DataFrame, n_accounts: int, cfg: Config) -> np.ndarray
     g = ig.Graph(n=n_accounts, edges=list(zip(edges["a"].to_list(), edges["b"].to_list(),
                                               strict=True)), directed=False)
     g.es["weight"] = edges["weight"].to_list()
-    part = g.community_leiden(objective_function="CPM", weights="weight",
-                              resolution=float(lc["leiden_resolution"]), n_iterations=-1,
-                              initial_membership=None)
+    # python-igraph draws from Python's global `random` unless told otherwise: an unseeded
+    # Leiden gave different communities (and reasons) for the same store from run to run.
+    import random
+
+    ig.set_random_number_generator(random.Random(int(lc.get("leiden_seed", 0))))
+    try:
+        part = g.community_leiden(objective_function="CPM", weights="weight",
+                                  resolution=float(lc["leiden_resolution"]), n_iterations=-1,
+                                  initial_membership=None)
+    finally:
+        ig.set_random_number_generator(random)
     memb = merge_fragments(edges, np.asarray(part.membership, dtype=np.int64), cfg)
     memb = attach_stragglers(edges, memb, cfg)
     sizes = np.bincount(memb)

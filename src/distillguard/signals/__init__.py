@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -15,7 +16,7 @@ import pyarrow as pa
 from distillguard.config import Config
 from distillguard.retention import overlay_retained_signals
 from distillguard.signals import template_counts
-from distillguard.signals._workers import TemplateKeyWorkers, batch_work
+from distillguard.signals._workers import TemplateKeyWorkers, batch_work, signal_work
 from distillguard.signals.elicit_model import scan_probs
 from distillguard.signals.rules import FLAG_NAMES, load_rules, rule_set
 from distillguard.signals.sql import signals_base_sql, signals_sql
@@ -42,7 +43,8 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     # the scaling benchmark.
     timings = timings if timings is not None else {}
     if table_exists(con, _CACHE):
-        n = _compute_incremental(con, cfg, on_progress, batch_rows, timings)
+        n = _compute_incremental(con, cfg, on_progress, batch_rows, timings,
+                                 parallel_min_rows)
         overlay_retained_signals(con)     # pruned requests keep their signals
         return n
     t0 = time.perf_counter()
@@ -173,7 +175,7 @@ def _fingerprint(cfg: Config) -> str:
 
 def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
                          on_progress: Callable[[int], None] | None, batch_rows: int,
-                         timings: dict[str, float]) -> int:
+                         timings: dict[str, float], parallel_min_rows: int = 400_000) -> int:
     """:func:`compute_signals` for requests not yet in the cache, then ``signals`` from it."""
     t0 = time.perf_counter()
     perms = int(cfg["signals"]["minhash_perms"])
@@ -209,9 +211,34 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
                     + ", 0.0::DOUBLE AS elicit_p FROM _signals_base LIMIT 0")
     timings["signals.rules"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    hinted = table_exists(con, _HINT)
+    # A store's first run (or many new requests) uses the worker processes as the full path
+    # does; the replay's hinted batches are small and stay inline.
+    workers = min(2, os.cpu_count() or 1) if n >= parallel_min_rows and not hinted else 0
+    pool = TemplateKeyWorkers(workers) if workers else None
+    pending: deque = deque()      # (batch, result or its future), in input order
+
+    def write(batch: pa.RecordBatch, res: tuple) -> None:
+        skel, keys, _, p, rule_cols = res
+        kt = np.ascontiguousarray(keys.T).view(np.int64)
+        tab = pa.table({**{c: batch.column(c) for c in ("request_id", "account_id", "ts",
+                                                         "model")},
+                        **rule_cols, "skeleton": skel,
+                        **{c: pa.array(kt[i]) for i, c in enumerate(kcols)},
+                        "elicit_p": pa.array(p, pa.float64())})
+        con.register("_sig_new", tab)
+        try:
+            con.execute(f"INSERT INTO {_CACHE} BY NAME SELECT * FROM _sig_new")
+        finally:
+            con.unregister("_sig_new")
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            batch, res = pending.popleft()
+            write(batch, res.result() if isinstance(res, Future) else res)
+
     cur = con.cursor()
     try:
-        hinted = table_exists(con, _HINT)
         q = (f"SELECT b.*, h.elicit_p AS _hint FROM _signals_base b LEFT JOIN {_HINT} h "
              "USING (request_id)" if hinted else "SELECT * FROM _signals_base")
         reader = cur.sql(q).to_arrow_reader(batch_rows)
@@ -225,27 +252,27 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
                 todo = np.flatnonzero(np.isnan(p))
                 if todo.size:
                     p[todo] = scan_probs(batch.column("scan").take(pa.array(todo)))
+                res: Any = (skel, keys, None, p, rules.evaluate(
+                    batch.column("scan"), batch.column("n_tools").to_numpy(
+                        zero_copy_only=False)))
+            elif pool is not None:
+                res = pool.submit_call("signal_work", batch.column("prompt_ends"), offset, k,
+                                       perms, bands, batch.column("scan"),
+                                       batch.column("n_tools"), (flags, caps))
             else:
-                skel, keys, _, p = batch_work(batch.column("prompt_ends"), offset, k, perms,
-                                              bands, batch.column("scan"))
-            rule_cols = rules.evaluate(batch.column("scan"),
-                                       batch.column("n_tools").to_numpy(zero_copy_only=False))
-            kt = np.ascontiguousarray(keys.T).view(np.int64)
-            tab = pa.table({**{c: batch.column(c) for c in ("request_id", "account_id", "ts",
-                                                             "model")},
-                            **rule_cols, "skeleton": skel,
-                            **{c: pa.array(kt[i]) for i, c in enumerate(kcols)},
-                            "elicit_p": pa.array(p, pa.float64())})
-            con.register("_sig_new", tab)
-            try:
-                con.execute(f"INSERT INTO {_CACHE} BY NAME SELECT * FROM _sig_new")
-            finally:
-                con.unregister("_sig_new")
+                res = signal_work(batch.column("prompt_ends"), offset, k, perms, bands,
+                                  batch.column("scan"), batch.column("n_tools"),
+                                  (flags, caps))
+            pending.append((batch, res))
+            drain(2 * workers)
             offset += batch.num_rows
             if on_progress:
                 on_progress(batch.num_rows)
+        drain(0)
     finally:
         cur.close()
+        if pool is not None:
+            pool.close()
     con.execute(f"UPDATE {_CACHE_META} SET next_offset = ?", [offset])
     if table_exists(con, _HINT):
         con.execute(f"DELETE FROM {_HINT}")
