@@ -441,23 +441,27 @@ def _check_lines(block: bytes, max_line_bytes: int) -> int:
 
 
 def _line_blocks(path: Path, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """(block of whole lines, its line count), about ``_BLOCK`` bytes each, checked."""
+    """(block of whole lines, its line count), about ``_BLOCK`` bytes each, checked.
+
+    The open line's length is counted chunk by chunk and nothing is joined until a chunk
+    brings a newline, so a line over the limit is refused after reading about the limit,
+    holding one copy of it (the row path then reads the file)."""
     parts: list[bytes] = []
     size = 0
+    open_line = 0               # bytes since the last newline read
     for chunk in _raw_chunks(path):
         if not parts and size == 0 and chunk[:3] == _BOM[:len(chunk[:3])]:
             raise _NotClean("byte-order mark")     # the row path strips it: it reads it
+        nl = chunk.rfind(b"\n")
+        open_line = open_line + len(chunk) if nl < 0 else len(chunk) - nl - 1
+        if open_line > max_line_bytes:
+            raise _NotClean("a line over max_line_bytes")
         parts.append(chunk)
         size += len(chunk)
-        if size < _BLOCK:
+        if size < _BLOCK or nl < 0:
             continue
         buf = b"".join(parts)
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0:
-            if size > max_line_bytes:
-                raise _NotClean("a line over max_line_bytes")
-            parts = [buf]
-            continue
+        cut = len(buf) - open_line
         rest = buf[cut:]
         parts, size = [rest], len(rest)
         yield buf[:cut], _check_lines(buf[:cut], max_line_bytes)
@@ -491,7 +495,12 @@ def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         while True:
             ok, x = q.get()
             if not ok:
-                raise x
+                # The traceback holds this frame, whose ``x`` holds the exception: a cycle
+                # that kept the producer's buffers (up to a line's limit) alive until GC.
+                try:
+                    raise x
+                finally:
+                    x = None
             if x is done:
                 return
             yield x
