@@ -378,3 +378,34 @@ def test_replay_cli_loads_batch_context(tmp_path):
                                  "--refresh-hours", "2"])
     assert r.exit_code == 0, r.output
     assert orjson.loads(r.output)["refresh"]["runs"] == 2
+
+
+def test_support_damps_by_matches_in_batch_and_online() -> None:
+    """An item with ``support`` is damped by that count (matched distinct prompts over
+    ``min_support``), not by the account's requests, and online compiles the same."""
+    import duckdb
+
+    from distillguard.scoring.evidence import evidence_frame
+
+    items = [{"name": "cot", "expr": "cot_rate", "lo": 0.0, "hi": 0.5, "weight": 2.0,
+              "support": "cot_rate * novelty * n_requests", "min_support": 3,
+              "show": "cot_rate", "reason": "{}"},
+             {"name": "plain", "expr": "cot_rate", "lo": 0.0, "hi": 0.5, "weight": 2.0,
+              "show": "cot_rate", "reason": "{}"}]
+    cfg = with_overlay(load_config(), {"scoring": {"evidence": items, "min_requests": 20}})
+    # (requests, distinct prompts, distinct cot prompts)
+    accounts = {"ten_of_ten": (10, 10, 8), "two": (10, 10, 2), "none": (5, 5, 0)}
+    con = duckdb.connect()
+    con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, novelty DOUBLE, "
+                "cot_rate DOUBLE)")
+    for a, (n, nd, k) in accounts.items():
+        con.execute("INSERT INTO f VALUES (?, ?, ?, ?)", [a, n, nd / n, k / nd])
+    ev = {r["account_id"]: r for r in evidence_frame(con, cfg, "f", weights={"cot": 2.0, "plain": 2.0}).to_dicts()}
+    assert ev["ten_of_ten"]["ev_cot"] == pytest.approx(2.0)      # 8 matches >= 3: in full
+    assert ev["ten_of_ten"]["ev_plain"] == pytest.approx(1.0)    # 10 / 20 requests
+    assert ev["two"]["ev_cot"] == pytest.approx(2.0 * 0.4 * 2 / 3)
+    assert ev["none"]["ev_cot"] == 0.0
+    comp = compile_evidence(items, [2.0, 2.0], 20, 3)
+    for a, (n, nd, k) in accounts.items():
+        contrib, _, _ = comp.fn({"n": n, "distinct": nd, "d:cot_elicit": k}, None)
+        assert contrib == pytest.approx((ev[a]["ev_cot"], ev[a]["ev_plain"])), a

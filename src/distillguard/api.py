@@ -123,7 +123,8 @@ def calibration_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 
 def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: pl.DataFrame,
-                  campaigns: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+                  campaigns: list[dict[str, Any]], summary: dict[str, Any],
+                  cfg: Config | None = None) -> None:
     """accounts.csv, campaigns.json and (given the full store) report.html, groups.parquet
     and calibration.json (the online scorer's batch context) into ``out_dir``."""
     from distillguard.report import write_report
@@ -140,7 +141,7 @@ def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: 
         json.dumps(campaigns, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     if con is not None:
         write_report(out_dir / "report.html", con, campaigns, summary)
-        write_batch_context(con, out_dir)
+        write_batch_context(con, out_dir, cfg)
 
 
 #: ``detect``'s default store: ``store.duckdb`` in the output folder.
@@ -219,7 +220,7 @@ def detect(
                     "run_seconds": round(time.perf_counter() - t_start, 1),
                     **extra,
                 }
-                write_outputs(con, out, scores, campaigns, summary)
+                write_outputs(con, out, scores, campaigns, summary, cfg)
         calib = calibration_summary(con)
     finally:
         con.close()

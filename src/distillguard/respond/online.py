@@ -397,8 +397,9 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
     """Compile evidence items into one Python function (source kept in ``.source``).
 
     Each item contributes ``w * ramp(expr, lo, hi) * damp`` where ``damp`` is
-    ``least(n_requests / min_requests, 1)``, or for ``group: true`` items
-    ``least(coalesce(g_requests, 0) / min_requests, 1)``, exactly as
+    ``least(n_requests / min_requests, 1)``, for ``group: true`` items
+    ``least(coalesce(g_requests, 0) / min_requests, 1)`` and for items with a ``support``
+    ``least(support / min_support, 1)``, exactly as
     :func:`distillguard.scoring.evidence.evidence_frame`.
     """
     needed: set[str] = set()
@@ -411,11 +412,19 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
             raise KeyError(name)
         return name in _NULLABLE
 
+    supports: list[str | None] = []
     for it, w in zip(items, weights, strict=True):
         expr = str(it["expr"])
         src, nl = _to_py(ast.parse(expr, mode="eval"), nullable, expr)
         needed |= _expr_names(expr)
         parts.append((src, dict(it), float(it["lo"]), float(it["hi"]), float(w), nl))
+        sup = it.get("support")
+        if sup:
+            sup_src, _ = _to_py(ast.parse(str(sup), mode="eval"), nullable, str(sup))
+            needed |= _expr_names(str(sup))
+            supports.append(sup_src)
+        else:
+            supports.append(None)
     lines = ["def _evidence(st, g):",
              "    get = st.get",
              "    n = float(st.get('n', 0)) or 1.0",
@@ -435,6 +444,12 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
     own, grp = [], []
     for i, (src, it, lo, hi, w, nl) in enumerate(parts):
         d = "gdamp" if it.get("group") else "damp"
+        if supports[i] is not None:     # damped by its own support (evidence.damping_sql)
+            d = f"sd{i}"
+            lines += ["    try:", f"        sv = {supports[i]}",
+                      "    except (ArithmeticError, ValueError, TypeError):", "        sv = None",
+                      f"    sd{i} = 0.0 if sv is None or sv != sv else "
+                      f"min(max(sv / {float(it['min_support'])!r}, 0.0), 1.0)"]
         pad = "    "
         if it.get("group"):        # no group row: damped by 0 group requests, as in batch
             lines += ["    if g is None:", f"        e{i} = 0.0", "    else:"]
@@ -621,7 +636,7 @@ class OnlineScorer:
         self._ip4 = int(self.cfg["linking"]["ip4_prefix"])
         items, self.skipped = [], []
         for it in sc["evidence"]:
-            names = _expr_names(str(it["expr"]))
+            names = _expr_names(str(it["expr"])) | _expr_names(str(it.get("support") or "0"))
             if any(not _is_group(x) and x not in FEATURE_SRC for x in names):
                 self.skipped.append(it["name"])   # needs a feature we cannot compute online
                 continue
@@ -702,7 +717,7 @@ class OnlineScorer:
             elif isinstance(source, pl.DataFrame):
                 frame = source
             else:
-                frame, cal = batch_context(source)
+                frame, cal = batch_context(source, self.cfg)
         except (OSError, ValueError, json.JSONDecodeError, pl.exceptions.PolarsError) as exc:
             raise RespondError(f"{where}: no batch group context ({GROUPS_FILE}): {exc}") \
                 from exc
@@ -1192,20 +1207,20 @@ def _score1(cal: Calibrator, raw: float) -> float:
 
 # ------------------------------------------------------------------ batch context
 
-def batch_context(con: Any) -> tuple[Any, dict[str, Any] | None]:
+def batch_context(con: Any, cfg: Config | None = None) -> tuple[Any, dict[str, Any] | None]:
     """(group frame, calibration) of the last batch run on a store connection.
 
     The frame has, per account in a link community (``community >= 0``), its community,
     ``g_attach`` and every ``g_*`` column of the ``groups`` table: the ``_score_in``
     relation :func:`distillguard.scoring.score_accounts` scored (recomputed with
-    ``scoring_input_sql`` when that temporary table is gone). The calibration is
+    ``scoring_input_sql`` and ``cfg`` when that temporary table is gone). The calibration is
     ``calibration_used(con)`` (None before any scoring run).
     """
     from distillguard.scoring import calibration_used
     from distillguard.scoring.evidence import scoring_input_sql
     from distillguard.store import table_exists
 
-    rel = "_score_in" if table_exists(con, "_score_in") else f"({scoring_input_sql()})"
+    rel = "_score_in" if table_exists(con, "_score_in") else f"({scoring_input_sql(cfg)})"
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()]
     keep = ["account_id", "community", "g_attach",
             *[c for c in cols if c.startswith("g_") and c != "g_attach"]]
@@ -1218,11 +1233,11 @@ def batch_context(con: Any) -> tuple[Any, dict[str, Any] | None]:
     return frame, cal
 
 
-def write_batch_context(con: Any, out_dir: str | Path) -> None:
+def write_batch_context(con: Any, out_dir: str | Path, cfg: Config | None = None) -> None:
     """``groups.parquet`` and ``calibration.json`` of the last batch run into ``out_dir``:
     what :meth:`OnlineScorer.load_groups` reads (``distillguard detect`` writes them)."""
     out = Path(out_dir)
-    frame, cal = batch_context(con)
+    frame, cal = batch_context(con, cfg)
     frame.write_parquet(out / GROUPS_FILE)
     if cal is not None:
         (out / CALIBRATION_FILE).write_text(json.dumps(cal, indent=2), encoding="utf-8")

@@ -56,7 +56,7 @@ def score_accounts(con: duckdb.DuckDBPyConnection, cfg: Config,
     are its flagged accounts.
     """
     sc = cfg["scoring"]
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _score_in AS {scoring_input_sql()}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _score_in AS {scoring_input_sql(cfg)}")
     ev = evidence_frame(con, cfg, "_score_in")
     inp = con.sql("SELECT * FROM _score_in").pl()
     # The threshold: re-estimated on this traffic (self-calibration, with the config's

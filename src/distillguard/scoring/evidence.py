@@ -9,26 +9,39 @@ from distillguard.config import Config
 from distillguard.features.defs import ALL_FEATURES
 
 
-def scoring_input_sql() -> str:
+def scoring_input_sql(cfg: Config | None = None) -> str:
     """Per account: its features, its link community, that community's ``groups`` row and
-    ``g_attach``, how strongly the account is tied into it (its in-community link weight
-    over the community's median, at most 1). Accounts in no community get NULL group columns
-    (their group evidence is 0) and ``g_size`` 1."""
-    return """
+    ``g_attach``, how strongly the account is tied into it. Accounts in no community get
+    NULL group columns (their group evidence is 0) and ``g_size`` 1.
+
+    ``g_attach`` is the larger of the account's in-community link weight over the
+    community's median and a ramp over its multi-channel edges inside the community
+    (``linking.groups.attach_multi_edges`` = [lo, hi]), at most 1. The median alone
+    under-counts members of a community merged from several operations (one dense core
+    sets the median); an account with twenty ties that agree on two or more channels
+    belongs to its community whatever the core does. Legitimate accounts drawn into a
+    campaign's community (a shared proxy exit, a shared day of creation) have a handful of
+    such ties at most, hence the ramp starts at ``lo``."""
+    lo_hi = cfg["linking"]["groups"].get("attach_multi_edges") if cfg else None
+    rel = "w / nullif(median(w) OVER (PARTITION BY community), 0)"
+    if lo_hi:
+        lo, hi = (float(x) for x in lo_hi)
+        rel = f"greatest({rel}, (m2 - {lo!r}) / {hi - lo!r})"
+    return f"""
 WITH inner_e AS (
-  SELECT e.a, e.b, e.weight, ca.community FROM edges e
+  SELECT e.a, e.b, e.weight, CASE WHEN e.channels >= 2 THEN 1 ELSE 0 END AS m,
+         ca.community FROM edges e
   JOIN communities ca ON e.a = ca.account_id JOIN communities cb ON e.b = cb.account_id
   WHERE ca.community = cb.community AND ca.community >= 0
 ),
 w_in AS (
-  SELECT account_id, community, sum(weight) AS w FROM (
-    SELECT a AS account_id, community, weight FROM inner_e
-    UNION ALL SELECT b AS account_id, community, weight FROM inner_e)
+  SELECT account_id, community, sum(weight) AS w, sum(m) AS m2 FROM (
+    SELECT a AS account_id, community, weight, m FROM inner_e
+    UNION ALL SELECT b AS account_id, community, weight, m FROM inner_e)
   GROUP BY account_id, community
 ),
 att AS (
-  SELECT account_id,
-         least(w / nullif(median(w) OVER (PARTITION BY community), 0), 1.0) AS g_attach
+  SELECT account_id, least({rel}, 1.0) AS g_attach
   FROM w_in
 )
 SELECT f.*, coalesce(c.community, -1) AS community, coalesce(att.g_attach, 0.0) AS g_attach,
@@ -55,7 +68,8 @@ def evidence_frame(con: duckdb.DuckDBPyConnection, cfg: Config,
     marked ``group: true`` (what its link community does as a whole).
 
     Behaviour evidence is damped for accounts with very few requests: three prompts cannot show
-    a rate, a template or a timing pattern. Group items are damped by the group's requests.
+    a rate, a template or a timing pattern. Group items are damped by the group's requests,
+    items with a ``support`` by that count (see :func:`damping_sql`).
     ``weights`` (name -> weight) overrides the config's; 1.0 everywhere gives the unweighted
     ramps a weight fit needs.
     """
@@ -67,8 +81,7 @@ def evidence_frame(con: duckdb.DuckDBPyConnection, cfg: Config,
         lo, hi = float(it["lo"]), float(it["hi"])
         w = float(weights[it["name"]]) if weights is not None else item_weight(cfg, it)
         ramp = f"least(greatest((({it['expr']}) - ({lo})) / ({hi - lo}), 0), 1)"
-        n = "coalesce(g_requests, 0)" if it.get("group") else "n_requests"
-        cols.append(f"{w!r} * coalesce({ramp}, 0) * least({n} / {min_req}, 1) "
+        cols.append(f"{w!r} * coalesce({ramp}, 0) * {damping_sql(it, min_req)} "
                     f"AS ev_{it['name']}")
     df = con.sql(f"SELECT account_id, {', '.join(cols)} FROM {table}").pl()
     own = [f"ev_{it['name']}" for it in items if not it.get("group")]
@@ -76,6 +89,21 @@ def evidence_frame(con: duckdb.DuckDBPyConnection, cfg: Config,
     df = df.with_columns(pl.sum_horizontal(own).alias("raw"))
     return df.with_columns((pl.col("raw") + (pl.sum_horizontal(grp) if grp else 0.0))
                            .alias("final_raw"))
+
+
+def damping_sql(item: dict, min_requests: float) -> str:
+    """How far an item's evidence counts, 0 to 1 (SQL over the scoring input).
+
+    By default the account's requests over ``min_requests`` (a group item: its group's
+    requests). An item with ``support`` (an expression counting the observations the
+    evidence rests on, e.g. the distinct prompts a rule matched) is damped by that count
+    over ``min_support`` instead: an elicitation rate whose background is near zero is
+    shown by its matches, not by the account's volume, so an account that sends ten
+    requests, eight of them extraction prompts, is not read as a tenth of a case."""
+    if it_support := item.get("support"):
+        return f"least(coalesce(({it_support}) / {float(item['min_support'])!r}, 0), 1)"
+    n = "coalesce(g_requests, 0)" if item.get("group") else "n_requests"
+    return f"least({n} / {min_requests}, 1)"
 
 
 #: A contribution is named as a reason only above this.

@@ -38,7 +38,7 @@ __all__ = ["FittedWeights", "design_frame", "fit_detector", "fit_weights", "onli
 def design_frame(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     """account_id and one ``ev_<item>`` column per evidence item at weight 1 (the damped
     ramp), from a store the pipeline has run on up to linking."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _score_in AS {scoring_input_sql()}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _score_in AS {scoring_input_sql(cfg)}")
     unit = {it["name"]: 1.0 for it in cfg["scoring"]["evidence"]}
     return evidence_frame(con, cfg, "_score_in", weights=unit).drop("raw", "final_raw")
 
