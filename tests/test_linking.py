@@ -104,3 +104,37 @@ def test_stragglers_attach_to_the_one_community_their_multichannel_ties_reach(cf
     assert (out[:20] == memb[:20]).all()
     off = load_config(overrides={"linking": {"merge": {"attach_links": 0}}})
     assert (attach_stragglers(e, memb, off) == memb).all()
+
+
+def test_attach_counts_multi_channel_ties_beside_the_median() -> None:
+    """In a community whose dense core sets the median link weight, a member with many
+    two-channel ties is fully attached; one tied by a single channel stays weakly attached;
+    without ``attach_multi_edges`` only the median reading counts."""
+    import duckdb
+
+    from distillguard.scoring.evidence import scoring_input_sql
+    from distillguard.scoring.fit import with_overlay
+
+    con = duckdb.connect()
+    core = [f"c{i}" for i in range(30)]
+    edges = [(a, b, 10.0, 2) for i, a in enumerate(core) for b in core[i + 1:]]   # dense core
+    edges += [("m", core[i], 1.0, 2) for i in range(25)]       # 25 two-channel ties, light
+    edges += [("s", core[i], 1.0, 1) for i in range(25)]       # 25 one-channel ties
+    con.execute("CREATE TABLE edges (a VARCHAR, b VARCHAR, weight DOUBLE, channels INT)")
+    con.executemany("INSERT INTO edges VALUES (?, ?, ?, ?)", edges)
+    accts = [*core, "m", "s"]
+    con.execute("CREATE TABLE communities AS SELECT unnest(?) AS account_id, 0 AS community",
+                [accts])
+    con.execute("CREATE TABLE features AS SELECT unnest(?) AS account_id", [accts])
+    con.execute("CREATE TABLE groups AS SELECT 0 AS community, 32 AS g_size")
+    cfg = load_config()
+
+    def attach(c) -> dict[str, float]:
+        return dict(con.execute(f"SELECT account_id, g_attach FROM ({scoring_input_sql(c)}) "
+                                "WHERE account_id IN ('m', 's', 'c0')").fetchall())
+
+    got = attach(cfg)
+    assert got["c0"] == 1.0 and got["m"] == 1.0        # 25 >= 20 two-channel ties
+    assert got["s"] < 0.1                               # 25 / (29 * 10 + 1) of the median
+    old = attach(with_overlay(cfg, {"linking": {"groups": {"attach_multi_edges": None}}}))
+    assert old["m"] == old["s"] < 0.1
