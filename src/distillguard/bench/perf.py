@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distillguard.bench.run import current_rss
+from distillguard.bench.run import PeakRSS
 
 STAGES = ("ingest", "signals", "features", "linking", "scoring")
 ACCOUNTS_AT_16M = 25_000
@@ -337,8 +336,9 @@ def generate(n: int, out_dir: str | Path, seed: int = 7,
 # --------------------------------------------------------------------------- measuring
 
 
-class _StageRSS:
-    """Progress hook + sampler thread: peak RSS between consecutive stage ends."""
+class _StageRSS(PeakRSS):
+    """Progress hook + sampler thread: peak RSS between consecutive stage ends (``peaks``),
+    and over the whole block (``overall``)."""
 
     def __init__(self) -> None:
         from distillguard.api import Progress
@@ -347,9 +347,6 @@ class _StageRSS:
         self.cpu: dict[str, float] = {}   # CPU seconds per stage, this process and its workers
         self._cpu0 = _cpu_seconds()
         self._cur = self._rss()
-        self.overall = self._cur
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
         outer = self
 
         class P(Progress):
@@ -363,21 +360,18 @@ class _StageRSS:
 
         self.progress = P()
 
-    _rss = staticmethod(current_rss)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            r = self._rss()
-            self._cur = max(self._cur, r)
-            self.overall = max(self.overall, r)
-
     def __enter__(self) -> _StageRSS:
-        self._t.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+    def _sample(self) -> None:
+        r = self._rss()
+        self.peak = max(self.peak, r)
+        self._cur = max(self._cur, r)
+
+    @property
+    def overall(self) -> int:
+        return self.peak
 
 
 def _cpu_seconds() -> float:

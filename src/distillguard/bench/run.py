@@ -40,7 +40,11 @@ def current_rss() -> int:
 
 
 class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+    """Peak resident memory of this process while the block runs (sampled every
+    ``interval`` seconds on a thread, and once more at the end). Subclasses sample more
+    in :meth:`_sample`."""
+
+    interval = 0.05
 
     def __enter__(self) -> PeakRSS:
         self.peak = self.start = self._rss()
@@ -51,14 +55,17 @@ class PeakRSS:
 
     _rss = staticmethod(current_rss)
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self._rss())
+
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._rss())
+        while not self._stop.wait(self.interval):
+            self._sample()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, self._rss())
+        self._sample()
 
 
 @dataclass

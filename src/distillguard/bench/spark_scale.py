@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import socket
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from distillguard.bench.run import current_rss
+from distillguard.bench.run import PeakRSS
 
 #: Stages tagged by ``run_spark`` (job group ``distillguard:<stage>``); jobs started outside
 #: them (reading the input, the driver's last collects) count as "other".
@@ -68,28 +67,20 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-class _Peak:
-    """Samples this process's RSS and the process tree's (driver JVM + Python workers)."""
+class _Peak(PeakRSS):
+    """Peak RSS of this process (``peak``, the driver) and of its process tree (``tree``:
+    the driver JVM and its Python workers), sampled every 0.25 s."""
 
-    def __init__(self) -> None:
-        self.driver = 0
-        self.tree = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.wait(0.25):
-            self.driver = max(self.driver, current_rss())
-            self.tree = max(self.tree, _tree_rss(me))
+    interval = 0.25      # the tree walk reads /proc for every JVM thread
 
     def __enter__(self) -> _Peak:
-        self._t.start()
+        self.tree = 0
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+    def _sample(self) -> None:
+        super()._sample()
+        self.tree = max(self.tree, _tree_rss(os.getpid()))
 
 
 def stage_metrics(ui: str, app_id: str) -> dict[str, dict[str, float]]:
@@ -209,7 +200,7 @@ def spark_scale(size: float, out_dir: str | Path = "spark-out", *, seed: int = 7
             "total_s": total, "timings": run.timings, "stats": run.stats,
             "accounts": run.scores.height, "flagged": int(run.scores["flagged"].sum()),
             "campaigns": len(run.campaigns), "spark": metrics,
-            "driver_peak_rss": peak.driver, "tree_peak_rss": peak.tree,
+            "driver_peak_rss": peak.peak, "tree_peak_rss": peak.tree,
             "load_avg": os.getloadavg(), "shuffle_partitions":
                 spark.conf.get("spark.sql.shuffle.partitions"),
         }
