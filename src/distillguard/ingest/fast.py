@@ -358,36 +358,51 @@ def _store_fast(path: Path, con: duckdb.DuckDBPyConnection, limits: dict[str, in
     return inserted, dup
 
 
+def _normalise_insert(path: Path, items: Iterator[tuple[int, Any]], limits: dict[str, int],
+                      bad: Callable[[int, str, Any], None],
+                      insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
+                      batch: int) -> tuple[int, int]:
+    """(line, record or LineError) through ``normalize`` as the row path does: bad ones to
+    ``bad``, good ones inserted ``batch`` at a time; (inserted, duplicates)."""
+    ok = dup = 0
+    rows: list[dict[str, Any]] = []
+    for line, obj in items:
+        if isinstance(obj, LineError):
+            bad(line, obj.reason, obj.raw)
+            continue
+        try:
+            rows.append(normalize(obj, f"{path.name}:{line}", limits))
+        except RowError as exc:
+            bad(line, str(exc), obj)
+        if len(rows) >= batch:
+            i, d = insert_rows(rows)
+            ok, dup, rows = ok + i, dup + d, []
+    if rows:
+        i, d = insert_rows(rows)
+        ok, dup = ok + i, dup + d
+    return ok, dup
+
+
 def _row_path(path: Path, con: duckdb.DuckDBPyConnection, lines: list[int],
               limits: dict[str, int], bad: Callable[[int, str, Any], None],
               insert_rows: Callable[[list[dict[str, Any]]], tuple[int, int]],
               batch: int = 50_000) -> tuple[int, int]:
     """The rows the SQL did not take, through ``normalize`` exactly as the row path does."""
-    ok = dup = 0
-    pf = pq.ParquetFile(path)
     want = pa.array(sorted(lines), pa.int64())
-    rows: list[dict[str, Any]] = []
-    start = 0
-    # Walk the file in batches and pick the wanted rows (line = 1-based row number).
-    for rb in pf.iter_batches(batch_size=batch):
-        end = start + rb.num_rows
-        sel = pc.filter(want, pc.and_(pc.greater(want, start), pc.less_equal(want, end)))
-        if len(sel):
-            picked = rb.take(pc.subtract(sel, start + 1))
-            for line, row in zip(sel.to_pylist(), picked.to_pylist(), strict=True):
-                rec = _decode_nested(row)
-                try:
-                    rows.append(normalize(rec, f"{path.name}:{line}", limits))
-                except RowError as exc:
-                    bad(line, str(exc), rec)
-            if len(rows) >= batch:
-                i, d = insert_rows(rows)
-                ok, dup, rows = ok + i, dup + d, []
-        start = end
-    if rows:
-        i, d = insert_rows(rows)
-        ok, dup = ok + i, dup + d
-    return ok, dup
+
+    def picked() -> Iterator[tuple[int, Any]]:
+        # Walk the file in batches and pick the wanted rows (line = 1-based row number).
+        start = 0
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch):
+            end = start + rb.num_rows
+            sel = pc.filter(want, pc.and_(pc.greater(want, start), pc.less_equal(want, end)))
+            if len(sel):
+                rows = rb.take(pc.subtract(sel, start + 1)).to_pylist()
+                for line, row in zip(sel.to_pylist(), rows, strict=True):
+                    yield line, _decode_nested(row)
+            start = end
+
+    return _normalise_insert(path, picked(), limits, bad, insert_rows, batch)
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -609,23 +624,7 @@ def _jsonl_row_path(path: Path, con: duckdb.DuckDBPyConnection, lines: list[int]
                     batch: int = 50_000) -> tuple[int, int]:
     """The lines the SQL did not take, parsed and normalised exactly as the row path does."""
     want = set(lines)
-    ok = dup = 0
-    rows: list[dict[str, Any]] = []
     with _open_bytes(path) as fh:
         picked = ((n, line) for n, line in _bounded_lines(fh, int(limits["max_line_bytes"]))
                   if n in want)
-        for lineno, obj in _parse_lines(picked):
-            if isinstance(obj, LineError):
-                bad(lineno, obj.reason, obj.raw)
-                continue
-            try:
-                rows.append(normalize(obj, f"{path.name}:{lineno}", limits))
-            except RowError as exc:
-                bad(lineno, str(exc), obj)
-            if len(rows) >= batch:
-                i, d = insert_rows(rows)
-                ok, dup, rows = ok + i, dup + d, []
-    if rows:
-        i, d = insert_rows(rows)
-        ok, dup = ok + i, dup + d
-    return ok, dup
+        return _normalise_insert(path, _parse_lines(picked), limits, bad, insert_rows, batch)
