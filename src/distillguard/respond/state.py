@@ -411,6 +411,21 @@ return 1
 """
 
 
+def _weak_periodic(obj: Any, tick: Callable[[Any], float], name: str) -> threading.Thread:
+    """A daemon thread (not started) calling ``tick(obj)`` and sleeping the seconds it
+    returns, for as long as ``obj`` lives. It holds ``obj`` only weakly, and not while it
+    sleeps, so the thread never keeps a dropped store alive."""
+    ref = weakref.ref(obj)
+
+    def run() -> None:
+        while (me := ref()) is not None:
+            wait = tick(me)
+            del me
+            time.sleep(wait)
+
+    return threading.Thread(target=run, name=name, daemon=True)
+
+
 @dataclass(slots=True)
 class _Riders:
     """What :meth:`RedisState._pipe` put in front of the caller's commands."""
@@ -564,9 +579,7 @@ class RedisState:
         self._deferred.append((time.monotonic(), [a, f"{a}:h:{hist[0]}", a + ":p", a + ":t"],
                                args))
         if self._flusher is None:
-            self._flusher = threading.Thread(target=RedisState._flush_loop,
-                                             args=(weakref.ref(self),),
-                                             name="dg-state-flush", daemon=True)
+            self._flusher = _weak_periodic(self, RedisState._flush_tick, "dg-state-flush")
             self._flusher.start()
         return True
 
@@ -575,20 +588,13 @@ class RedisState:
         if self._deferred:
             self._run(lambda: self._exec(*self._pipe()))
 
-    @staticmethod
-    def _flush_loop(ref: Any) -> None:
+    def _flush_tick(self) -> float:
         """Send usage writes that no request took along within ``defer_max_s``."""
-        while True:
-            me = ref()
-            if me is None:
-                return
-            with suppress(IndexError):
-                if time.monotonic() - me._deferred[0][0] >= me.defer_max_s:
-                    with suppress(StateStoreError):      # best effort, as usage always was
-                        me.flush()
-            wait = me.defer_max_s
-            del me
-            time.sleep(wait)
+        with suppress(IndexError):
+            if time.monotonic() - self._deferred[0][0] >= self.defer_max_s:
+                with suppress(StateStoreError):      # best effort, as usage always was
+                    self.flush()
+        return self.defer_max_s
 
     # ------------------------------------------------------------------ store interface
     def update(self, account_id: str, u: AccountUpdate) -> dict[str, float]:
@@ -877,22 +883,14 @@ class FallbackState:
         self.last_recovery: tuple[float, float] | None = None   # (went down, came back) mono
         self.sync_interval_s = sync_interval_s
         if sync_interval_s and hasattr(primary, "r"):
-            threading.Thread(target=FallbackState._sync_loop, args=(weakref.ref(self),),
-                             name="dg-state-sync", daemon=True).start()
+            _weak_periodic(self, FallbackState._sync_tick, "dg-state-sync").start()
 
-    @staticmethod
-    def _sync_loop(ref: Any) -> None:
+    def _sync_tick(self) -> float:
         """Mirror every suspension record of the primary every ``sync_interval_s``."""
-        while True:
-            me = ref()
-            if me is None:
-                return
-            if me._down_since is None:
-                with suppress(StateStoreError, ValueError):     # ValueError: a bad record
-                    me.sync_suspensions()
-            interval = me.sync_interval_s or 10.0
-            del me
-            time.sleep(interval)
+        if self._down_since is None:
+            with suppress(StateStoreError, ValueError):     # ValueError: a bad record
+                self.sync_suspensions()
+        return self.sync_interval_s or 10.0
 
     def sync_suspensions(self) -> int:
         """Read every suspension / operator record from the primary; return the count.
