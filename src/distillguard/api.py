@@ -124,7 +124,7 @@ def calibration_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: pl.DataFrame,
                   campaigns: list[dict[str, Any]], summary: dict[str, Any],
-                  cfg: Config | None = None) -> None:
+                  cfg: Config) -> None:
     """accounts.csv, campaigns.json and (given the full store) report.html, groups.parquet
     and calibration.json (the online scorer's batch context) into ``out_dir``."""
     from distillguard.report import write_report
@@ -270,7 +270,7 @@ def detect_spark(
         if out is not None:
             t0 = time.perf_counter()
             scores, campaigns = run.scores, run.campaigns
-            write_outputs(None, out, scores, campaigns, {})
+            write_outputs(None, out, scores, campaigns, {}, cfg)
             summary = {
                 "n_requests": run.report.n_requests,
                 "n_accounts": scores.height,

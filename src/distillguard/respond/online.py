@@ -1207,7 +1207,7 @@ def _score1(cal: Calibrator, raw: float) -> float:
 
 # ------------------------------------------------------------------ batch context
 
-def batch_context(con: Any, cfg: Config | None = None) -> tuple[Any, dict[str, Any] | None]:
+def batch_context(con: Any, cfg: Config) -> tuple[Any, dict[str, Any] | None]:
     """(group frame, calibration) of the last batch run on a store connection.
 
     The frame has, per account in a link community (``community >= 0``), its community,
@@ -1233,7 +1233,7 @@ def batch_context(con: Any, cfg: Config | None = None) -> tuple[Any, dict[str, A
     return frame, cal
 
 
-def write_batch_context(con: Any, out_dir: str | Path, cfg: Config | None = None) -> None:
+def write_batch_context(con: Any, out_dir: str | Path, cfg: Config) -> None:
     """``groups.parquet`` and ``calibration.json`` of the last batch run into ``out_dir``:
     what :meth:`OnlineScorer.load_groups` reads (``distillguard detect`` writes them)."""
     out = Path(out_dir)

@@ -9,7 +9,7 @@ from distillguard.config import Config
 from distillguard.features.defs import ALL_FEATURES
 
 
-def scoring_input_sql(cfg: Config | None = None) -> str:
+def scoring_input_sql(cfg: Config) -> str:
     """Per account: its features, its link community, that community's ``groups`` row and
     ``g_attach``, how strongly the account is tied into it. Accounts in no community get
     NULL group columns (their group evidence is 0) and ``g_size`` 1.
@@ -22,7 +22,7 @@ def scoring_input_sql(cfg: Config | None = None) -> str:
     belongs to its community whatever the core does. Legitimate accounts drawn into a
     campaign's community (a shared proxy exit, a shared day of creation) have a handful of
     such ties at most, hence the ramp starts at ``lo``."""
-    lo_hi = cfg["linking"]["groups"].get("attach_multi_edges") if cfg else None
+    lo_hi = cfg["linking"]["groups"].get("attach_multi_edges")
     rel = "w / nullif(median(w) OVER (PARTITION BY community), 0)"
     if lo_hi:
         lo, hi = (float(x) for x in lo_hi)
