@@ -203,9 +203,15 @@ def test_parity_from_canonical_jsonl(spark, data):
     assert inp.path_kind == "normalised-jsonl"
     assert inp.rejected.count() == 0
     random.seed(5)
-    run = run_spark(spark, inp.requests, data["cfg"])
+    # A tiny driver-row bound: campaigns.json must not depend on what the driver holds.
+    run = run_spark(spark, inp.requests, data["cfg"], driver_rows_per_account=3)
     try:
         assert run.linking == "driver"
+        per_account = run.store.sql(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM requests GROUP BY account_id)"
+        ).fetchall()[0][0]
+        assert per_account is not None and per_account <= 3
+        assert run.stats["campaign_rows"] < sum(c["requests"] for c in run.campaigns)
         assert run.stats["requests"] == data["signals"].height
         feats = run.store.sql("SELECT * FROM features ORDER BY account_id").pl()
         duck = data["features"]
@@ -221,11 +227,11 @@ def test_parity_from_canonical_jsonl(spark, data):
         by_id = {c["campaign_id"]: c for c in data["campaigns"]}
         for c in run.campaigns:
             d = by_id[c["campaign_id"]]
-            for k in ("accounts", "requests", "first_seen", "last_seen", "capabilities"):
-                assert c[k] == d[k], k
+            # Everything but the score (1e-6) is equal: volumes, capabilities, every
+            # indicator, templates, example prompts and reasons.
             assert abs(c["score"] - d["score"]) <= 1e-6
-            assert c["indicators"]["payment_fingerprints"] == \
-                d["indicators"]["payment_fingerprints"]
+            assert {k: x for k, x in c.items() if k != "score"} == \
+                {k: x for k, x in d.items() if k != "score"}
         # Each stage's Spark jobs carry its job group (what bench.spark_scale reads back),
         # and no group is left set on the thread afterwards.
         tracker = spark.sparkContext.statusTracker()

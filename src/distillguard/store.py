@@ -6,10 +6,14 @@ user can act on instead of a raw traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from distillguard.errors import StoreError
 
@@ -73,3 +77,34 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     """First column of the first row; fetches everything so the connection is free again."""
     rows = con.execute(sql, params or []).fetchall()
     return rows[0][0] if rows else None
+
+
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, table: pa.Table) -> Iterator[str]:
+    """Register an Arrow table on ``con`` under a fresh name; unregister on exit."""
+    name = f"_dg_tmp_{uuid.uuid4().hex[:12]}"
+    con.register(name, table)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            con.unregister(name)
+
+
+#: ``query(sql, tables)``: run an aggregate text over the per-request tables (``requests``,
+#: ``signals``) with its ``{name}`` placeholders bound to the small helper Arrow tables in
+#: ``tables``; the result as Arrow. Readers that only need aggregates take one of these, so
+#: the Spark engine can run the same text on its executors (``engines.spark``) and only the
+#: small result reaches the driver.
+Query = Callable[[str, dict[str, pa.Table]], pa.Table]
+
+
+def duckdb_query(con: duckdb.DuckDBPyConnection) -> Query:
+    """:data:`Query` over a DuckDB store that holds ``requests`` and ``signals``."""
+
+    def run(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+        with contextlib.ExitStack() as stack:
+            names = {k: stack.enter_context(registered(con, t)) for k, t in tables.items()}
+            return con.sql(sql.format(**names)).to_arrow_table()
+
+    return run

@@ -67,7 +67,7 @@ from distillguard.scoring.campaigns import describe_campaigns
 from distillguard.signals import FLAG_NAMES, compute_signals
 from distillguard.signals.rules import load_rules
 from distillguard.signals.sql import signals_base_sql
-from distillguard.store import connect
+from distillguard.store import Query, connect
 
 __all__ = [
     "DRIVER_MAX_EDGES",
@@ -95,6 +95,11 @@ DRIVER_MAX_TOKENS = 50_000_000
 #: A connected component with more edges than this keeps its component as its community
 #: instead of being Leiden-clustered on one executor.
 EXECUTOR_MAX_EDGES = 1_000_000
+#: Requests (and their signals) per flagged account or campaign member copied to the driver
+#: store, the most recent first: what the console and ``intel export`` show of an account.
+#: Campaign descriptions and the report aggregate on the executors, so this only bounds
+#: what those readers see, not what campaigns.json says.
+DRIVER_ROWS_PER_ACCOUNT = 1_000
 
 _SPARK_TYPES = {pa.string(): "string", pa.timestamp("us"): "timestamp", pa.int32(): "int",
                 pa.int64(): "bigint"}
@@ -634,32 +639,60 @@ def _typed_driver_store(cfg: Config) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _load_campaign_rows(v: _Views, con: duckdb.DuckDBPyConnection, scores: pl.DataFrame) -> int:
-    """Put the requests and signals of flagged accounts and campaign members into the driver
-    store (``response`` left out).
+def _load_campaign_rows(v: _Views, con: duckdb.DuckDBPyConnection, scores: pl.DataFrame,
+                        per_account: int) -> int:
+    """Put at most ``per_account`` requests (the most recent; ``response`` left out) and
+    their signals of each flagged account and campaign member into the driver store, for the
+    console and ``intel export``, which read the written store.
 
-    ``describe_campaigns`` reads them for indicators, skeletons and example prompts (and the
-    report for per-account and per-campaign panels); they are O(flagged requests), not
-    O(requests).
-    """
+    The driver thus holds O(flagged accounts x per_account) rows, however many requests the
+    campaigns sent (800,145 rows at 4M requests before this bound): what campaigns.json and
+    the report need of all their requests is aggregated on the executors
+    (:func:`_spark_query`)."""
     con.execute("CREATE TABLE requests AS SELECT * FROM _dg_requests_t")
     con.execute("CREATE TABLE signals AS SELECT * FROM _dg_signals_t")
     members = scores.filter(pl.col("campaign_id").is_not_null() | pl.col("flagged"))[
         "account_id"].to_list()
-    if not members:
+    if not members or per_account <= 0:
         return 0
     m = v.spark.createDataFrame([(a,) for a in members], "account_id string")
     v.put("_members", F.broadcast(m))
     req_cols = [c for c in STORE_COLUMNS if c != "response"]
-    reqs = _to_arrow(v.spark.sql(
-        f"SELECT {', '.join('r.' + c for c in req_cols)} FROM {v.names['requests']} r "
-        f"LEFT SEMI JOIN {v.names['_members']} m ON r.account_id = m.account_id"))
+    v.put("_member_rows", v.spark.sql(f"""
+        SELECT * FROM (
+          SELECT {', '.join('r.' + c for c in req_cols)},
+                 row_number() OVER (PARTITION BY r.account_id
+                                    ORDER BY r.ts DESC, r.request_id DESC) AS _rn
+          FROM {v.names['requests']} r
+          LEFT SEMI JOIN {v.names['_members']} m ON r.account_id = m.account_id)
+        WHERE _rn <= {int(per_account)}"""), persist=True)
+    rows = v.names["_member_rows"]
+    reqs = _to_arrow(v.spark.sql(f"SELECT {', '.join(req_cols)} FROM {rows}"))
     sig = _to_arrow(v.spark.sql(
         f"SELECT s.* FROM {v.names['signals']} s "
-        f"LEFT SEMI JOIN {v.names['_members']} m ON s.account_id = m.account_id"))
+        f"LEFT SEMI JOIN {rows} r ON s.request_id = r.request_id"))
     _insert(con, "requests", reqs)
     _insert(con, "signals", sig)
     return reqs.num_rows
+
+
+def _spark_query(v: _Views, cfg: Config) -> Query:
+    """:data:`distillguard.store.Query` on the executors: the aggregate text is compiled to
+    Spark SQL over the ``requests`` and ``signals`` views, the helper tables are broadcast,
+    and only the (small) result comes to the driver. The account keys linking computed are
+    reused instead of being derived again."""
+    keys_sql = account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
+
+    def query(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+        names = {}
+        for k, t in tables.items():
+            v.put(f"_q_{k}", F.broadcast(_from_arrow(v.spark, t)))
+            names[k] = v.names[f"_q_{k}"]
+        if "_keys" in v.names:
+            sql = sql.replace(keys_sql, "SELECT * FROM _keys")
+        return _to_arrow(v.sql(sql.format(**names)))
+
+    return query
 
 
 # ------------------------------------------------------------------------------------------
@@ -1073,7 +1106,7 @@ def _set_partner_features(con: duckdb.DuckDBPyConnection, hits: pa.Table) -> int
 # ------------------------------------------------------------------------------------------
 
 
-def _report_aggregates(v: _Views, con: duckdb.DuckDBPyConnection,
+def _report_aggregates(v: _Views, con: duckdb.DuckDBPyConnection, cfg: Config,
                        campaigns: list[dict[str, Any]], linking: str) -> Any:
     """``report.report_aggregates`` with its aggregate SQL compiled to Spark SQL and run on
     the executors; only the small results come to the driver. With distributed linking the
@@ -1081,14 +1114,7 @@ def _report_aggregates(v: _Views, con: duckdb.DuckDBPyConnection,
     accounts and their direct neighbours are fetched for the link graph."""
     from distillguard.report import report_aggregates
 
-    def query(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
-        names = {}
-        for k, t in tables.items():
-            v.put(f"_rep_{k}", F.broadcast(_from_arrow(v.spark, t)))
-            names[k] = v.names[f"_rep_{k}"]
-        return _to_arrow(v.sql(sql.format(**names)))
-
-    agg = report_aggregates(con, campaigns, query)
+    agg = report_aggregates(con, campaigns, _spark_query(v, cfg))
     if linking == "distributed":
         seeds = agg.campaign_map.table().select(["account_id"])
         v.put("_rep_seeds", F.broadcast(_from_arrow(v.spark, seeds)))
@@ -1134,7 +1160,8 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
               progress: Any = None, driver_max_edges: int = DRIVER_MAX_EDGES,
               driver_max_tokens: int = DRIVER_MAX_TOKENS,
               executor_max_edges: int = EXECUTOR_MAX_EDGES, intel_key: bytes | None = None,
-              partner_indicators: Any = None, report: bool = False) -> SparkRun:
+              partner_indicators: Any = None, report: bool = False,
+              driver_rows_per_account: int = DRIVER_ROWS_PER_ACCOUNT) -> SparkRun:
     """signals -> features -> links -> scores on Spark; see the module docstring.
 
     ``intel_key`` (the sharing group's HMAC key) with ``partner_indicators`` (what
@@ -1142,6 +1169,8 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
     wrote, a connection to it, or the ``partner_indicators`` table as Arrow / polars) gives
     the partner features, matched on the executors by ``intel.match_partner_indicators``.
     ``report=True`` also computes the report's aggregates (``SparkRun.report``).
+    ``driver_rows_per_account`` bounds the requests of each flagged account the driver store
+    keeps (:func:`_load_campaign_rows`).
     """
     from distillguard.api import Progress
 
@@ -1228,11 +1257,13 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                     "SELECT count(*) FROM edges").fetchall()[0][0]
             with timed("scoring"):
                 scores, flagged = score_accounts(con, cfg, calibrator)
-                stats["campaign_rows"] = _load_campaign_rows(v, con, scores)
-                campaigns = describe_campaigns(con, cfg, flagged, scores)
+                stats["campaign_rows"] = _load_campaign_rows(v, con, scores,
+                                                             driver_rows_per_account)
+                campaigns = describe_campaigns(con, cfg, flagged, scores,
+                                               query=_spark_query(v, cfg))
             if report:
                 t0 = time.perf_counter()
-                report_agg = _report_aggregates(v, con, campaigns, stats["linking"])
+                report_agg = _report_aggregates(v, con, cfg, campaigns, stats["linking"])
                 timings["report_aggregates"] = time.perf_counter() - t0
     except BaseException:
         con.close()

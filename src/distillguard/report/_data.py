@@ -7,16 +7,16 @@ and always unregistered again.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
+
+from distillguard.store import Query, duckdb_query, registered  # noqa: F401 (re-exported)
 
 #: Capability classes of ``signals.capability`` in display order; anything else is "other".
 CAPABILITIES: tuple[str, ...] = (
@@ -45,18 +45,6 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str,
     on a connection with an unfinished result)."""
     rows = con.execute(sql, params or []).fetchall()
     return rows[0] if rows else None
-
-
-@contextlib.contextmanager
-def registered(con: duckdb.DuckDBPyConnection, table: pa.Table) -> Iterator[str]:
-    """Register an Arrow table on ``con`` under a fresh name; unregister on exit."""
-    name = f"_dg_report_{uuid.uuid4().hex[:12]}"
-    con.register(name, table)
-    try:
-        yield name
-    finally:
-        with contextlib.suppress(Exception):
-            con.unregister(name)
 
 
 def build_campaign_map(
@@ -126,22 +114,6 @@ SELECT coalesce(m.rank, -1) AS rank,
 FROM signals s LEFT JOIN {{map}} m ON s.account_id = m.account_id
 GROUP BY 1, 2
 """
-
-#: ``query(sql, tables)``: run one of the aggregate texts above with its ``{name}``
-#: placeholders bound to the helper Arrow tables in ``tables``; the result as Arrow.
-Query = Callable[[str, dict[str, pa.Table]], pa.Table]
-
-
-def duckdb_query(con: duckdb.DuckDBPyConnection) -> Query:
-    """The aggregate queries on a DuckDB store that holds ``requests`` and ``signals``."""
-
-    def run(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
-        with contextlib.ExitStack() as stack:
-            names = {k: stack.enter_context(registered(con, t)) for k, t in tables.items()}
-            return con.sql(sql.format(**names)).to_arrow_table()
-
-    return run
-
 
 @dataclass
 class Aggregates:

@@ -8,6 +8,7 @@ import duckdb
 import polars as pl
 
 from distillguard.linking.keys import account_keys_sql
+from distillguard.store import Query, duckdb_query, registered
 
 
 def _trunc(s: str | None, n: int) -> str:
@@ -16,49 +17,79 @@ def _trunc(s: str | None, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+#: Per-request aggregates of a campaign's members (``{members}``: account_id, campaign_id).
+#: Each result is O(campaigns x distinct values), never O(requests): the Spark engine runs
+#: the same texts on its executors, so the driver never holds the members' requests.
+BASE_SQL = """
+SELECT m.campaign_id, count(*) AS requests, min(r.ts) AS first_seen, max(r.ts) AS last_seen
+FROM requests r JOIN {members} m ON r.account_id = m.account_id GROUP BY 1
+"""
+CAPABILITIES_SQL = """
+SELECT m.campaign_id, s.capability, count(*) AS n
+FROM signals s JOIN {members} m ON s.account_id = m.account_id GROUP BY 1, 2
+"""
+# Templates the campaign owns: most of the template's traffic comes from its members. A
+# popular prompt some members also sent (camouflage) is not the campaign's template.
+TEMPLATES_SQL = """
+SELECT m.campaign_id, s.template_id, min(s.skeleton) AS skeleton,
+       count(*) AS requests, count(DISTINCT s.account_id) AS accounts
+FROM signals s JOIN {members} m ON s.account_id = m.account_id
+GROUP BY 1, 2
+HAVING count(*) >= 5 AND count(*) >= 0.8 * any_value(s.template_size)
+"""
+# md5, not hash(): the same examples on both engines (Spark's hash is another function).
+EXAMPLES_SQL = """
+SELECT campaign_id, prompt, rn FROM (
+  SELECT m.campaign_id, r.prompt,
+         row_number() OVER (PARTITION BY m.campaign_id
+                            ORDER BY md5(r.request_id), r.request_id) AS rn
+  FROM requests r JOIN {members} m ON r.account_id = m.account_id)
+WHERE rn <= %d
+"""
+
+
+def _keys_sql(cfg: Any) -> str:
+    # The key SQL is literal text inside a template whose placeholders are str.format ones.
+    keys = account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
+    return f"""
+SELECT m.campaign_id, k.kind, k.key, count(DISTINCT k.account_id) AS accounts,
+       sum(k.n) AS requests
+FROM ({keys}) k JOIN {{members}} m ON k.account_id = m.account_id
+GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2
+"""
+
+
 def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFrame,
-                       scores: pl.DataFrame, max_examples: int = 3) -> list[dict[str, Any]]:
+                       scores: pl.DataFrame, max_examples: int = 3,
+                       query: Query | None = None) -> list[dict[str, Any]]:
+    """One record per flagged campaign (``campaigns.json``): members, volume, capabilities,
+    indicators, example prompts and reasons.
+
+    ``con`` holds ``scores``' tables and ``edges``; the per-request aggregates run through
+    ``query`` (default: on ``con``'s ``requests`` and ``signals``), which the Spark engine
+    points at its executors."""
     if flagged.is_empty():
         return []
     members = scores.filter(pl.col("campaign_id").is_not_null()).select(
         "account_id", "campaign_id")
-    con.register("_members", members.to_arrow())
-    try:
-        base = con.sql("""
-            SELECT m.campaign_id, count(*) AS requests, min(r.ts) AS first_seen,
-                   max(r.ts) AS last_seen
-            FROM requests r JOIN _members m USING (account_id) GROUP BY 1""").pl()
-        caps = con.sql("""
-            SELECT m.campaign_id, s.capability, count(*) AS n
-            FROM signals s JOIN _members m USING (account_id) GROUP BY 1, 2""").pl()
-        keys = con.sql(f"""
-            SELECT m.campaign_id, k.kind, k.key, count(DISTINCT k.account_id) AS accounts,
-                   sum(k.n) AS requests
-            FROM ({account_keys_sql(cfg)}) k JOIN _members m USING (account_id)
-            GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2""").pl()
-        # Templates the campaign owns: most of the template's traffic comes from its members.
-        # A popular prompt some members also sent (camouflage) is not the campaign's template.
-        skel = con.sql("""
-            SELECT m.campaign_id, s.template_id, min(s.skeleton) AS skeleton,
-                   count(*) AS requests, count(DISTINCT s.account_id) AS accounts
-            FROM signals s JOIN _members m USING (account_id)
-            GROUP BY 1, 2
-            HAVING count(*) >= 5 AND count(*) >= 0.8 * any_value(s.template_size)""").pl()
-        examples = con.sql(f"""
-            SELECT campaign_id, prompt FROM (
-              SELECT m.campaign_id, r.prompt,
-                     row_number() OVER (PARTITION BY m.campaign_id ORDER BY hash(r.request_id))
-                       AS rn
-              FROM requests r JOIN _members m USING (account_id))
-            WHERE rn <= {int(max_examples)}""").pl()
-        sync = con.sql("""
+    run = query or duckdb_query(con)
+    tables = {"members": members.to_arrow()}
+
+    def agg(sql: str) -> pl.DataFrame:
+        return pl.from_arrow(run(sql, tables))
+
+    base = agg(BASE_SQL)
+    caps = agg(CAPABILITIES_SQL)
+    keys = agg(_keys_sql(cfg))
+    skel = agg(TEMPLATES_SQL)
+    examples = agg(EXAMPLES_SQL % int(max_examples)).sort("campaign_id", "rn")
+    with registered(con, tables["members"]) as m:
+        sync = con.sql(f"""
             SELECT ma.campaign_id, count(*) AS pairs
-            FROM edges e JOIN _members ma ON e.a = ma.account_id
-                         JOIN _members mb ON e.b = mb.account_id
+            FROM edges e JOIN {m} ma ON e.a = ma.account_id
+                         JOIN {m} mb ON e.b = mb.account_id
             WHERE ma.campaign_id = mb.campaign_id AND e.kinds LIKE '%sync%'
             GROUP BY 1""").pl()
-    finally:
-        con.unregister("_members")
     out = []
     for row in flagged.sort(["campaign_score", "campaign_id"], descending=[True, False]
                             ).iter_rows(named=True):
