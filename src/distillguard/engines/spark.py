@@ -63,7 +63,7 @@ from distillguard.linking.keys import (
 )
 from distillguard.schema import REQUIRED_FIELDS, STORE_COLUMNS, STORE_SCHEMA
 from distillguard.scoring import Calibrator, score_accounts
-from distillguard.scoring.campaigns import describe_campaigns
+from distillguard.scoring.campaigns import describe_campaigns, keys_subquery
 from distillguard.signals import FLAG_NAMES, compute_signals
 from distillguard.signals.rules import load_rules
 from distillguard.signals.sql import signals_base_sql
@@ -681,7 +681,7 @@ def _spark_query(v: _Views, cfg: Config) -> Query:
     Spark SQL over the ``requests`` and ``signals`` views, the helper tables are broadcast,
     and only the (small) result comes to the driver. The account keys linking computed are
     reused instead of being derived again."""
-    keys_sql = account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
+    keys_sql = keys_subquery(cfg)
 
     def query(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
         names = {}

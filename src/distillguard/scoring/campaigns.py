@@ -48,9 +48,15 @@ WHERE rn <= %d
 """
 
 
+def keys_subquery(cfg: Any) -> str:
+    """``account_keys_sql`` as it appears inside the aggregate texts here: braces doubled,
+    since the texts' placeholders are ``str.format`` ones. The Spark engine looks for this
+    exact text to read the keys linking already computed."""
+    return account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
+
+
 def _keys_sql(cfg: Any) -> str:
-    # The key SQL is literal text inside a template whose placeholders are str.format ones.
-    keys = account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
+    keys = keys_subquery(cfg)
     return f"""
 SELECT m.campaign_id, k.kind, k.key, count(DISTINCT k.account_id) AS accounts,
        sum(k.n) AS requests
