@@ -4,6 +4,7 @@ channel alone (a phrasing) stays weak."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 from distillguard.config import load_config
 from distillguard.linking.graph import build_edges, communities
@@ -138,3 +139,87 @@ def test_attach_counts_multi_channel_ties_beside_the_median() -> None:
     assert got["s"] < 0.1                               # 25 / (29 * 10 + 1) of the median
     old = attach(with_overlay(cfg, {"linking": {"groups": {"attach_multi_edges": None}}}))
     assert old["m"] == old["s"] < 0.1
+
+
+def _pool_store(seed: int = 0):
+    """Two campaigns of 30 accounts, each paying with its own card, both sending through one
+    rented pool of 300 exit addresses (40 requests per account, one exit each), plus two
+    accounts at home that share one address."""
+    rng = np.random.default_rng(seed)
+    con = connect(None)
+    rows = []
+    for c in ("a", "b"):
+        for i in range(30):
+            for j, ip in enumerate(rng.integers(0, 300, 40)):
+                rows.append((f"{c}{i}-{j}", f"camp-{c}-{i:02d}", f"card-{c}",
+                             f"100.{int(ip) // 100}.{int(ip) % 100}.7"))
+    for i in range(2):
+        for j in range(5):
+            rows.append((f"h{i}-{j}", f"home-{i}", None, "81.2.3.4"))
+    con.executemany("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools, "
+                    "payment_fingerprint, ip) VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'p', "
+                    "0, ?, ?)", rows)
+    con.execute("CREATE TABLE signals AS SELECT request_id, account_id, ts, 'math' AS capability,"
+                " request_id AS template_id, 1 AS template_size FROM requests")
+    return con
+
+
+def test_shared_proxy_pool_does_not_join_two_campaigns(cfg):
+    """Exits of one rented pool are shared by chance (rotation_factor): the two campaigns
+    stay two communities, each held together by its card; without the discount the pool's
+    ties merge them. Two accounts at one home address keep the address tie in full."""
+    import copy
+
+    con = _pool_store()
+    edges, accounts = build_edges(con, cfg)
+    idx = {a: i for i, a in enumerate(accounts)}
+    memb = communities(edges, len(accounts), cfg)
+    camp = {c: {int(memb[idx[f"camp-{c}-{i:02d}"]]) for i in range(30)} for c in "ab"}
+    assert len(camp["a"]) == 1 and len(camp["b"]) == 1 and camp["a"] != camp["b"]
+    home = edges.filter((pl.col("a") == idx["home-0"]) & (pl.col("b") == idx["home-1"]))
+    assert home.height == 1 and "ip" in home["kinds"][0]
+    cross = edges.filter(pl.col("a").is_in([idx[f"camp-a-{i:02d}"] for i in range(30)])
+                         & pl.col("b").is_in([idx[f"camp-b-{i:02d}"] for i in range(30)]))
+    assert cross.is_empty()                    # the thin pool ties are no channel at all
+
+    off = copy.deepcopy(cfg)
+    off["linking"].pop("rotation")
+    edges, accounts = build_edges(con, off)
+    memb = communities(edges, len(accounts), off)
+    both = {int(memb[idx[f"camp-{c}-{i:02d}"]]) for c in "ab" for i in range(30)}
+    assert len(both) == 1                      # what the discount fixes
+
+
+def test_accounts_drawing_on_one_set_of_templates_are_linked_by_content(cfg):
+    """Forty accounts that share nothing but the set of wrappers they rotate through (each
+    sends 6 of 10) become one community on the content channel; forty others that each
+    send 6 templates of their own are not linked at all."""
+    rng = np.random.default_rng(1)
+    con = connect(None)
+    req, sig = [], []
+    for grp in ("camp", "solo"):
+        for i in range(40):
+            acct = f"{grp}-{i:02d}"
+            tpls = (rng.choice(10, 6, replace=False).tolist() if grp == "camp"
+                    else [f"{i}-{t}" for t in range(6)])
+            for t in tpls:
+                for j in range(5):
+                    rid = f"{acct}-{t}-{j}"
+                    req.append((rid, acct))
+                    sig.append((rid, acct, f"t{grp}{t}"))
+    con.executemany("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools) "
+                    "VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'p', 0)", req)
+    con.execute("CREATE TABLE _s (request_id VARCHAR, account_id VARCHAR, template_id VARCHAR)")
+    con.executemany("INSERT INTO _s VALUES (?, ?, ?)", sig)
+    con.execute("CREATE TABLE signals AS SELECT request_id, account_id, "
+                "TIMESTAMP '2026-01-01' AS ts, 'math' AS capability, template_id, "
+                "count(*) OVER (PARTITION BY template_id) AS template_size FROM _s")
+    edges, accounts = build_edges(con, cfg)
+    idx = {a: i for i, a in enumerate(accounts)}
+    content = edges.filter(pl.col("kinds").str.contains("content"))
+    assert content.height > 40 and (content["channels"] >= 2).all()
+    solo = [idx[f"solo-{i:02d}"] for i in range(40)]
+    assert edges.filter(pl.col("a").is_in(solo) | pl.col("b").is_in(solo)).is_empty()
+    memb = communities(edges, len(accounts), cfg)
+    camp = {int(memb[idx[f"camp-{i:02d}"]]) for i in range(40)}
+    assert len(camp) == 1 and camp != {-1}

@@ -59,6 +59,7 @@ from distillguard.linking.keys import (
     account_attrs_sql,
     account_keys_sql,
     conjunction_sql,
+    content_tokens_sql,
     sync_tokens_sql,
 )
 from distillguard.schema import REQUIRED_FIELDS, STORE_COLUMNS, STORE_SCHEMA
@@ -630,6 +631,8 @@ def _typed_driver_store(cfg: Config) -> duckdb.DuckDBPyConnection:
                 "LIMIT 0")
     con.execute(f"CREATE TABLE _dg_sync_tokens AS SELECT * FROM ({sync_tokens_sql(cfg)}) "
                 "LIMIT 0")
+    con.execute(f"CREATE TABLE _dg_content_tokens AS SELECT * FROM "
+                f"({content_tokens_sql(cfg)}) LIMIT 0")
     con.execute("CREATE TABLE _dg_accounts (account_id VARCHAR)")
     # Per-request tables leave the stage names until campaign description needs them.
     con.execute("DROP TABLE features")
@@ -710,6 +713,18 @@ def _key_edges_sql(keys: str, cfg: Config) -> str:
     dense = ", ".join(f"'{kind}'" for kind in lc.get("sampled_as_clique", ())) or "NULL"
     scale = (f"CASE WHEN n > {full} AND kind IN ({dense}) "
              f"THEN CAST(n - 1 AS DOUBLE) / CAST({2 * k} AS DOUBLE) ELSE CAST(1 AS DOUBLE) END")
+    # linking.graph.rotation_factor: min(1, free / sqrt(d_a * d_b)) for the address kinds
+    rc = lc.get("rotation") or {}
+    rot, rot_join = "CAST(1 AS DOUBLE)", ""
+    if rc:
+        rk = ", ".join(f"'{kind}'" for kind in rc["kinds"])
+        rot = (f"CASE WHEN kind IN ({rk}) THEN least(CAST(1 AS DOUBLE), "
+               f"{float(rc['free'])!r} / sqrt(CAST(da.d AS DOUBLE) * CAST(db.d AS DOUBLE))) "
+               "ELSE CAST(1 AS DOUBLE) END")
+        spread = (f"(SELECT account_id, kind AS dkind, count(DISTINCT key) AS d FROM {keys} "
+                  f"WHERE kind IN ({rk}) GROUP BY account_id, kind)")
+        rot_join = (f"\nLEFT JOIN {spread} da ON da.account_id = pairs.a AND da.dkind = pairs.kind"
+                    f"\nLEFT JOIN {spread} db ON db.account_id = pairs.b AND db.dkind = pairs.kind")
     return f"""
 WITH g AS (
   SELECT kind, key, account_id,
@@ -740,15 +755,15 @@ pairs AS (
                        AND y.rpos = (x.rpos + 1) % x.n
 )
 SELECT least(a, b) AS a, greatest(a, b) AS b, kind,
-       (CASE kind {weights} END) / log2(1 + n) * {scale} AS w, substr(key, 1, 80) AS key,
-       {scale} AS scale
-FROM pairs
+       (CASE kind {weights} END) / log2(1 + n) * {scale} * {rot} AS w,
+       substr(key, 1, 80) AS key, {scale} AS scale
+FROM pairs{rot_join}
 """
 
 
-def _sync_sig_fn():
-    """mapInArrow body: MinHash of each account's sync token set (rensa, graph.py's seed) and
-    its 16 band keys."""
+def _sync_sig_fn(bands: int = 16, rows: int = 4):
+    """mapInArrow body: MinHash of each account's token set (rensa, graph.py's seed) and
+    its ``bands`` band keys of ``rows`` rows each."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from rensa import RMinHash
@@ -756,39 +771,44 @@ def _sync_sig_fn():
         from distillguard.linking.graph import _SYNC_SEED
         from distillguard.signals.templates import _MULT
 
+        perms = bands * rows
         for b in batches:
             toks = b.column(b.schema.get_field_index("tokens")).to_pylist()
             acc = b.column(b.schema.get_field_index("account_id"))
             if not toks:
                 continue
-            sig = np.asarray(RMinHash.digest_matrix_from_token_sets(toks, 64, _SYNC_SEED)
+            sig = np.asarray(RMinHash.digest_matrix_from_token_sets(toks, perms, _SYNC_SEED)
                              .to_rows(), dtype=np.uint32)
-            s = sig.reshape(len(sig), 16, 4).astype(np.uint64)
+            s = sig.reshape(len(sig), bands, rows).astype(np.uint64)
             with np.errstate(over="ignore"):
-                bk = (s * _MULT[:4]).sum(axis=2, dtype=np.uint64).view(np.int64)
-            sig_off = pa.array(np.arange(0, (len(sig) + 1) * 64, 64, dtype=np.int32))
-            bk_off = pa.array(np.arange(0, (len(sig) + 1) * 16, 16, dtype=np.int32))
+                bk = (s * _MULT[:rows]).sum(axis=2, dtype=np.uint64).view(np.int64)
+            sig_off = pa.array(np.arange(0, (len(sig) + 1) * perms, perms, dtype=np.int32))
+            bk_off = pa.array(np.arange(0, (len(sig) + 1) * bands, bands, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(
-                [acc, pa.ListArray.from_arrays(sig_off, pa.array(sig.reshape(-1).astype(np.int64))),
+                [acc, pa.ListArray.from_arrays(sig_off,
+                                               pa.array(sig.reshape(-1).astype(np.int64))),
                  pa.ListArray.from_arrays(bk_off, pa.array(bk.reshape(-1)))],
                 names=["account_id", "sig", "bkeys"])
 
     return fn
 
 
-def _sync_edges(v: _Views, cfg: Config) -> DataFrame:
-    """Spark twin of ``linking.graph.sync_edges`` (same MinHash, bands, Jaccard threshold)."""
+def _lsh_edges(v: _Views, cfg: Config, tokens: str, min_tokens: int, bands: int, rows: int,
+               min_jaccard: float, weight: float, kind: str) -> DataFrame:
+    """Spark twin of ``linking.graph.minhash_pairs`` as edge parts of ``kind`` (same
+    MinHash, bands, Jaccard threshold and bucket sampling)."""
     lc = cfg["linking"]
     full, k = int(lc["max_group_full"]), int(lc["group_sample_k"])
     tok = v.spark.sql(f"""
-        SELECT account_id, collect_list(token) AS tokens FROM {v.names['_sync']}
-        GROUP BY account_id HAVING count(*) >= {int(lc['sync_min_buckets'])}""")
-    sig = tok.mapInArrow(_sync_sig_fn(),
+        SELECT account_id, collect_list(token) AS tokens FROM {v.names[tokens]}
+        GROUP BY account_id HAVING count(*) >= {int(min_tokens)}""")
+    sig = tok.mapInArrow(_sync_sig_fn(bands, rows),
                          "account_id string, sig array<bigint>, bkeys array<bigint>")
-    v.put("_sync_sig", sig, checkpoint=True)
+    sig_name = f"{tokens}_sig"
+    v.put(sig_name, sig, checkpoint=True)
     return v.spark.sql(f"""
 WITH b AS (
-  SELECT account_id, pos AS band, bkey FROM {v.names['_sync_sig']}
+  SELECT account_id, pos AS band, bkey FROM {v.names[sig_name]}
   LATERAL VIEW posexplode(bkeys) t AS pos, bkey
 ),
 g AS (
@@ -811,22 +831,48 @@ pairs AS (
 jac AS (
   SELECT p.a, p.b,
          CAST(size(filter(zip_with(sa.sig, sb.sig, (x, y) -> x = y), z -> z)) AS DOUBLE)
-           / 64 AS j
-  FROM pairs p JOIN {v.names['_sync_sig']} sa ON p.a = sa.account_id
-               JOIN {v.names['_sync_sig']} sb ON p.b = sb.account_id
+           / {bands * rows} AS j
+  FROM pairs p JOIN {v.names[sig_name]} sa ON p.a = sa.account_id
+               JOIN {v.names[sig_name]} sb ON p.b = sb.account_id
 )
-SELECT a, b, 'sync' AS kind, {float(lc['weights']['sync'])!r} * j AS w,
+SELECT a, b, '{kind}' AS kind, {float(weight)!r} * j AS w,
        format_string('jaccard=%.2f', j) AS key, CAST(1 AS DOUBLE) AS scale
-FROM jac WHERE j >= {float(lc['sync_min_jaccard'])!r}
+FROM jac WHERE j >= {float(min_jaccard)!r}
 """)
+
+
+def _sync_edges(v: _Views, cfg: Config) -> DataFrame:
+    """Spark twin of ``linking.graph.sync_edges``."""
+    lc = cfg["linking"]
+    return _lsh_edges(v, cfg, "_sync", int(lc["sync_min_buckets"]), 16, 4,
+                      float(lc["sync_min_jaccard"]), float(lc["weights"]["sync"]), "sync")
+
+
+def _content_edges(v: _Views, cfg: Config) -> DataFrame | None:
+    """Spark twin of ``linking.graph.content_edges`` (None when the channel is off)."""
+    lc = cfg["linking"]
+    cc = lc.get("content") or {}
+    if not cc:
+        return None
+    return _lsh_edges(v, cfg, "_content", int(cc["min_templates"]), int(cc["bands"]),
+                      int(cc["rows"]), float(cc["min_jaccard"]),
+                      float(lc["weights"]["content"]), "content")
 
 
 def _spark_edges(v: _Views, cfg: Config) -> DataFrame:
     """Spark twin of ``linking.graph.build_edges``: one weighted edge per account pair."""
     caps = " ".join(f"WHEN '{kind}' THEN {float(w)!r}"
                     for kind, w in cfg["linking"]["weights"].items())
-    v.put("_edge_parts", v.spark.sql(_key_edges_sql(v.names["_keys"], cfg))
-          .unionByName(_sync_edges(v, cfg)))
+    rc = cfg["linking"].get("rotation") or {}
+    # address ties the rotation discount left thin are no channel (graph.build_edges)
+    thin = "" if not rc else (
+        " WHERE NOT kind IN ({}) OR w >= {!r} * (CASE kind {} END)".format(
+            ", ".join(f"'{kind}'" for kind in rc["kinds"]), float(rc["min_weight"]), caps))
+    parts = v.spark.sql(_key_edges_sql(v.names["_keys"], cfg)).unionByName(_sync_edges(v, cfg))
+    content = _content_edges(v, cfg)
+    if content is not None:
+        parts = parts.unionByName(content)
+    v.put("_edge_parts", parts)
     v.put("_edges_raw", v.spark.sql(f"""
 WITH per_kind AS (
   SELECT a, b, kind, least(sum(w), (CASE kind {caps} END) * max(scale)) AS w,
@@ -837,7 +883,7 @@ SELECT a, b, sum(w) AS weight,
        array_join(array_sort(collect_list(kind)), ',') AS kinds,
        array_join(transform(array_sort(collect_list(struct(kind, key))),
                             x -> x.kind || '=' || x.key), '; ') AS evidence
-FROM per_kind GROUP BY a, b
+FROM per_kind{thin} GROUP BY a, b
 """))
     # The channel conjunction (linking.keys.conjunction_sql), the same SQL as on the driver.
     v.put("_attrs", v.sql(account_attrs_sql("_keys")), persist=True)
@@ -1235,6 +1281,10 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                 # sync_min_buckets of them (in _sync_edges), the groups' timing channel
                 # reads them all, as on DuckDB.
                 sync = v.put("_sync", v.sql(sync_tokens_sql(cfg)), checkpoint=True)
+                with_content = bool(cfg["linking"].get("content"))
+                if with_content:
+                    content = v.put("_content", v.sql(content_tokens_sql(cfg)),
+                                    checkpoint=True)
                 est = _edge_estimate(v, cfg)
                 stats.update(est)
                 if est["key_edges_estimate"] <= driver_max_edges and \
@@ -1247,6 +1297,9 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                         sync_tokens_sql(cfg): "SELECT * FROM _dg_sync_tokens",
                         _ACCOUNTS_SQL: "SELECT DISTINCT account_id FROM _dg_accounts ORDER BY 1",
                     }
+                    if with_content:
+                        _insert(con, "_dg_content_tokens", _to_arrow(content))
+                        answers[content_tokens_sql(cfg)] = "SELECT * FROM _dg_content_tokens"
                     drv = _DriverStore(con, answers)
                     compute_links(drv, cfg)
                     drv.check("linking", answers)

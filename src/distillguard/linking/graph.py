@@ -1,7 +1,8 @@
 """Build weighted account-link edges and find campaigns as graph communities.
 
 Edges come from keys two accounts share (blocking by key, never all pairs of accounts) and
-from synchronized activity found by MinHash LSH over per-account action sets. Groups sharing
+from synchronized activity and shared sets of templates, both found by MinHash LSH over
+per-account token sets. Groups sharing
 one key are linked all-pairs when small; larger ones get about ``k`` edges per member, so the
 edge count stays linear in the group size: a circulant sample for weak kinds (user agents, IP
 prefixes), and for the kinds that mean one operator (``sampled_as_clique``: templates,
@@ -23,6 +24,7 @@ from distillguard.linking.keys import (
     account_attrs_sql,
     account_keys_sql,
     conjunction_sql,
+    content_tokens_sql,
     sync_tokens_sql,
 )
 from distillguard.signals.templates import _MULT  # same folding constants as templates
@@ -111,34 +113,61 @@ def key_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
         return pl.DataFrame(schema=_PART_SCHEMA)
     a = np.concatenate(a_parts)
     b = np.concatenate(b_parts)
+    kind_arr = np.concatenate(kinds)
+    w_arr = np.concatenate(ws) * rotation_factor(keys, kind_arr, a, b, len(acc_index), cfg)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    return pl.DataFrame({"a": lo, "b": hi, "kind": np.concatenate(kinds),
-                         "w": np.concatenate(ws), "key": np.concatenate(kk),
+    return pl.DataFrame({"a": lo, "b": hi, "kind": kind_arr,
+                         "w": w_arr, "key": np.concatenate(kk),
                          "scale": np.concatenate(scales)}, schema=_PART_SCHEMA)
 
 
-def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
-               acc_index: dict[str, int], tokens: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Pairs of accounts whose (capability, time-bucket) sets overlap (Jaccard from MinHash)."""
+def rotation_factor(keys: pl.DataFrame, kind: np.ndarray, a: np.ndarray, b: np.ndarray,
+                    n_accounts: int, cfg: Config) -> np.ndarray:
+    """Per edge part, ``min(1, free / sqrt(d_a * d_b))`` for the address kinds, 1 otherwise.
+
+    ``d`` is how many distinct keys of that kind the account used. Two accounts that each
+    draw dozens of exits from one commercial proxy pool share some of them by chance, whether
+    or not one operator runs both (several campaigns and ordinary proxy users rent the same
+    pool): under that null the shared exits scale with d_a * d_b / pool size, so a shared
+    exit says little about the pair. Accounts with at most ``free`` addresses (home, phone,
+    office) are not discounted. ``linking.graph.build_edges`` then drops the address ties
+    this leaves below ``min_weight`` of the kind's weight, so they do not count as a channel.
+    """
+    rc = cfg["linking"].get("rotation") or {}
+    out = np.ones(len(kind))
+    if not rc:
+        return out
+    free = float(rc["free"])
+    for k in rc["kinds"]:
+        sel = kind == k
+        if not sel.any():
+            continue
+        d = np.ones(n_accounts)
+        per = keys.filter(pl.col("kind") == k).group_by("idx").agg(pl.col("key").n_unique())
+        d[per["idx"].to_numpy()] = np.maximum(per["key"].to_numpy(), 1)
+        out[sel] = np.minimum(1.0, free / np.sqrt(d[a[sel]] * d[b[sel]]))
+    return out
+
+
+def minhash_pairs(tok: pl.DataFrame, acc_index: dict[str, int], bands: int, rows: int,
+                  min_jaccard: float, cap: int, k: int) -> tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+    """(a, b, jaccard) of account pairs whose token sets (``tok``: account_id, token list)
+    collide in one of ``bands`` MinHash bands of ``rows`` rows and whose estimated Jaccard
+    is at least ``min_jaccard``; large band buckets get ``k`` pairs per member, in the order
+    of ``tok`` (sorted by account id, as the Spark twin orders them)."""
     from rensa import RMinHash
 
-    lc = cfg["linking"]
-    empty = pl.DataFrame(schema=_PART_SCHEMA)
-    tokens = con.sql(sync_tokens_sql(cfg)).pl() if tokens is None else tokens
-    tok = (tokens.group_by("account_id").agg(pl.col("token"))
-           .filter(pl.col("token").list.len() >= int(lc["sync_min_buckets"])))
+    none = np.empty(0, dtype=np.int64)
     if tok.height < 2:
-        return empty
-    perms, bands = 64, 16
+        return none, none, np.empty(0)
     sig = np.asarray(RMinHash.digest_matrix_from_token_sets(
-        tok["token"].to_list(), perms, _SYNC_SEED).to_rows(), dtype=np.uint32)
+        tok["token"].to_list(), bands * rows, _SYNC_SEED).to_rows(), dtype=np.uint32)
     idx = np.array([acc_index[a] for a in tok["account_id"].to_list()], dtype=np.int64)
-    rows = perms // bands
     s = sig.reshape(len(sig), bands, rows).astype(np.uint64)
     with np.errstate(over="ignore"):
         bkeys = (s * _MULT[:rows]).sum(axis=2, dtype=np.uint64)
     pairs: set[tuple[int, int]] = set()
-    cap = int(lc["max_group_full"])
     for bnd in range(bands):
         order = np.argsort(bkeys[:, bnd], kind="stable")
         col = bkeys[order, bnd]
@@ -146,37 +175,78 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
         for grp in np.split(order, bounds):
             if len(grp) < 2:
                 continue
-            a, b = _group_pairs(grp, cap, int(lc["group_sample_k"]))
+            a, b = _group_pairs(grp, cap, k)
             pairs.update(zip(a.tolist(), b.tolist(), strict=True))
     if not pairs:
-        return empty
+        return none, none, np.empty(0)
     pa_ = np.array(sorted(pairs), dtype=np.int64)
     jac = (sig[pa_[:, 0]] == sig[pa_[:, 1]]).mean(axis=1)
-    keep = jac >= float(lc["sync_min_jaccard"])
+    keep = jac >= min_jaccard
     a, b = idx[pa_[keep, 0]], idx[pa_[keep, 1]]
-    return pl.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b),
-                         "kind": np.full(int(keep.sum()), "sync", dtype=object),
-                         "w": float(lc["weights"]["sync"]) * jac[keep],
-                         "key": np.char.mod("jaccard=%.2f", jac[keep]).astype(object),
-                         "scale": np.ones(int(keep.sum()))}, schema=_PART_SCHEMA)
+    return np.minimum(a, b), np.maximum(a, b), jac[keep]
+
+
+def _lsh_part(a: np.ndarray, b: np.ndarray, jac: np.ndarray, kind: str,
+              weight: float) -> pl.DataFrame:
+    return pl.DataFrame({"a": a, "b": b, "kind": np.full(len(a), kind, dtype=object),
+                         "w": weight * jac,
+                         "key": np.char.mod("jaccard=%.2f", jac).astype(object),
+                         "scale": np.ones(len(a))}, schema=_PART_SCHEMA)
+
+
+def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
+               acc_index: dict[str, int], tokens: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Pairs of accounts whose (capability, time-bucket) sets overlap (Jaccard from MinHash)."""
+    lc = cfg["linking"]
+    tokens = con.sql(sync_tokens_sql(cfg)).pl() if tokens is None else tokens
+    tok = (tokens.group_by("account_id").agg(pl.col("token"))
+           .filter(pl.col("token").list.len() >= int(lc["sync_min_buckets"]))
+           .sort("account_id"))
+    a, b, jac = minhash_pairs(tok, acc_index, 16, 4, float(lc["sync_min_jaccard"]),
+                              int(lc["max_group_full"]), int(lc["group_sample_k"]))
+    return _lsh_part(a, b, jac, "sync", float(lc["weights"]["sync"]))
+
+
+def content_edges(con: duckdb.DuckDBPyConnection, cfg: Config, acc_index: dict[str, int],
+                  tokens: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Pairs of accounts whose *sets* of templates overlap (Jaccard from MinHash LSH).
+
+    One shared template is common (a framework's wrapper, a public task set) and is the
+    client channel; many accounts drawing on the same set of templates is a shared content
+    pipeline, such as a campaign spreading its extraction wrappers over hundreds of accounts
+    that share nothing else. Banded for low similarity (``content.bands`` x ``rows``)."""
+    lc = cfg["linking"]
+    cc = lc.get("content") or {}
+    if not cc:
+        return pl.DataFrame(schema=_PART_SCHEMA)
+    tokens = con.sql(content_tokens_sql(cfg)).pl() if tokens is None else tokens
+    tok = (tokens.group_by("account_id").agg(pl.col("token"))
+           .filter(pl.col("token").list.len() >= int(cc["min_templates"]))
+           .sort("account_id"))
+    a, b, jac = minhash_pairs(tok, acc_index, int(cc["bands"]), int(cc["rows"]),
+                              float(cc["min_jaccard"]), int(lc["max_group_full"]),
+                              int(lc["group_sample_k"]))
+    return _lsh_part(a, b, jac, "content", float(lc["weights"]["content"]))
 
 
 def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame | None = None,
-                tokens: pl.DataFrame | None = None) -> tuple[pl.DataFrame, list[str]]:
+                tokens: pl.DataFrame | None = None, content: pl.DataFrame | None = None,
+                ) -> tuple[pl.DataFrame, list[str]]:
     """Aggregate all link evidence into one weighted edge per account pair.
 
     Per kind the weight is capped at the kind's weight, so a thousand shared /24s do not
     drown every other signal; the pair's weight is the sum over kinds, times the factor for
     the number of independent channels the pair agrees on (``conjunction``). ``keys`` and
-    ``tokens``: the account keys and activity tokens if already computed
-    (``linking.keys.account_keys_sql``, ``sync_tokens_sql``).
+    ``tokens``, ``content``: the account keys, activity tokens and template tokens if already
+    computed (``linking.keys.account_keys_sql``, ``sync_tokens_sql``, ``content_tokens_sql``).
     """
     accounts = [r[0] for r in con.execute(
         "SELECT DISTINCT account_id FROM requests ORDER BY 1").fetchall()]
     acc_index = {a: i for i, a in enumerate(accounts)}
     if keys is None:
         keys = con.sql(account_keys_sql(cfg)).pl()
-    parts = [key_edges(con, cfg, acc_index, keys), sync_edges(con, cfg, acc_index, tokens)]
+    parts = [key_edges(con, cfg, acc_index, keys), sync_edges(con, cfg, acc_index, tokens),
+             content_edges(con, cfg, acc_index, content)]
     e = pl.concat(parts)
     if e.is_empty():
         return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "weight": pl.Float64,
@@ -191,6 +261,13 @@ def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame 
                     pl.col("w"),
                     pl.col("kind").replace_strict(caps, return_dtype=pl.Float64)
                     * pl.col("scale")).alias("w")))
+    rc = cfg["linking"].get("rotation") or {}
+    if rc:
+        # address ties the rotation discount left thin are no channel (rotation_factor)
+        per_kind = per_kind.filter(~pl.col("kind").is_in(list(rc["kinds"]))
+                                   | (pl.col("w") >= float(rc["min_weight"])
+                                      * pl.col("kind").replace_strict(caps, default=0.0,
+                                                                      return_dtype=pl.Float64)))
     edges = (per_kind.sort("kind").group_by("a", "b")
              .agg(pl.col("w").sum().alias("weight"),
                   pl.col("kind").str.join(",").alias("kinds"),

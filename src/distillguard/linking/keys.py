@@ -87,7 +87,7 @@ def conjunction_sql(edges: str, attrs: str, cfg: Config) -> str:
 
     Channels: *infrastructure* (a shared address, /24 or card), *client* (the same system
     prompt or main template), *lifecycle* (accounts created within ``created_days`` of each
-    other) and *timing* (synchronized activity). Under a null model in which unrelated
+    other), *timing* (synchronized activity) and *content* (overlapping sets of templates). Under a null model in which unrelated
     accounts share each channel independently, agreement on one channel is common (a
     carrier NAT, a popular framework's prompt, a shared family card) and agreement on two or
     more is rare, so a pair's weight is multiplied by ``channel_factor[n_channels]``. A
@@ -106,14 +106,15 @@ WITH j AS (
               OR (x.tpl_key IS NOT NULL AND x.tpl_key = y.tpl_key) THEN 1 ELSE 0 END AS ch_client,
     CASE WHEN abs(x.created_day - y.created_day) <= {days} THEN 1 ELSE 0 END AS ch_life,
     CASE WHEN e.kinds LIKE '%sync%' THEN 1 ELSE 0 END AS ch_time,
+    CASE WHEN e.kinds LIKE '%content%' THEN 1 ELSE 0 END AS ch_content,
     CASE WHEN e.kinds LIKE '%org%' THEN 1 ELSE 0 END AS org
   FROM {edges} e LEFT JOIN {attrs} x ON e.a = x.account_id LEFT JOIN {attrs} y ON e.b = y.account_id
 )
 SELECT a, b,
-  weight * (CASE ch_infra + ch_client + ch_life + ch_time
+  weight * (CASE ch_infra + ch_client + ch_life + ch_time + ch_content
               WHEN 0 THEN {f[0]!r} WHEN 1 THEN {f[1]!r} WHEN 2 THEN {f[2]!r} ELSE {f[3]!r} END)
          * (CASE WHEN org = 1 THEN {float(lc["org_factor"])!r} ELSE 1.0 END) AS weight,
-  kinds, evidence, ch_infra + ch_client + ch_life + ch_time AS channels
+  kinds, evidence, ch_infra + ch_client + ch_life + ch_time + ch_content AS channels
 FROM j
 """
 
@@ -132,5 +133,16 @@ SELECT account_id,
        (CASE WHEN template_size >= {min_tpl} THEN template_id ELSE capability END)
          || '|' || CAST(floor(epoch(ts) / {minutes * 60}) AS BIGINT) AS token
 FROM signals
+GROUP BY ALL
+"""
+
+
+def content_tokens_sql(cfg: Config) -> str:
+    """(account_id, token): every template (of at least ``min_template_size`` requests) an
+    account sent, once; the content channel compares these sets (``graph.content_edges``)."""
+    min_tpl = int(cfg["features"]["min_template_size"])
+    return f"""
+SELECT account_id, template_id AS token
+FROM signals WHERE template_size >= {min_tpl}
 GROUP BY ALL
 """
