@@ -194,6 +194,10 @@ def test_accounts_drawing_on_one_set_of_templates_are_linked_by_content(cfg):
     """Forty accounts that share nothing but the set of wrappers they rotate through (each
     sends 6 of 10) become one community on the content channel; forty others that each
     send 6 templates of their own are not linked at all."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg["linking"]["content"]["enabled"] = True
     rng = np.random.default_rng(1)
     con = connect(None)
     req, sig = [], []
@@ -223,3 +227,6 @@ def test_accounts_drawing_on_one_set_of_templates_are_linked_by_content(cfg):
     memb = communities(edges, len(accounts), cfg)
     camp = {int(memb[idx[f"camp-{i:02d}"]]) for i in range(40)}
     assert len(camp) == 1 and camp != {-1}
+    cfg["linking"]["content"]["enabled"] = False          # off (the default): no such edges
+    edges, _ = build_edges(con, cfg)
+    assert not edges["kinds"].str.contains("content").any()

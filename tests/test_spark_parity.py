@@ -275,6 +275,32 @@ def test_distributed_linking_from_store_parquet(spark, data):
     assert {c["campaign_id"] for c in campaigns} == {c["campaign_id"] for c in data["campaigns"]}
 
 
+@pytest.mark.parametrize("driver_max_edges", [0, 10**9], ids=["distributed", "driver"])
+def test_content_channel_parity(spark, data, driver_max_edges):
+    """With the (opt-in) content channel on, both linking paths of the Spark engine give
+    the DuckDB engine's edges (content ties among the ordinary users here), scores and
+    campaigns."""
+    import copy
+
+    from distillguard.engines.spark import analyse_spark
+
+    cfg = copy.deepcopy(data["cfg"])
+    cfg["linking"]["content"]["enabled"] = True
+    con = connect(None)
+    ingest_files([data["jsonl"]], con, limits=cfg["ingest"])
+    random.seed(5)
+    want, _ = analyse(con, cfg)
+    n_content = con.execute("SELECT count(*) FROM edges WHERE kinds LIKE '%content%'"
+                            ).fetchall()[0][0]
+    con.close()
+    assert n_content > 0
+    stats: dict = {}
+    got, _ = analyse_spark(spark, str(data["parquet"]), cfg, stats=stats,
+                           driver_max_edges=driver_max_edges)
+    assert stats["linking"] == ("distributed" if driver_max_edges == 0 else "driver")
+    _assert_same_accounts(want, got)
+
+
 def test_connected_components(spark):
     from distillguard.engines.spark import connected_components
 

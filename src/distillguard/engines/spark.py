@@ -59,6 +59,7 @@ from distillguard.linking.keys import (
     account_attrs_sql,
     account_keys_sql,
     conjunction_sql,
+    content_config,
     content_tokens_sql,
     sync_tokens_sql,
 )
@@ -685,11 +686,15 @@ def _spark_query(v: _Views, cfg: Config) -> Query:
     and only the (small) result comes to the driver. The account keys linking computed are
     reused instead of being derived again."""
     keys_sql = keys_subquery(cfg)
+    # describe_campaigns passes one members table to its five aggregates: send it once
+    sent: dict[str, pa.Table] = {}
 
     def query(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
         names = {}
         for k, t in tables.items():
-            v.put(f"_q_{k}", F.broadcast(_from_arrow(v.spark, t)))
+            if sent.get(k) is not t:
+                v.put(f"_q_{k}", F.broadcast(_from_arrow(v.spark, t)))
+                sent[k] = t
             names[k] = v.names[f"_q_{k}"]
         if "_keys" in v.names:
             sql = sql.replace(keys_sql, "SELECT * FROM _keys")
@@ -851,8 +856,8 @@ def _sync_edges(v: _Views, cfg: Config) -> DataFrame:
 def _content_edges(v: _Views, cfg: Config) -> DataFrame | None:
     """Spark twin of ``linking.graph.content_edges`` (None when the channel is off)."""
     lc = cfg["linking"]
-    cc = lc.get("content") or {}
-    if not cc:
+    cc = content_config(cfg)
+    if cc is None:
         return None
     return _lsh_edges(v, cfg, "_content", int(cc["min_templates"]), int(cc["bands"]),
                       int(cc["rows"]), float(cc["min_jaccard"]),
@@ -1281,7 +1286,7 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                 # sync_min_buckets of them (in _sync_edges), the groups' timing channel
                 # reads them all, as on DuckDB.
                 sync = v.put("_sync", v.sql(sync_tokens_sql(cfg)), checkpoint=True)
-                with_content = bool(cfg["linking"].get("content"))
+                with_content = content_config(cfg) is not None
                 if with_content:
                     content = v.put("_content", v.sql(content_tokens_sql(cfg)),
                                     checkpoint=True)

@@ -9,7 +9,12 @@ import polars as pl
 from distillguard.config import Config
 from distillguard.linking.graph import build_edges, communities
 from distillguard.linking.groups import GROUP_COLUMNS, group_stats_sql, group_sync
-from distillguard.linking.keys import account_keys_sql, content_tokens_sql, sync_tokens_sql
+from distillguard.linking.keys import (
+    account_keys_sql,
+    content_config,
+    content_tokens_sql,
+    sync_tokens_sql,
+)
 
 __all__ = ["GROUP_COLUMNS", "build_edges", "communities", "compute_links", "write_groups"]
 
@@ -19,7 +24,7 @@ def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     ``groups`` (what each community does as a whole, ``linking.groups``)."""
     keys = con.sql(account_keys_sql(cfg)).pl()
     tokens = con.sql(sync_tokens_sql(cfg)).pl()
-    content = con.sql(content_tokens_sql(cfg)).pl() if cfg["linking"].get("content") else None
+    content = con.sql(content_tokens_sql(cfg)).pl() if content_config(cfg) else None
     edges, accounts = build_edges(con, cfg, keys, tokens, content)
     member = communities(edges, len(accounts), cfg)
     names = np.asarray(accounts, dtype=object)

@@ -24,6 +24,7 @@ from distillguard.linking.keys import (
     account_attrs_sql,
     account_keys_sql,
     conjunction_sql,
+    content_config,
     content_tokens_sql,
     sync_tokens_sql,
 )
@@ -216,8 +217,8 @@ def content_edges(con: duckdb.DuckDBPyConnection, cfg: Config, acc_index: dict[s
     pipeline, such as a campaign spreading its extraction wrappers over hundreds of accounts
     that share nothing else. Banded for low similarity (``content.bands`` x ``rows``)."""
     lc = cfg["linking"]
-    cc = lc.get("content") or {}
-    if not cc:
+    cc = content_config(cfg)
+    if cc is None:
         return pl.DataFrame(schema=_PART_SCHEMA)
     tokens = con.sql(content_tokens_sql(cfg)).pl() if tokens is None else tokens
     tok = (tokens.group_by("account_id").agg(pl.col("token"))

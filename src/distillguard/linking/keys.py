@@ -137,6 +137,12 @@ GROUP BY ALL
 """
 
 
+def content_config(cfg: Config) -> dict | None:
+    """``linking.content`` when the content channel is on (``enabled``), else None."""
+    cc = cfg["linking"].get("content") or {}
+    return cc if cc.get("enabled", False) else None
+
+
 def content_tokens_sql(cfg: Config) -> str:
     """(account_id, token): every template (of at least ``min_template_size`` requests) an
     account sent, once; the content channel compares these sets (``graph.content_edges``)."""

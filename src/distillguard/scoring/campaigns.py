@@ -91,10 +91,12 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
     examples = agg(EXAMPLES_SQL % int(max_examples)).sort("campaign_id", "rn")
     with registered(con, tables["members"]) as m:
         sync = con.sql(f"""
-            SELECT ma.campaign_id, count(*) AS pairs
+            SELECT ma.campaign_id, count(*) FILTER (e.kinds LIKE '%sync%') AS pairs,
+                   count(*) FILTER (e.kinds LIKE '%content%') AS content_pairs
             FROM edges e JOIN {m} ma ON e.a = ma.account_id
                          JOIN {m} mb ON e.b = mb.account_id
-            WHERE ma.campaign_id = mb.campaign_id AND e.kinds LIKE '%sync%'
+            WHERE ma.campaign_id = mb.campaign_id
+              AND (e.kinds LIKE '%sync%' OR e.kinds LIKE '%content%')
             GROUP BY 1""").pl()
     out = []
     for row in flagged.sort(["campaign_score", "campaign_id"], descending=[True, False]
@@ -125,6 +127,9 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
             rs.append(f"{len(accts)} accounts linked by shared {', '.join(kinds)}")
         if s.height and int(s["pairs"][0]):
             rs.append(f"synchronized activity between {int(s['pairs'][0])} account pairs")
+        if s.height and int(s["content_pairs"][0]):
+            rs.append(f"the same set of templates between {int(s['content_pairs'][0])} "
+                      "account pairs")
         out.append({
             "campaign_id": cid,
             "score": round(float(row["campaign_score"]), 6),
