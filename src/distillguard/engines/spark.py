@@ -766,7 +766,7 @@ FROM pairs{rot_join}
 """
 
 
-def _sync_sig_fn(bands: int = 16, rows: int = 4):
+def _minhash_sig_fn(bands: int = 16, rows: int = 4):
     """mapInArrow body: MinHash of each account's token set (rensa, graph.py's seed) and
     its ``bands`` band keys of ``rows`` rows each."""
 
@@ -800,14 +800,14 @@ def _sync_sig_fn(bands: int = 16, rows: int = 4):
 
 def _lsh_edges(v: _Views, cfg: Config, tokens: str, min_tokens: int, bands: int, rows: int,
                min_jaccard: float, weight: float, kind: str) -> DataFrame:
-    """Spark twin of ``linking.graph.minhash_pairs`` as edge parts of ``kind`` (same
-    MinHash, bands, Jaccard threshold and bucket sampling)."""
+    """Spark twin of ``linking.graph._lsh_edges`` (same MinHash, bands, Jaccard threshold
+    and bucket sampling)."""
     lc = cfg["linking"]
     full, k = int(lc["max_group_full"]), int(lc["group_sample_k"])
     tok = v.spark.sql(f"""
         SELECT account_id, collect_list(token) AS tokens FROM {v.names[tokens]}
         GROUP BY account_id HAVING count(*) >= {int(min_tokens)}""")
-    sig = tok.mapInArrow(_sync_sig_fn(bands, rows),
+    sig = tok.mapInArrow(_minhash_sig_fn(bands, rows),
                          "account_id string, sig array<bigint>, bkeys array<bigint>")
     sig_name = f"{tokens}_sig"
     v.put(sig_name, sig, checkpoint=True)

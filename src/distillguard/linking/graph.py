@@ -2,12 +2,12 @@
 
 Edges come from keys two accounts share (blocking by key, never all pairs of accounts) and
 from synchronized activity and shared sets of templates, both found by MinHash LSH over
-per-account token sets. Groups sharing
-one key are linked all-pairs when small; larger ones get about ``k`` edges per member, so the
-edge count stays linear in the group size: a circulant sample for weak kinds (user agents, IP
-prefixes), and for the kinds that mean one operator (``sampled_as_clique``: templates,
-payment) ``k`` pseudo-random cycles carrying the whole clique's weight, so community detection
-keeps a large group together as it would the clique.
+per-account token sets. Groups sharing one key are linked all-pairs when small; larger ones
+get about ``k`` edges per member, so the edge count stays linear in the group size: a
+circulant sample for weak kinds (user agents, IP prefixes), and for the kinds that mean one
+operator (``sampled_as_clique``: templates, payment) ``k`` pseudo-random cycles carrying the
+whole clique's weight, so community detection keeps a large group together as it would the
+clique.
 """
 
 from __future__ import annotations
@@ -187,8 +187,17 @@ def minhash_pairs(tok: pl.DataFrame, acc_index: dict[str, int], bands: int, rows
     return np.minimum(a, b), np.maximum(a, b), jac[keep]
 
 
-def _lsh_part(a: np.ndarray, b: np.ndarray, jac: np.ndarray, kind: str,
-              weight: float) -> pl.DataFrame:
+def _lsh_edges(tokens: pl.DataFrame, acc_index: dict[str, int], lc: dict, min_tokens: int,
+               bands: int, rows: int, min_jaccard: float, weight: float,
+               kind: str) -> pl.DataFrame:
+    """Edge parts of ``kind`` (``weight`` x Jaccard) between accounts with at least
+    ``min_tokens`` tokens whose sets collide (``minhash_pairs``); the Spark twin is
+    ``engines.spark._lsh_edges``."""
+    tok = (tokens.group_by("account_id").agg(pl.col("token"))
+           .filter(pl.col("token").list.len() >= int(min_tokens))
+           .sort("account_id"))
+    a, b, jac = minhash_pairs(tok, acc_index, bands, rows, min_jaccard,
+                              int(lc["max_group_full"]), int(lc["group_sample_k"]))
     return pl.DataFrame({"a": a, "b": b, "kind": np.full(len(a), kind, dtype=object),
                          "w": weight * jac,
                          "key": np.char.mod("jaccard=%.2f", jac).astype(object),
@@ -200,12 +209,8 @@ def sync_edges(con: duckdb.DuckDBPyConnection, cfg: Config,
     """Pairs of accounts whose (capability, time-bucket) sets overlap (Jaccard from MinHash)."""
     lc = cfg["linking"]
     tokens = con.sql(sync_tokens_sql(cfg)).pl() if tokens is None else tokens
-    tok = (tokens.group_by("account_id").agg(pl.col("token"))
-           .filter(pl.col("token").list.len() >= int(lc["sync_min_buckets"]))
-           .sort("account_id"))
-    a, b, jac = minhash_pairs(tok, acc_index, 16, 4, float(lc["sync_min_jaccard"]),
-                              int(lc["max_group_full"]), int(lc["group_sample_k"]))
-    return _lsh_part(a, b, jac, "sync", float(lc["weights"]["sync"]))
+    return _lsh_edges(tokens, acc_index, lc, int(lc["sync_min_buckets"]), 16, 4,
+                      float(lc["sync_min_jaccard"]), float(lc["weights"]["sync"]), "sync")
 
 
 def content_edges(con: duckdb.DuckDBPyConnection, cfg: Config, acc_index: dict[str, int],
@@ -221,13 +226,9 @@ def content_edges(con: duckdb.DuckDBPyConnection, cfg: Config, acc_index: dict[s
     if cc is None:
         return pl.DataFrame(schema=_PART_SCHEMA)
     tokens = con.sql(content_tokens_sql(cfg)).pl() if tokens is None else tokens
-    tok = (tokens.group_by("account_id").agg(pl.col("token"))
-           .filter(pl.col("token").list.len() >= int(cc["min_templates"]))
-           .sort("account_id"))
-    a, b, jac = minhash_pairs(tok, acc_index, int(cc["bands"]), int(cc["rows"]),
-                              float(cc["min_jaccard"]), int(lc["max_group_full"]),
-                              int(lc["group_sample_k"]))
-    return _lsh_part(a, b, jac, "content", float(lc["weights"]["content"]))
+    return _lsh_edges(tokens, acc_index, lc, int(cc["min_templates"]), int(cc["bands"]),
+                      int(cc["rows"]), float(cc["min_jaccard"]),
+                      float(lc["weights"]["content"]), "content")
 
 
 def build_edges(con: duckdb.DuckDBPyConnection, cfg: Config, keys: pl.DataFrame | None = None,

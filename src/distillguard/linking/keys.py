@@ -87,12 +87,13 @@ def conjunction_sql(edges: str, attrs: str, cfg: Config) -> str:
 
     Channels: *infrastructure* (a shared address, /24 or card), *client* (the same system
     prompt or main template), *lifecycle* (accounts created within ``created_days`` of each
-    other), *timing* (synchronized activity) and *content* (overlapping sets of templates). Under a null model in which unrelated
-    accounts share each channel independently, agreement on one channel is common (a
-    carrier NAT, a popular framework's prompt, a shared family card) and agreement on two or
-    more is rare, so a pair's weight is multiplied by ``channel_factor[n_channels]``. A
-    shared organisation id is a declared relationship, not concealment: its pairs keep
-    ``org_factor`` of their weight. User agents are too common to count as a channel.
+    other), *timing* (synchronized activity) and *content* (overlapping sets of templates).
+    Under a null model in which unrelated accounts share each channel independently,
+    agreement on one channel is common (a carrier NAT, a popular framework's prompt, a
+    shared family card) and agreement on two or more is rare, so a pair's weight is
+    multiplied by ``channel_factor[n_channels]``. A shared organisation id is a declared
+    relationship, not concealment: its pairs keep ``org_factor`` of their weight. User
+    agents are too common to count as a channel.
     """
     lc = cfg["linking"]["conjunction"]
     f = [float(x) for x in lc["channel_factor"]]
