@@ -134,13 +134,17 @@ def test_lofo_on_a_small_set(rows):
     fams = ("pairwise_pref", "tag_wrap", "rubric_score")
     keep = [r for i, r in enumerate(rows) if r["group"] != "elicit" and i % 4 == 0
             or r["family"] in fams]
-    res = lofo(keep, SMALL, 4.0, families=["tag_wrap", "(all)"])
+    res = lofo(keep, SMALL, 4.0, families=["tag_wrap", "(all)"], at=(0.5, 0.99))
     assert [r["family"] for r in res] == ["tag_wrap", "(all)"]
     for r in res:
         assert 0.0 <= r["recall"] <= 1.0 and 0.0 <= r["rules_recall"] <= 1.0
         assert r["fpr_reasoning_talk"] <= 0.01 + 1e-12
         assert r["n"] > 0
+        lo, hi = r["at"]["0.5"], r["at"]["0.99"]
+        # a lower threshold catches at least as much, of everything
+        assert all(lo[k] >= hi[k] for k in lo)
     assert res[1]["recall"] > 0.5
+    assert res[1]["at"]["0.5"]["recall"] > res[1]["at"]["0.5"]["fpr_reasoning_talk"]
 
 
 def test_threshold_at_keeps_the_budget():

@@ -70,6 +70,9 @@ def evaluate(
              "each threshold is reported too; used for evaluation only")] = None,
     extra_limit: Annotated[int, typer.Option(help="At most this many extra prompts")] = 20000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON")] = None,
+    at: Annotated[list[float] | None, typer.Option(
+        help="Also the held-out share caught at this fixed elicit_p (repeatable; e.g. the "
+             "config's signals.elicit_model_threshold)")] = None,
 ) -> None:
     """Leave-one-family-out table: recall at <= FPR on benign reasoning talk, FPR on
     ordinary prompts, the rules' recall beside it; then throughput."""
@@ -87,7 +90,8 @@ def evaluate(
     extra = [scan_text(t, "") for t in _read_texts(extra_benign, extra_limit)] \
         if extra_benign else None
     t0 = time.perf_counter()
-    res = lofo(rows, DEFAULT_SPEC, DEFAULT_C, fpr, family or None, extra, DEFAULT_HEADS)
+    res = lofo(rows, DEFAULT_SPEC, DEFAULT_C, fpr, family or None, extra, DEFAULT_HEADS,
+               at=tuple(at or ()))
     tab = Table(title=f"leave-one-family-out, threshold at <= {fpr:.0%} of benign reasoning "
                       "talk (eval split)")
     for c in ("held-out family", "label", "n", "recall", "FPR ordinary",
@@ -105,12 +109,35 @@ def evaluate(
                       f"rules on benign reasoning talk flag "
                       f"{res[0]['rules_fpr_reasoning_talk']:.1%}, ordinary "
                       f"{res[0]['rules_fpr_ordinary']:.2%} ({time.perf_counter() - t0:.0f}s)")
+    if at:
+        _print_at(res, list(at), extra is not None)
     texts = [r["text"] + " " + r["system"] for r in rows]
     pps = throughput(ElicitModel.load(), texts)
     console.print(f"shipped model: {pps:,.0f} prompts/s on the labelled set's texts "
                   "(one process; `distillguard elicit bench` for realistic traffic)")
     if json_out:
         json_out.write_text(json.dumps(res, indent=1))
+
+
+def _print_at(res: list[dict], at: list[float], extra: bool) -> None:
+    """Held-out share caught at each fixed threshold, and the benign rates there."""
+    tab = Table(title="share of each held-out family's eval prompts with elicit_p >= t")
+    tab.add_column("held-out family")
+    for a in at:
+        tab.add_column(f">= {a:g}", justify="right")
+    for r in res:
+        tab.add_row(r["family"], *(f"{r['at'][str(a)]['recall']:.2f}" for a in at))
+    held = [r for r in res if r["family"] != "(all)"]
+    rows = [("mean held-out", "recall", "{:.3f}"),
+            ("benign reasoning talk", "fpr_reasoning_talk", "{:.2%}"),
+            ("ordinary", "fpr_ordinary", "{:.2%}")] + (
+        [("extra benign", "fpr_extra", "{:.2%}")] if extra else [])
+    for name, key, fmt in rows:
+        if held:
+            tab.add_row(f"[b]{name}[/b]" if key == "recall" else f"{name} (mean FPR)",
+                        *(fmt.format(sum(r["at"][str(a)][key] for r in held) / len(held))
+                          for a in at))
+    console.print(tab)
 
 
 @app.command()

@@ -259,9 +259,16 @@ def rules_flags(scans: Sequence[str]) -> np.ndarray:
 def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
          fpr: float = 0.01, families: Sequence[str] | None = None,
          extra_benign: Sequence[str] | None = None,
-         heads: tuple[str, ...] = DEFAULT_HEADS) -> list[dict[str, Any]]:
+         heads: tuple[str, ...] = DEFAULT_HEADS,
+         at: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Leave-one-family-out table, one dict per held-out family, then ``(all)``: the model
-    trained on every family (held-out families' eval split still unseen)."""
+    trained on every family (held-out families' eval split still unseen).
+
+    ``at``: fixed probabilities (an operating threshold such as
+    ``signals.elicit_model_threshold``); each row then holds ``at[str(t)]``, the share of
+    the target rows, of benign reasoning talk, of ordinary prompts (and of the extra
+    benign prompts) with ``p >= t``: what a feature counting ``elicit_p >= t`` sees of a
+    family the model never learnt."""
     templates = template_index()
     split = np.array([r["split"] for r in rows])
     fam = np.array([r["family"] for r in rows])
@@ -297,8 +304,16 @@ def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = D
                "rules_recall": float(np.mean(rule_of[target])),
                "rules_fpr_reasoning_talk": float(np.mean(rule_of[ev & (grp == "reasoning_talk")])),
                "rules_fpr_ordinary": float(np.mean(rule_of[ev & (grp == "ordinary")]))}
-        if extra_benign:
-            res["fpr_extra"] = float(np.mean(model.predict_proba(list(extra_benign)) > t))
+        pe = model.predict_proba(list(extra_benign)) if extra_benign else None
+        if pe is not None:
+            res["fpr_extra"] = float(np.mean(pe > t))
+        if at:
+            res["at"] = {str(a): {
+                "recall": float(np.mean(p[target] >= a)),
+                "fpr_reasoning_talk": float(np.mean(p[ev & (grp == "reasoning_talk")] >= a)),
+                "fpr_ordinary": float(np.mean(p[ev & (grp == "ordinary")] >= a)),
+                **({"fpr_extra": float(np.mean(pe >= a))} if pe is not None else {})}
+                for a in at}
         out.append(res)
     return out
 
