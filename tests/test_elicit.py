@@ -183,3 +183,12 @@ def test_signals_column_matches_the_online_scorer(model):
     f = sc.features(sc.state.update("acct", AccountUpdate(ts=1.7e9)))
     assert f["elicit_model_rate"] == (1.0 if batch[0] >= thr else 0.0)
     assert f["n_elicit_model"] == (1.0 if batch[0] >= thr else 0.0)
+
+
+def test_config_threshold_is_the_shipped_models_operating_point(rows, model):
+    """After a retrain the operating point moves; the config must move with it."""
+    from distillguard.signals.elicit_train import operating_point
+
+    op = operating_point(model, rows)
+    assert op["fpr_reasoning_talk"] <= 0.01
+    assert float(load_config()["signals"]["elicit_model_threshold"]) == op["threshold"]

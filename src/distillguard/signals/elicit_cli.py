@@ -45,7 +45,13 @@ def train(
 ) -> None:
     """Rebuild the model weights from the labelled set (same bytes on a rerun)."""
     from distillguard.signals.elicit_data import load_set
-    from distillguard.signals.elicit_train import DEFAULT_C, DEFAULT_HEADS, DEFAULT_SPEC, fit
+    from distillguard.signals.elicit_train import (
+        DEFAULT_C,
+        DEFAULT_HEADS,
+        DEFAULT_SPEC,
+        fit,
+        operating_point,
+    )
 
     rows = load_set(data)
     tr = rows if all_splits else [r for r in rows if r["split"] == "train"]
@@ -57,6 +63,13 @@ def train(
     model.save(path)
     console.print(f"trained on {len(tr):,} rows in {time.perf_counter() - t0:.1f}s -> {path} "
                   f"({path.stat().st_size / 1e6:.2f} MB, sha256 {_sha(path)[:16]})")
+    if not all_splits:
+        op = operating_point(model, rows)
+        console.print(f"operating point: elicit_p >= {op['threshold']:g} flags "
+                      f"{op['fpr_reasoning_talk']:.2%} of benign reasoning talk (eval split; "
+                      f"budget 1%), {op['fpr_ordinary']:.2%} of ordinary prompts, "
+                      f"{op['recall']:.3f} of elicitation; set "
+                      "signals.elicit_model_threshold to it")
 
 
 @app.command("eval")

@@ -243,6 +243,23 @@ def threshold_at(benign: np.ndarray, fpr: float) -> float:
     return float(b[min(int(np.floor(fpr * b.size)), b.size - 1)])
 
 
+def operating_point(model: ElicitModel, rows: Sequence[dict[str, Any]],
+                    fpr: float = 0.01) -> dict[str, float]:
+    """The threshold at which ``model`` flags at most ``fpr`` of the eval split's benign
+    reasoning talk (the evaluation's budget, and the features' operating point:
+    ``signals.elicit_model_threshold``), with what it flags there. Requests count from
+    ``elicit_p >= threshold``; the value is the next 1e-4 step above the budget's boundary
+    row, so that ``>=`` keeps the budget and the number can be written in the config as is."""
+    ev = [r for r in rows if r["split"] == "eval"]
+    grp = np.array([r["group"] for r in ev])
+    p = model.predict_proba([scan_text(r["text"], r.get("system")) for r in ev])
+    t = round(float(np.floor(threshold_at(p[grp == "reasoning_talk"], fpr) * 1e4) + 1) / 1e4, 4)
+    return {"threshold": t,
+            "fpr_reasoning_talk": float(np.mean(p[grp == "reasoning_talk"] >= t)),
+            "fpr_ordinary": float(np.mean(p[grp == "ordinary"] >= t)),
+            "recall": float(np.mean(p[grp == "elicit"] >= t))}
+
+
 def rules_flags(scans: Sequence[str]) -> np.ndarray:
     """Whether the rule flags cot_elicit or rubric_grading fire (the online scorer's RE2
     semantics, so the same matches as the batch engines)."""
