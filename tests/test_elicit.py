@@ -190,5 +190,5 @@ def test_config_threshold_is_the_shipped_models_operating_point(rows, model):
     from distillguard.signals.elicit_train import operating_point
 
     op = operating_point(model, rows)
-    assert op["fpr_reasoning_talk"] <= 0.01
+    assert op["fpr_reasoning_talk"] <= 0.0025 and op["recall"] > 0.99
     assert float(load_config()["signals"]["elicit_model_threshold"]) == op["threshold"]

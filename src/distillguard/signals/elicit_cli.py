@@ -42,6 +42,9 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Weights file (default: the shipped "
                                                   "data/elicit_model.npz)")] = None,
     all_splits: Annotated[bool, typer.Option(help="Train on the eval split too")] = False,
+    budget: Annotated[float | None, typer.Option(
+        help="Share of benign reasoning talk (eval split) the printed operating point may "
+             "flag per prompt [default: elicit_train.OPERATING_BUDGET, 0.25%]")] = None,
 ) -> None:
     """Rebuild the model weights from the labelled set (same bytes on a rerun)."""
     from distillguard.signals.elicit_data import load_set
@@ -49,6 +52,7 @@ def train(
         DEFAULT_C,
         DEFAULT_HEADS,
         DEFAULT_SPEC,
+        OPERATING_BUDGET,
         fit,
         operating_point,
     )
@@ -64,10 +68,11 @@ def train(
     console.print(f"trained on {len(tr):,} rows in {time.perf_counter() - t0:.1f}s -> {path} "
                   f"({path.stat().st_size / 1e6:.2f} MB, sha256 {_sha(path)[:16]})")
     if not all_splits:
-        op = operating_point(model, rows)
+        budget = OPERATING_BUDGET if budget is None else budget
+        op = operating_point(model, rows, budget)
         console.print(f"operating point: elicit_p >= {op['threshold']:g} flags "
                       f"{op['fpr_reasoning_talk']:.2%} of benign reasoning talk (eval split; "
-                      f"budget 1%), {op['fpr_ordinary']:.2%} of ordinary prompts, "
+                      f"budget {budget:.2%}), {op['fpr_ordinary']:.2%} of ordinary prompts, "
                       f"{op['recall']:.3f} of elicitation; set "
                       "signals.elicit_model_threshold to it")
 

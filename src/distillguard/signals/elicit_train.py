@@ -243,11 +243,18 @@ def threshold_at(benign: np.ndarray, fpr: float) -> float:
     return float(b[min(int(np.floor(fpr * b.size)), b.size - 1)])
 
 
+#: Per-prompt share of benign reasoning talk the features' operating point
+#: (``signals.elicit_model_threshold``) may flag: a quarter of the evaluation's 1%, because in
+#: real traffic one phrasing is sent by many accounts (an agent framework's system prompt
+#: by all its users) and an account's rate, not one prompt, makes the evidence.
+OPERATING_BUDGET = 0.0025
+
+
 def operating_point(model: ElicitModel, rows: Sequence[dict[str, Any]],
-                    fpr: float = 0.01) -> dict[str, float]:
+                    fpr: float = OPERATING_BUDGET) -> dict[str, float]:
     """The threshold at which ``model`` flags at most ``fpr`` of the eval split's benign
-    reasoning talk (the evaluation's budget, and the features' operating point:
-    ``signals.elicit_model_threshold``), with what it flags there. Requests count from
+    reasoning talk (the features' operating point: ``signals.elicit_model_threshold``),
+    with what it flags there. Requests count from
     ``elicit_p >= threshold``; the value is the next 1e-4 step above the budget's boundary
     row, so that ``>=`` keeps the budget and the number can be written in the config as is."""
     ev = [r for r in rows if r["split"] == "eval"]
