@@ -103,6 +103,29 @@ def _baseline_params(det: Any) -> dict[str, Any]:
     return out
 
 
+def _exit_with_parent(parent: int, every: float) -> None:
+    """Worker initializer: end this process once ``parent`` is gone. A bench or fit that is
+    killed (SIGKILL, an OOM kill) cannot shut its pool down, and spawned workers would go on
+    simulating worlds into the same folders a rerun writes (seen: two orphans ran 45 minutes
+    after their fit was killed)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def world_pool(jobs: int, every: float = 1.0) -> ProcessPoolExecutor:
+    """The bench's process pool (spawned workers that end when this process ends)."""
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(), every))
+
+
 def _tune_job(args: tuple) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None, float]:
     """One tune world through the pipeline: (design frame, labels, benign requests, s)."""
     from distillguard.api import analyse
@@ -151,9 +174,7 @@ def fit_online_margin(tune_dirs: Sequence[Path], cfg: Config, jobs: int = 1) -> 
     c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
     args = [(Path(d), c0, 1 if jobs > 1 else 0) for d in tune_dirs]
     if jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        with world_pool(jobs) as ex:
             parts = list(ex.map(_tune_replay_job, args))
     else:
         parts = [_tune_replay_job(a) for a in args]
@@ -188,9 +209,7 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
     say = progress.done if progress else (lambda *a, **k: None)
     args = [(Path(d), cfg, bool(baselines), 1 if jobs > 1 else 0) for d in tune_dirs]
     if jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        with world_pool(jobs) as ex:
             parts = list(ex.map(_tune_job, args))
     else:
         parts = [_tune_job(a) for a in args]
@@ -698,9 +717,7 @@ def bench_worlds(
                   1 if jobs > 1 else 0) for spec in rep_specs]
     results: list[dict[str, Any]] = []
     if jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        with world_pool(jobs) as ex:
             for res in ex.map(_report_job, jobs_args):
                 results.append(res)
                 tick(1)
