@@ -50,8 +50,11 @@ from distillguard.store import connect
 RAW_TOL = 0.01
 SCORE_TOL = 0.005
 #: (scenario, seed) → accounts whose online score crossed the threshold mid-stream but ended
-#: below it, as measured when written (legitimate accounts; see the module docstring).
-TRANSIENT = {("tiny", 3): 0, ("tiny", 11): 0}
+#: below it, as measured when written, by label (see the module docstring). tiny-11 gained
+#: one with config 2026.12.6 (the retrained elicitation model counted from its operating
+#: point, 0.9834 instead of 0.99): a campaign account alerted online that batch leaves
+#: just below the threshold at the end of the week.
+TRANSIENT = {("tiny", 3): [], ("tiny", 11): ["distill"]}
 
 
 NO_MARGIN = with_overlay(load_config(), {"scoring": {"online_margin": 0.0}})
@@ -116,9 +119,9 @@ def test_group_context_is_what_online_needs_from_batch(run):
 def test_transient_alerts_are_separate_and_pinned(run):
     key, both, summary, labels, tmp, _ = run
     transient = both.filter((pl.col("peak_score") >= 0.5) & ~pl.col("o_flagged"))
-    assert transient.height == summary["transient"] == TRANSIENT[key], transient
+    assert transient.height == summary["transient"] == len(TRANSIENT[key]), transient
     kinds = transient.join(labels, on="account_id")["label"].to_list()
-    assert all(k == "benign" for k in kinds), kinds
+    assert sorted(kinds) == TRANSIENT[key], kinds
     # Every flagged account was alerted during the stream (first alert = time to detection).
     alerted = {orjson.loads(x)["account_id"]
                for x in (tmp / "replay" / "alerts.jsonl").read_bytes().splitlines()}
