@@ -50,11 +50,8 @@ from distillguard.store import connect
 RAW_TOL = 0.01
 SCORE_TOL = 0.005
 #: (scenario, seed) → accounts whose online score crossed the threshold mid-stream but ended
-#: below it, as measured when written, by label (see the module docstring). tiny-11 gained
-#: one with config 2026.12.6 (the retrained elicitation model counted from its operating
-#: point, 0.9834 instead of 0.99): a campaign account alerted online that batch leaves
-#: just below the threshold at the end of the week.
-TRANSIENT = {("tiny", 3): [], ("tiny", 11): ["distill"]}
+#: below it, as measured when written, by label (see the module docstring).
+TRANSIENT: dict[tuple[str, int], list[str]] = {("tiny", 3): [], ("tiny", 11): []}
 
 
 NO_MARGIN = with_overlay(load_config(), {"scoring": {"online_margin": 0.0}})

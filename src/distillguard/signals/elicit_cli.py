@@ -73,8 +73,8 @@ def train(
         console.print(f"operating point: elicit_p >= {op['threshold']:g} flags "
                       f"{op['fpr_reasoning_talk']:.2%} of benign reasoning talk (eval split; "
                       f"budget {budget:.2%}), {op['fpr_ordinary']:.2%} of ordinary prompts, "
-                      f"{op['recall']:.3f} of elicitation; set "
-                      "signals.elicit_model_threshold to it")
+                      f"{op['recall']:.3f} of elicitation (the config's "
+                      "signals.elicit_model_threshold is set apart)")
 
 
 @app.command("eval")

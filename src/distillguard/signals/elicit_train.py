@@ -243,17 +243,15 @@ def threshold_at(benign: np.ndarray, fpr: float) -> float:
     return float(b[min(int(np.floor(fpr * b.size)), b.size - 1)])
 
 
-#: Per-prompt share of benign reasoning talk the features' operating point
-#: (``signals.elicit_model_threshold``) may flag: a quarter of the evaluation's 1%, because in
-#: real traffic one phrasing is sent by many accounts (an agent framework's system prompt
-#: by all its users) and an account's rate, not one prompt, makes the evidence.
+#: Per-prompt share of benign reasoning talk the operating point printed by ``elicit train``
+#: may flag (a candidate for ``signals.elicit_model_threshold``; not applied automatically).
 OPERATING_BUDGET = 0.0025
 
 
 def operating_point(model: ElicitModel, rows: Sequence[dict[str, Any]],
                     fpr: float = OPERATING_BUDGET) -> dict[str, float]:
     """The threshold at which ``model`` flags at most ``fpr`` of the eval split's benign
-    reasoning talk (the features' operating point: ``signals.elicit_model_threshold``),
+    reasoning talk (a candidate for ``signals.elicit_model_threshold``),
     with what it flags there. Requests count from
     ``elicit_p >= threshold``; the value is the next 1e-4 step above the budget's boundary
     row, so that ``>=`` keeps the budget and the number can be written in the config as is."""
