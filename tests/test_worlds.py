@@ -41,8 +41,10 @@ from distillguard.sim._heldout_text import (
     HELDOUT_FAMILIES,
     JUDGE_TEMPLATES,
     TRANSLATE_TEMPLATES,
+    TUNE_REASONING_FRAMEWORKS,
     TUTOR_TEMPLATES,
     coding_task_side,
+    frameworks,
     half,
     reasoning_task_side,
 )
@@ -179,6 +181,10 @@ def test_tune_and_report_phrasings_are_disjoint():
                 FRAMEWORKS):
         assert half(lst, "tune") and half(lst, "report")
         assert not set(half(lst, "tune")) & set(half(lst, "report"))
+    # the reasoning-scratchpad frameworks are tune-side hard negatives only
+    assert set(TUNE_REASONING_FRAMEWORKS) <= set(frameworks("tune"))
+    assert not set(TUNE_REASONING_FRAMEWORKS) & set(frameworks("report"))
+    assert frameworks("report") == half(FRAMEWORKS, "report")
     rng = np.random.default_rng(0)
     tune = {coding_task_side(rng, "tune") for _ in range(400)} | {
         reasoning_task_side(rng, "tune") for _ in range(200)}

@@ -292,6 +292,37 @@ FRAMEWORKS = (
      ("python", "web_search", "fetch_url", "read_file", "git_diff", "submit")),
 )
 
+# Tune-side only: frameworks whose own system prompt asks for a reasoning scratchpad (the
+# ReAct "Thought / Action / Observation" loop, code agents' "Thought / Code" steps). Every
+# ordinary user of such a framework sends reasoning-asking text on every request, so a
+# detector must not read it as elicitation. Written for the simulator after the public
+# formats of widely used frameworks; kept off the report side so report worlds stay as drawn.
+TUNE_REASONING_FRAMEWORKS = (
+    ("stepwise", "stepwise-agent/0.{v}.0 python-requests/2.32.3",
+     "You help with a wide range of tasks, from answering questions to writing code. You can "
+     "use the tools listed below.\n\n## Output format\nWhen you need a tool, reply in this "
+     "format:\n\nThought: I need a tool to help me answer the question.\nAction: the tool "
+     "name (one of web_search, fetch_url, python)\nAction Input: the tool input as JSON\n\n"
+     "The tool will answer with an Observation. Repeat Thought / Action / Action Input until "
+     "you can answer, then reply:\n\nThought: I can answer without any more tools.\nAnswer: "
+     "your answer in the user's language.",
+     ("web_search", "fetch_url", "python", "submit")),
+    ("codeact", "codeact-runner/1.{v} (python 3.12) httpx/0.27.2",
+     "You are an expert assistant who solves tasks by writing Python code. Work in a loop of "
+     "'Thought:', 'Code:' and 'Observation:' steps. In the 'Thought:' step, explain your "
+     "reasoning about how to solve the task and which tools you want to use. In the 'Code:' "
+     "step, write simple Python that calls the tools. The output of the code comes back as "
+     "the 'Observation:'. At the end, call submit with the result.",
+     ("python", "read_file", "write_file", "run_shell", "submit")),
+)
+
+
+def frameworks(side: str) -> list:
+    """The agent frameworks a world of ``side`` can draw (tune adds the reasoning ones)."""
+    return half(FRAMEWORKS, side) + (list(TUNE_REASONING_FRAMEWORKS) if side == "tune"
+                                     else [])
+
+
 APP_SYSTEMS = (
     "You are Quill, the writing assistant inside a document editor. Be concise.",
     "You are the AI helper in HomeFix, a home-repair app. Answer practical questions.",

@@ -25,7 +25,6 @@ from distillguard.sim._heldout_text import (
     APP_SYSTEMS,
     EVAL_COT_FORMATS,
     EXTRA_TOOLS,
-    FRAMEWORKS,
     HARVEST_SCAFFOLDS,
     HELDOUT_PROFILE,
     JUDGE_RUBRIC,
@@ -37,6 +36,7 @@ from distillguard.sim._heldout_text import (
     TUTOR_TEMPLATES,
     coding_task_side,
     framework_round,
+    frameworks,
     half,
     perturb_text,
     reasoning_task_side,
@@ -607,7 +607,7 @@ def gen_agent_framework(ctx: Ctx, pop: Population, rng: np.random.Generator) -> 
     infra = Infra(rng)
     n = pop.n_accounts
     side = _side(ctx)
-    fws = half(FRAMEWORKS, side)
+    fws = frameworks(side)
     name, ua_t, system, tool_names = fws[int(P.get("framework", 0)) % len(fws)]
     tools = [EXTRA_TOOLS[t] for t in tool_names]
     ids, keys = _ids(infra, n)
@@ -1215,7 +1215,7 @@ def gen_world_campaign(ctx: Ctx, pop: Population, rng: np.random.Generator) -> B
     streams = _capability_streams(ctx, rng, side)
     rend = _Renderer(ctx, rng, P, float(pop.paraphrase), side)
     sys_mode = str(P.get("system", "none"))
-    fws = half(FRAMEWORKS, side)
+    fws = frameworks(side)
     fw = fws[int(P.get("framework", 0)) % len(fws)]
     if sys_mode == "framework" or (a_share > 0 and P.get("scaffold") == "framework"):
         tool_names = list(fw[3])

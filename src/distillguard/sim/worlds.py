@@ -45,10 +45,9 @@ from distillguard.sim._corpus import (
 )
 from distillguard.sim._engine import Accounts, Ctx
 from distillguard.sim._heldout_text import (
-    FRAMEWORKS,
     HELDOUT_FAMILIES,
     coding_task_side,
-    half,
+    frameworks,
     perturb_text,
     reasoning_task_side,
 )
@@ -773,7 +772,7 @@ def draw_world(seed: int, role: str, size: str = "bench") -> WorldSpec:
         ("card_pool", "card", pool_sizes["card_pool"], 1)]
     for c in carriers:
         pools.append((c, "cgnat", int(rng.integers(2, 9)), 1))
-    framework = int(rng.integers(0, len(half(FRAMEWORKS, side))))
+    framework = int(rng.integers(0, len(frameworks(side))))
     heldout_share = _r(rng.uniform(0.15, 0.6)) if side == "report" else 0.0
     world = {"framework": framework, "heldout_share": heldout_share, "cgnat": carriers}
     # ---- campaigns ------------------------------------------------------------------
