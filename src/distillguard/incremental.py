@@ -27,6 +27,7 @@ from distillguard.config import Config
 from distillguard.features import incremental as feat_inc
 from distillguard.features.defs import enriched_sql, features_sql
 from distillguard.signals import template_counts
+from distillguard.signals.elicit_model import shipped_model_bytes
 from distillguard.store import scalar, table_exists
 
 META = "_incremental_meta"
@@ -55,7 +56,7 @@ def fingerprint(cfg: Config) -> str:
     for rel in _DEFINING:
         p = root / rel
         h.update(p.read_bytes() if p.exists() else b"-")
-    h.update(resources.files("distillguard.data").joinpath("elicit_model.npz").read_bytes())
+    h.update(shipped_model_bytes())
     h.update(resources.files("distillguard.data").joinpath("signals.yaml").read_bytes())
     return h.hexdigest()[:20]
 

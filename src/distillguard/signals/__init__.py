@@ -166,15 +166,15 @@ def enable_incremental(con: duckdb.DuckDBPyConnection) -> None:
 
 def _fingerprint(cfg: Config) -> str:
     import hashlib
-    from importlib import resources
+
+    from distillguard.signals.elicit_model import shipped_model_bytes
 
     s = cfg["signals"]
     text = "\n".join([signals_sql(cfg), str(s["minhash_perms"]), str(s["lsh_bands"]),
                       str(s["skeleton_words"])])
     # The cached elicit_p is the shipped model's: a retrained model invalidates it here
     # too, not only through the detect run's fingerprint (incremental.fingerprint).
-    model = resources.files("distillguard.data").joinpath("elicit_model.npz").read_bytes()
-    return hashlib.sha256(text.encode() + model).hexdigest()[:16]
+    return hashlib.sha256(text.encode() + shipped_model_bytes()).hexdigest()[:16]
 
 
 def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,

@@ -182,6 +182,12 @@ def windows(starts: np.ndarray, lens: np.ndarray, w: int, s: int
 
 # ------------------------------------------------------------------------ the model
 
+def shipped_model_bytes() -> bytes:
+    """The shipped model file's bytes: what it loads from and what the signal cache and the
+    incremental state fingerprint (a retrained model invalidates both)."""
+    return resources.files("distillguard").joinpath("data", MODEL_FILE).read_bytes()
+
+
 @dataclass
 class ElicitModel:
     """Hashed n-gram heads (int16 weights) scored as the max over windows."""
@@ -198,8 +204,7 @@ class ElicitModel:
     def load(cls, path: str | Path | None = None) -> ElicitModel:
         """The shipped model (``data/elicit_model.npz``), or the one at ``path``. Offline."""
         if path is None:
-            ref = resources.files("distillguard").joinpath("data", MODEL_FILE)
-            data = ref.read_bytes()
+            data = shipped_model_bytes()
         else:
             data = Path(path).read_bytes()
         return cls.from_bytes(data)
