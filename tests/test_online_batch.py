@@ -51,7 +51,10 @@ RAW_TOL = 0.01
 SCORE_TOL = 0.005
 #: (scenario, seed) → accounts whose online score crossed the threshold mid-stream but ended
 #: below it, as measured when written, by label (see the module docstring).
-TRANSIENT: dict[tuple[str, int], list[str]] = {("tiny", 3): [], ("tiny", 11): []}
+#: Config 2026.12.7: in each, one low-and-slow campaign account (aged accounts) alerted
+#: online and ending just under the batch threshold.
+TRANSIENT: dict[tuple[str, int], list[str]] = {("tiny", 3): ["distill"],
+                                               ("tiny", 11): ["distill"]}
 
 
 NO_MARGIN = with_overlay(load_config(), {"scoring": {"online_margin": 0.0}})
