@@ -85,3 +85,27 @@ def test_outputs_written(two_runs):
     assert row["largest_community"] is not None and "ttd_worst_share" in row
     md = (d1 / "worlds.md").read_text()
     assert "recall at 0.1% FPR" in md and "Per report world" in md
+
+
+def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
+    from distillguard.bench.worlds import lowo_worlds
+
+    with pytest.raises(ValueError):
+        lowo_worlds(tmp_path / "one", n_worlds=4, n_tune=1, size="ci")
+    res = lowo_worlds(tmp_path, n_worlds=8, worlds_seed=5, size="ci", jobs=1)
+    assert res["n_tune"] == 2 and len(res["rows"]) == 2
+    names = [r["world_id"] for r in res["rows"]]
+    # the tune worlds a bench of the same draw fits on, nothing of the report side
+    assert sorted(p.name for p in (tmp_path / "tune").iterdir()) == sorted(names)
+    assert not (tmp_path / "report").exists()
+    for r, other in zip(res["rows"], reversed(names), strict=True):
+        assert f"held out: {r['world_id']}" in r["fitted_on"]
+        fitted = r["fitted_on"].split(" (held out")[0]
+        assert other in fitted and r["world_id"] not in fitted
+        assert 0 < r["n_distill"] < r["n_accounts"]
+        assert r["tp"] <= r["n_distill"] and r["fp"] == sum(r["fp_by_kind"].values())
+        assert r["pr_auc"] is None or 0.0 <= r["pr_auc"] <= 1.0
+    sm = res["summary"]
+    assert sm["tp"] == sum(r["tp"] for r in res["rows"])
+    assert json.loads((tmp_path / "lowo.json").read_text())["summary"] == json.loads(
+        json.dumps(sm))

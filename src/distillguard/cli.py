@@ -282,6 +282,9 @@ def bench(
     refit: Annotated[bool, typer.Option(
         help="With --worlds: fit the evidence weights on the tune worlds (else only the "
         "calibration; the config's weights stay)")] = True,
+    lowo: Annotated[bool, typer.Option(
+        "--lowo", help="With --worlds: only the tune worlds, each scored with what the "
+        "others fitted (leave one out; no report world is simulated)")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -291,6 +294,10 @@ def bench(
         distill_corpus = distill_corpus or [shared_data / "distill"]
         timing = timing or [shared_data / "traces"]
     names = [b for b in baselines.split(",") if b]
+    if worlds is not None and lowo:
+        _lowo_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
+                     timing, jobs, tune_worlds)
+        return
     if worlds is not None:
         _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
                       timing, names, replay, jobs, tune_worlds, refit)
@@ -425,6 +432,37 @@ def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: 
     console.print(f"results: {out / 'worlds.md'}, {out / 'worlds.csv'}, "
                   f"{out / 'campaigns.csv'}, plots {', '.join(res['plots'])} "
                   f"({res['seconds']:.0f} s)")
+
+
+def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
+                 timing: Any, jobs: int, n_tune: int | None) -> None:
+    from distillguard.bench.worlds import lowo_worlds
+
+    try:
+        with RichProgress() as prog:
+            res = lowo_worlds(out, n_worlds=n, worlds_seed=seed, n_tune=n_tune, size=size,
+                              legit=legit or None, distill=distill or None,
+                              timing=timing or None, jobs=jobs, progress=prog)
+    except (DistillguardError, ValueError) as exc:
+        _fail(exc)
+    t = Table(title=f"{res['n_tune']} tune worlds, each held out once")
+    for col in ("world", "PR-AUC", "recall@0.1%", "recall@1%", "flagged tp", "flagged fp",
+                "ARI", "legitimate flagged by kind"):
+        t.add_column(col)
+
+    def f3(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in res["rows"]:
+        t.add_row(r["world_id"], f3(r["pr_auc"]), f3(r["recall_at_0.1%"]),
+                  f3(r["recall_at_1%"]), str(r["tp"]), str(r["fp"]), f3(r["ari"]),
+                  ", ".join(f"{k} {v}" for k, v in r["fp_by_kind"].items()))
+    sm = res["summary"]
+    t.add_row("mean / total", f3(sm["pr_auc"]), f3(sm["recall_at_0.1%"]),
+              f3(sm["recall_at_1%"]), str(sm["tp"]), str(sm["fp"]), f3(sm["ari"]),
+              ", ".join(f"{k} {v}" for k, v in sm["fp_by_kind"].items()))
+    console.print(t)
+    console.print(f"results: {out / 'lowo.json'} ({res['seconds']:.0f} s)")
 
 
 @app.command()
