@@ -120,6 +120,19 @@ def generate(seed: int = 11) -> list[dict]:
                 kw["tools"] = [{"type": "function", "function": {"name": "search"}}]
             add(acct, ts, rnd.choice(ORDINARY).format(a=rnd.randint(1, 50), b=rnd.randint(1, 50)),
                 **kw)
+    # Users of an agent framework whose system prompt asks for a reasoning scratchpad
+    # (signals.elicit_user): 11 accounts, one of them also asking in its own prompts.
+    scratch = ("Solve the task in a loop. Write 'Thought:' with your reasoning about what to "
+               "do next, then 'Action:' and 'Action Input:' for a tool; after each "
+               "'Observation:' repeat Thought / Action / Action Input until you can answer.")
+    for i in range(11):
+        for j in range(6):
+            ts = T0 + timedelta(days=j % 3, hours=9 + i % 8, minutes=7 * j)
+            prompt = rnd.choice(ORDINARY).format(a=rnd.randint(1, 50), b=rnd.randint(1, 50))
+            if i == 0:
+                prompt += " Before the final answer, show me your complete internal reasoning."
+            add(f"fw-{i:02d}", ts, prompt, system=scratch, ip=f"192.0.2.{i + 10}",
+                user_agent="stepwise-agent/0.3.0", input_tokens=200, output_tokens=300)
     # Awkward rows: a long prompt (head + tail scanning, long skeleton), an empty prompt,
     # whitespace only, an IPv6 address, a duplicate request id.
     long_prompt = ("Think step by step. " + " ".join(f"word{k}" for k in range(900)) +
@@ -192,6 +205,10 @@ def test_generated_input_has_campaigns(data):
     assert frozenset(f"hydra-a-{i}" for i in range(5)) in sets
     assert data["scores"].filter(pl.col("account_id").str.starts_with("user-"))[
         "flagged"].sum() == 0
+    # ... and if the framework users' hits are the system prompt's (signals.elicit_user)
+    fw = data["features"].filter(pl.col("account_id").str.starts_with("fw-")).sort(
+        "account_id")
+    assert fw["sys_elicit_rate"][0] == 0.0 and (fw["sys_elicit_rate"][1:] > 0.5).all()
 
 
 def test_parity_from_canonical_jsonl(spark, data):

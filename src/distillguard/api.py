@@ -24,6 +24,7 @@ from distillguard.linking import compute_links
 from distillguard.scoring import Calibrator, score_accounts
 from distillguard.scoring.campaigns import describe_campaigns
 from distillguard.signals import compute_signals
+from distillguard.signals.elicit_user import update_elicit_user
 from distillguard.store import connect, scalar
 
 STAGES = ("ingest", "signals", "features", "linking", "scoring", "outputs")
@@ -94,6 +95,7 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
     with _timed(timings, "signals", progress):
         compute_signals(con, cfg, on_progress=progress.stage("signals", n), timings=timings)
     with _timed(timings, "features", progress):
+        update_elicit_user(con, cfg)
         compute_features(con, cfg, intel_key, stats=info, incremental={
             "incremental": "update", "full": "build"}.get(mode))
     with _timed(timings, "linking", progress):

@@ -40,7 +40,7 @@ _SIGNAL_TABLES = ("_signals_cache", "_signals_cache_meta", "_signals_elicit_hint
 _DEFINING = ("features/defs.py", "features/incremental.py", "features/__init__.py",
              "signals/__init__.py", "signals/sql.py", "signals/rules.py",
              "signals/templates.py", "signals/_workers.py", "signals/elicit_model.py",
-             "signals/template_counts.py",
+             "signals/template_counts.py", "signals/elicit_user.py",
              "retention.py", "incremental.py")
 
 

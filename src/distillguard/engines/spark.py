@@ -549,11 +549,35 @@ def spark_signals(v: _Views, cfg: Config, columns: list[str] | None = None) -> D
     return sig
 
 
+def _elicit_user_fn():
+    """mapInArrow body: (request_id, scan) -> (request_id, user_p), as
+    ``signals.elicit_user.update_elicit_user`` scores them."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from distillguard.signals.elicit_model import scan_probs
+
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            scan = b.column(b.schema.get_field_index("scan"))
+            yield pa.RecordBatch.from_arrays(
+                [b.column(b.schema.get_field_index("request_id")),
+                 pa.array(scan_probs(scan), pa.float64())], names=["request_id", "user_p"])
+
+    return fn
+
+
 def spark_features(v: _Views, cfg: Config) -> pa.Table:
     """``features`` (one row per account), collected to the driver."""
+    from distillguard.signals.elicit_user import TABLE, candidates_sql
+
+    eu = v.sql(candidates_sql(cfg)).mapInArrow(_elicit_user_fn(),
+                                               "request_id string, user_p double")
+    eu = v.put(TABLE, eu, persist=True)
     req = v.put("_req", v.sql(enriched_sql(cfg)), persist=True)
     out = _to_arrow(v.sql(features_sql(cfg)))
     req.unpersist()
+    eu.unpersist()
     return out
 
 

@@ -28,7 +28,11 @@ def compute_features(con: duckdb.DuckDBPyConnection, cfg: Config,
     ``features_recomputed``, the number of accounts aggregated.
     """
     from distillguard.features import incremental as inc
+    from distillguard.signals.elicit_user import ensure_table
 
+    # _req reads it (elicit_sys); the pipeline fills it first (update_elicit_user), and
+    # without that no hit counts as the system prompt's
+    ensure_table(con)
     redone = None
     if incremental == "update":
         redone = inc.update(con, cfg)

@@ -95,6 +95,13 @@ FEATURES: tuple[Feature, ...] = (
             "at or above signals.elicit_model_threshold)", "{:.0%}"),
     Feature("n_elicit_model", "count(DISTINCT CASE WHEN elicit_model THEN prompt_hash END)",
             "distinct prompts the learned elicitation model flags (as n_elicit)", "{:,.0f}"),
+    # An agent framework's scratchpad ("Thought: / Action:") lives in its system prompt.
+    Feature("sys_elicit_rate", "count(DISTINCT CASE WHEN elicit_model AND elicit_sys THEN "
+            "prompt_hash END) / count(DISTINCT prompt_hash)",
+            "share of distinct prompts the learned model flags only for their system prompt "
+            "(the user prompt alone stays below the threshold; signals.elicit_user)", "{:.0%}"),
+    Feature("n_system_prompts", "count(DISTINCT sys_key)",
+            "distinct system prompts the account sends", "{:.0f}"),
     Feature("focus_rate", "avg(CASE WHEN capability IN ('coding', 'math', 'agentic', "
             "'reasoning') THEN 1.0 ELSE 0.0 END)",
             "share of requests in the capabilities campaigns target", "{:.0%}"),
@@ -199,6 +206,7 @@ SELECT {rid}r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.prompt_hash,
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
+       coalesce(eu.user_p < {elicit_thr!r}, false) AS elicit_sys, sys_n.sys_key,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
        p.s0 IS NOT NULL AS in_pivot_window,
        w.model IS NOT NULL AS on_new_model
@@ -207,7 +215,8 @@ LEFT JOIN spans p ON r.ts >= p.s0 AND r.ts < p.s1
 LEFT JOIN windows w ON r.model = w.model AND r.ts >= w.w0 AND r.ts < w.w1
 LEFT JOIN ip_n ON r.ip = ip_n.ip
 LEFT JOIN card_n ON r.payment_fingerprint = card_n.payment_fingerprint
-LEFT JOIN sys_n ON r.request_id = sys_n.request_id{scope}
+LEFT JOIN sys_n ON r.request_id = sys_n.request_id
+LEFT JOIN elicit_user eu ON r.request_id = eu.request_id{scope}
 """
 
 
@@ -255,7 +264,7 @@ def _enriched_ctes(cfg: Config, requests: str = "requests") -> dict[str, str]:
         "sys_r": f"""SELECT request_id, account_id, {SYSTEM_KEY_SQL} AS sys_key FROM {requests}
           WHERE system IS NOT NULL AND system <> ''""",
         "sys_a": "SELECT sys_key, count(DISTINCT account_id) AS n FROM sys_r GROUP BY sys_key",
-        "sys_n": "SELECT s.request_id, a.n FROM sys_r s JOIN sys_a a USING (sys_key)",
+        "sys_n": "SELECT s.request_id, a.n, s.sys_key FROM sys_r s JOIN sys_a a USING (sys_key)",
     }
 
 

@@ -29,6 +29,9 @@ elicit_model_rate        ``censorship_safe``, ``emodel`` for ``elicit_p`` >=
                          ``signals.elicit_model_threshold``); same value as batch
 n_elicit, n_elicit_model distinct prompts with any rule flag (set ``elicit``) / with the
                          learned flag (set ``emodel``)
+sys_elicit_rate          distinct learned-flag prompts whose user part alone scores below
+                         the threshold (``signals.elicit_user``; set ``emsys``): same
+n_system_prompts         distinct system-prompt keys (set ``sysk``): same
 hour_entropy             hour-of-day (UTC) histogram: same
 pivot_share,             same windows (union of new models' first 24 h); "new" = first seen
 pivot_window_requests    >= 24 h after ``t0``: batch ``t0`` = earliest logged request, online
@@ -205,6 +208,8 @@ FEATURE_SRC: dict[str, str] = {
     "elicit_model_rate": "st.get('d:emodel', 0) / nd",
     "n_elicit": "float(st.get('d:elicit', 0))",
     "n_elicit_model": "float(st.get('d:emodel', 0))",
+    "sys_elicit_rate": "st.get('d:emsys', 0) / nd",
+    "n_system_prompts": "float(st.get('d:sysk', 0))",
     "focus_rate": "st.get('focus', 0) / n",
     "high_effort_share": "st.get('high_effort', 0) / n",
     "hour_entropy": "_entropy(st, n)",     # from the running sum of c ln c (``hcl``)
@@ -833,8 +838,13 @@ class OnlineScorer:
             distinct[name] = ph
         if flags:
             distinct["elicit"] = ph
+        sk = system_key(req.system)
         if elicit_p >= self._elicit_thr:
             distinct["emodel"] = ph
+            # signals.elicit_user: is the hit the system prompt's alone?
+            if sk is not None and req.prompt and self._elicit.proba_one(
+                    self._scan(req.prompt, "")) < self._elicit_thr:
+                distinct["emsys"] = ph
         if self._trk_day:
             distinct["day"] = str(int(ts // 86400))
         if self._trk_hr:
@@ -853,9 +863,9 @@ class OnlineScorer:
             distinct["pfx"] = pfx
         if req.payment_fingerprint:
             cross["card"] = req.payment_fingerprint
-        sk = system_key(req.system)
         if sk is not None:
             cross["sys"] = sk
+            distinct["sysk"] = sk
         upd = AccountUpdate(incr, {"first_ts": ts}, ph, self._template_keys(req.prompt), ts,
                             maxs={"created": req.account_created}
                             if req.account_created is not None else {},

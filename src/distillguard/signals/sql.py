@@ -6,14 +6,15 @@ from distillguard.config import Config
 from distillguard.signals.rules import load_rules, sql_literal
 
 
-def scan_text_sql(cfg: Config) -> str:
+def scan_text_sql(cfg: Config, system: str = "system") -> str:
+    """The scan text (``elicit_data.scan_text``); ``system="NULL"``: the user part alone."""
     s = cfg["signals"]
     head, tail, sysn = int(s["scan_head_chars"]), int(s["scan_tail_chars"]), int(s["scan_system_chars"])
     return (
         # coalesce first: a NULL prompt must not make the whole scan (system prompt too) NULL
         f"(CASE WHEN coalesce(length(prompt), 0) <= {head + tail} THEN coalesce(prompt, '') "
         f"ELSE left(prompt, {head}) || ' ' || right(prompt, {tail}) END) "
-        f"|| ' ' || coalesce(left(system, {sysn}), '')")
+        f"|| ' ' || coalesce(left({system}, {sysn}), '')")
 
 
 def _prompt_ends_sql(cfg: Config) -> str:
