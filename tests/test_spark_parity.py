@@ -55,8 +55,10 @@ ORDINARY = [
 ]
 
 
-def generate(seed: int = 11) -> list[dict]:
-    """A few hundred canonical records (see module docstring)."""
+def generate(seed: int = 11, frameworks: bool = False) -> list[dict]:
+    """A few hundred canonical records (see module docstring); ``frameworks`` adds the users
+    of an agent framework with a scratchpad system prompt (off for the report test, whose
+    pages it compares byte for byte)."""
     rnd = random.Random(seed)
     recs: list[dict] = []
     n = 0
@@ -125,7 +127,7 @@ def generate(seed: int = 11) -> list[dict]:
     scratch = ("Solve the task in a loop. Write 'Thought:' with your reasoning about what to "
                "do next, then 'Action:' and 'Action Input:' for a tool; after each "
                "'Observation:' repeat Thought / Action / Action Input until you can answer.")
-    for i in range(11):
+    for i in range(11 if frameworks else 0):
         for j in range(6):
             ts = T0 + timedelta(days=j % 3, hours=9 + i % 8, minutes=7 * j)
             prompt = rnd.choice(ORDINARY).format(a=rnd.randint(1, 50), b=rnd.randint(1, 50))
@@ -165,7 +167,7 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("spark")
     path = d / "requests.jsonl"
     with path.open("w", encoding="utf-8") as fh:
-        for r in generate():
+        for r in generate(frameworks=True):
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     cfg = load_config()
     con = connect(None)
