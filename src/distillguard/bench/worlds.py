@@ -127,6 +127,27 @@ def world_pool(jobs: int, every: float = 1.0) -> ProcessPoolExecutor:
                                initializer=_exit_with_parent, initargs=(os.getpid(), every))
 
 
+def map_worlds(fn: Any, args: Sequence[Any], jobs: int) -> list[Any]:
+    """``[fn(a) for a in args]``, in a :func:`world_pool` of ``jobs`` workers when > 1."""
+    if jobs > 1:
+        with world_pool(jobs) as ex:
+            return list(ex.map(fn, args))
+    return [fn(a) for a in args]
+
+
+def simulate_tune_worlds(out: Path, worlds_seed: int, n: int, size: str,
+                         corpora: dict[str, Any]) -> list[Path]:
+    """Draw and simulate the ``n`` tune worlds of ``worlds_seed`` into ``out/tune``."""
+    from distillguard.sim import draw_world
+
+    dirs = []
+    for s in world_seeds(worlds_seed, "tune", n):
+        spec = draw_world(s, "tune", size=size)
+        _simulate(spec, out / "tune" / spec.world_id, corpora)
+        dirs.append(out / "tune" / spec.world_id)
+    return dirs
+
+
 def _tune_job(args: tuple) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None, float]:
     """One tune world through the pipeline: (design frame, labels, benign requests, s)."""
     from distillguard.api import analyse
@@ -173,12 +194,8 @@ def fit_online_margin(tune_dirs: Sequence[Path], cfg: Config, jobs: int = 1) -> 
     from distillguard.scoring.fit import online_margin_for, with_overlay
 
     c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
-    args = [(Path(d), c0, 1 if jobs > 1 else 0) for d in tune_dirs]
-    if jobs > 1:
-        with world_pool(jobs) as ex:
-            parts = list(ex.map(_tune_replay_job, args))
-    else:
-        parts = [_tune_replay_job(a) for a in args]
+    parts = map_worlds(_tune_replay_job,
+                       [(Path(d), c0, 1 if jobs > 1 else 0) for d in tune_dirs], jobs)
     return online_margin_for(np.concatenate(parts),
                              float(cfg["scoring"].get("online_target_fpr", 0.002)))
 
@@ -208,12 +225,8 @@ def fit_tune(tune_dirs: Sequence[Path], cfg: Config, baselines: Sequence[str] = 
     )
 
     say = progress.done if progress else (lambda *a, **k: None)
-    args = [(Path(d), cfg, bool(baselines), 1 if jobs > 1 else 0) for d in tune_dirs]
-    if jobs > 1:
-        with world_pool(jobs) as ex:
-            parts = list(ex.map(_tune_job, args))
-    else:
-        parts = [_tune_job(a) for a in args]
+    parts = map_worlds(_tune_job, [(Path(d), cfg, bool(baselines), 1 if jobs > 1 else 0)
+                                   for d in tune_dirs], jobs)
     designs = [p[0] for p in parts]
     labels_l = [p[1] for p in parts]
     req_frames = [p[2] for p in parts if p[2] is not None]
@@ -699,13 +712,7 @@ def bench_worlds(
     t_start = time.perf_counter()
 
     tick = progress.stage("worlds", n_worlds)
-    tune_specs = [draw_world(s, "tune", size=size)
-                  for s in world_seeds(worlds_seed, "tune", n_tune)]
-    tune_dirs = []
-    for spec in tune_specs:
-        d = out / "tune" / spec.world_id
-        _simulate(spec, d, corpora)
-        tune_dirs.append(d)
+    tune_dirs = simulate_tune_worlds(out, worlds_seed, n_tune, size, corpora)
     fitted = fit_tune(tune_dirs, cfg, baselines, fit_weights=refit, jobs=jobs)
     tick(n_tune)
     (out / "fitted.json").write_text(json.dumps(fitted.to_json(), indent=2, sort_keys=True,
@@ -786,7 +793,6 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
     ``lowo.json``; returns the per-world rows and their pooled summary.
     """
     from distillguard.scoring.fit import fit_detector, overlay
-    from distillguard.sim import draw_world
 
     cfg = config or load_config()
     out = Path(out_dir)
@@ -796,18 +802,9 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
     corpora = {"legit_corpus": legit, "distill_corpus": distill, "timing": timing}
     t_start = time.perf_counter()
     tick = (progress or Progress()).stage("tune worlds, then each held out", 2 * n_tune)
-    dirs = []
-    for s in world_seeds(worlds_seed, "tune", n_tune):
-        spec = draw_world(s, "tune", size=size)
-        _simulate(spec, out / "tune" / spec.world_id, corpora)
-        dirs.append(out / "tune" / spec.world_id)
+    dirs = simulate_tune_worlds(out, worlds_seed, n_tune, size, corpora)
     threads = 1 if jobs > 1 else 0
-    args = [(d, cfg, False, threads) for d in dirs]
-    if jobs > 1:
-        with world_pool(jobs) as ex:
-            parts = list(ex.map(_tune_job, args))
-    else:
-        parts = [_tune_job(a) for a in args]
+    parts = map_worlds(_tune_job, [(d, cfg, False, threads) for d in dirs], jobs)
     tick(n_tune)
     held = []
     for i, d in enumerate(dirs):
@@ -816,11 +813,7 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         names = ", ".join(dirs[k].name for k in rest)
         held.append((d, overlay(fw, cal, f"tune worlds {names} (held out: {d.name})"), cfg,
                      threads))
-    if jobs > 1:
-        with world_pool(jobs) as ex:
-            rows = list(ex.map(_lowo_job, held))
-    else:
-        rows = [_lowo_job(a) for a in held]
+    rows = map_worlds(_lowo_job, held, jobs)
     tick(n_tune)
     fp_kinds: dict[str, int] = {}
     for r in rows:
