@@ -8,7 +8,7 @@ import pytest
 
 from distillguard import api
 from distillguard.config import load_config
-from distillguard.respond.online import OnlineScorer, RequestView, iter_store_rows
+from distillguard.respond.online import OnlineScorer, _iter_views
 from distillguard.respond.state import AccountUpdate
 from distillguard.scoring.fit import design_frame
 from distillguard.signals.elicit_user import update_elicit_user
@@ -84,13 +84,8 @@ def test_framework_hits_count_apart_and_leave_the_evidence(store):
 def test_online_features_equal_batch(store):
     cfg, con, feats, _ = store
     sc = OnlineScorer(config=cfg)
-    for r in iter_store_rows(con, cfg=cfg, elicit=True):
-        sc.observe(RequestView(r["account_id"], r["model"], r["t"], r["prompt"] or "",
-                               r["system"] or "", r["n_user_turns"] or 0,
-                               r["context_chars"] or 0, r["n_tools"] or 0,
-                               r["reasoning_effort"], r["created"], r["signup_channel"],
-                               r["ip"], r["payment_fingerprint"], r["api_key_id"]),
-                   elicit_p=r["elicit_p"])
+    for view, _, _, elicit_p, _ in _iter_views(con, cfg):      # as replay feeds it
+        sc.observe(view, elicit_p=elicit_p)
     for a, row in feats.items():
         st = sc.state.update(a, AccountUpdate(ts=0, cross_max=("card", "sys")))
         f = sc.features(st, a)

@@ -30,13 +30,14 @@ from distillguard.signals.sql import scan_text_sql
 from distillguard.store import table_exists
 
 TABLE, _META = "elicit_user", "_elicit_user_meta"
+_COLUMNS = "(request_id VARCHAR, user_p DOUBLE)"
 
 
-def candidates_sql(cfg: Config, requests: str = "requests", signals: str = "signals") -> str:
+def candidates_sql(cfg: Config) -> str:
     """request_id and the user part's scan text of every request to score."""
     thr = float(cfg["signals"]["elicit_model_threshold"])
     return f"""SELECT r.request_id, {scan_text_sql(cfg, system="NULL")} AS scan
-FROM {requests} r JOIN {signals} s ON r.request_id = s.request_id
+FROM requests r JOIN signals s ON r.request_id = s.request_id
 WHERE s.elicit_p >= {thr!r} AND r.system IS NOT NULL AND r.system <> ''
   AND coalesce(r.prompt, '') <> ''"""
 
@@ -46,7 +47,7 @@ def _fingerprint(cfg: Config) -> str:
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (request_id VARCHAR, user_p DOUBLE)")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} {_COLUMNS}")
 
 
 def update_elicit_user(con: duckdb.DuckDBPyConnection, cfg: Config,
@@ -56,7 +57,7 @@ def update_elicit_user(con: duckdb.DuckDBPyConnection, cfg: Config,
     con.execute(f"CREATE TABLE IF NOT EXISTS {_META} (fingerprint VARCHAR)")
     kept = con.execute(f"SELECT fingerprint FROM {_META}").fetchall()
     if kept != [(fp,)] or not table_exists(con, TABLE):
-        con.execute(f"CREATE OR REPLACE TABLE {TABLE} (request_id VARCHAR, user_p DOUBLE)")
+        con.execute(f"CREATE OR REPLACE TABLE {TABLE} {_COLUMNS}")
         con.execute(f"DELETE FROM {_META}")
         con.execute(f"INSERT INTO {_META} VALUES (?)", [fp])
     # The texts stream on a cursor of their own; only ids and probabilities are kept, and
