@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
 from distillguard.bench.worlds import aggregate, bench_worlds, world_seeds
@@ -105,7 +106,13 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         assert 0 < r["n_distill"] < r["n_accounts"]
         assert r["tp"] <= r["n_distill"] and r["fp"] == sum(r["fp_by_kind"].values())
         assert r["pr_auc"] is None or 0.0 <= r["pr_auc"] <= 1.0
+        assert 0 <= r["n_recovered"] <= r["n_campaigns"]
     sm = res["summary"]
     assert sm["tp"] == sum(r["tp"] for r in res["rows"])
+    # every held-out campaign is in the per-archetype table and campaigns.csv
+    n_camp = sum(r["n_campaigns"] for r in res["rows"])
+    assert sum(a["campaigns"] for a in res["archetypes"]) == n_camp > 0
+    assert sm["recovered"] == sum(r["n_recovered"] for r in res["rows"]) / n_camp
+    assert pl.read_csv(tmp_path / "campaigns.csv").height == n_camp
     assert json.loads((tmp_path / "lowo.json").read_text())["summary"] == json.loads(
         json.dumps(sm))

@@ -462,6 +462,17 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
               f3(sm["recall_at_1%"]), str(sm["tp"]), str(sm["fp"]), f3(sm["ari"]),
               ", ".join(f"{k} {v}" for k, v in sm["fp_by_kind"].items()))
     console.print(t)
+    if res["archetypes"]:
+        a = Table(title="per campaign archetype, held-out tune worlds "
+                        f"({f3(sm['recovered'])} of campaigns recovered)")
+        for col in ("archetype", "campaigns", "accounts", "mean flagged share", "recovered",
+                    "mean purity"):
+            a.add_column(col)
+        for r in res["archetypes"]:
+            a.add_row(r["archetype"], str(r["campaigns"]), f"{r['accounts']:,}",
+                      f3(r["mean_flagged_share"]), f3(r["recovered_share"]),
+                      f3(r["mean_purity"]))
+        console.print(a)
     console.print(f"results: {out / 'lowo.json'} ({res['seconds']:.0f} s)")
 
 

@@ -771,8 +771,13 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     fp = (scores.join(labels, on="account_id")
           .filter((pl.col("label") != "distill") & pl.col("flagged"))
           .group_by("kind").len().sort(["len", "kind"], descending=[True, False]))
+    spec = json.loads((d / "world.json").read_text())
     return {"world_id": d.name, "fitted_on": over["scoring"]["calibration"]["fitted_on"],
             "n_accounts": m["n_accounts"], "n_distill": m["n_distill"],
+            "n_campaigns": m["n_campaigns"], "n_recovered": m["n_campaigns_recovered"],
+            # shaped as a report job's result so campaign_rows reads both
+            "spec": {"campaigns": spec.get("campaigns", {})},
+            "detectors": {"distillguard": {"campaigns": m["campaigns"]}},
             "pr_auc": m["pr_auc"], "recall_at_0.1%": m["recall_at_fpr"]["0.001"]["recall"],
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
@@ -824,14 +829,22 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         vals = [r[key] for r in rows if _fin(r[key]) is not None]
         return float(np.mean(vals)) if vals else None
 
+    camp = campaign_rows(rows)
+    n_camp = sum(r["n_campaigns"] for r in rows)
     summary = {"recall_at_0.1%": mean("recall_at_0.1%"), "recall_at_1%": mean("recall_at_1%"),
                "pr_auc": mean("pr_auc"), "ari": mean("ari"),
+               "recovered": sum(r["n_recovered"] for r in rows) / n_camp if n_camp else None,
                "tp": sum(r["tp"] for r in rows), "fp": sum(r["fp"] for r in rows),
                "fp_by_kind": dict(sorted(fp_kinds.items(), key=lambda kv: (-kv[1], kv[0])))}
+    for r in rows:
+        del r["spec"], r["detectors"]
     result = {"worlds_seed": worlds_seed, "size": size, "n_tune": n_tune,
               "config_version": cfg.version, "rows": rows, "summary": summary,
+              "archetypes": archetype_table(camp),
               "seconds": round(time.perf_counter() - t_start, 1)}
     out.mkdir(parents=True, exist_ok=True)
+    if camp:
+        pl.DataFrame(camp, infer_schema_length=None).write_csv(out / "campaigns.csv")
     (out / "lowo.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
