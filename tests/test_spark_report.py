@@ -47,7 +47,7 @@ CONF = {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "4",
 
 
 def _records() -> list[dict]:
-    recs = generate()
+    recs = generate(frameworks=True)
     for r in recs:
         if r["account_id"] == "hydra-a-0":
             r["account_id"] = EVIL

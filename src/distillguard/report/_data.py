@@ -128,6 +128,12 @@ class Aggregates:
     edges: str = "edges"     # table with the link edges around campaign accounts
 
 
+#: Flagged accounts by score, then id. The score is rounded first: the engines sum the same
+#: evidence in different orders, so identical accounts can differ in the last bits and would
+#: be listed in a different order by DuckDB and Spark.
+TOP_ORDER = "round(score, 9) DESC NULLS LAST, account_id"
+
+
 def _rank_map(cmap: CampaignMap, max_rank: int) -> pa.Table:
     t = cmap.table()
     return t.filter(pa.compute.less(t.column("rank"), max_rank))
@@ -141,7 +147,7 @@ def aggregates(con: duckdb.DuckDBPyConnection, ranked: Sequence[dict[str, Any]],
     cmap = build_campaign_map(con, ranked)
     tot = query(TOTALS_SQL, {}).to_pylist()
     top = con.sql(
-        "SELECT account_id FROM scores WHERE flagged ORDER BY score DESC NULLS LAST, account_id "
+        f"SELECT account_id FROM scores WHERE flagged ORDER BY {TOP_ORDER} "
         f"LIMIT {int(max_accounts)}").to_arrow_table()
     return Aggregates(
         n_requests=int(tot[0]["n_requests"] or 0) if tot else 0,
@@ -224,10 +230,10 @@ def top_flagged(con: duckdb.DuckDBPyConnection, agg: Aggregates,
     with registered(con, agg.accounts) as cnt:
         cur = con.execute(
             "WITH top AS (SELECT account_id, score, campaign_id, reasons FROM scores "
-            "WHERE flagged ORDER BY score DESC NULLS LAST, account_id LIMIT ?) "
+            f"WHERE flagged ORDER BY {TOP_ORDER} LIMIT ?) "
             "SELECT top.account_id, top.score, top.campaign_id, top.reasons, cnt.n, "
             f"cnt.first_ts, cnt.last_ts FROM top LEFT JOIN {cnt} cnt USING (account_id) "
-            "ORDER BY top.score DESC NULLS LAST, top.account_id", [limit]
+            f"ORDER BY {TOP_ORDER}", [limit]
         )
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
@@ -256,7 +262,7 @@ def link_graph(
     of the nodes for neighbours; then neighbours by strongest link weight, then id.
     Neighbours that are flagged get group -1, the others -2. ``edges`` names the table of
     links (a, b, weight): the store's ``edges``, or the Spark engine's edges around campaign
-    accounts.
+    accounts. Weights are rounded before they order anything (see ``TOP_ORDER``).
     """
     by_rank: dict[int, list[str]] = {}
     for acc, rank in cmap.account_rank.items():
@@ -282,7 +288,7 @@ def link_graph(
         neighbours = con.execute(
             f"SELECT n.nb, coalesce(bool_or(sc.flagged), false) FROM ({nbq}) n "
             f"LEFT JOIN scores sc ON sc.account_id = n.nb GROUP BY n.nb, n.w "
-            f"ORDER BY n.w DESC NULLS LAST, n.nb LIMIT ?", [room]
+            f"ORDER BY round(n.w, 9) DESC NULLS LAST, n.nb LIMIT ?", [room]
         ).fetchall() if room > 0 else []
     nodes = [a for a, _ in seeds] + [str(n) for n, _ in neighbours]
     group = [g for _, g in seeds] + [-1 if f else -2 for _, f in neighbours]
@@ -293,8 +299,8 @@ def link_graph(
         row = _one(con, f"SELECT count(*) FROM {edges} WHERE {where}")
         n_edges_total = int(row[0]) if row else 0
         erows = con.execute(
-            f"SELECT a, b, weight FROM {edges} WHERE {where} "
-            f"ORDER BY weight DESC NULLS LAST, a, b LIMIT ?", [max_edges]
+            f"SELECT a, b, round(weight, 9) AS w FROM {edges} WHERE {where} "
+            f"ORDER BY w DESC NULLS LAST, a, b LIMIT ?", [max_edges]
         ).fetchall()
     drawn = [(index[a], index[b], float(w) if w is not None else 0.0) for a, b, w in erows]
     return Graph(nodes, group, drawn, n_seeds_total + n_nb_total, n_edges_total)
