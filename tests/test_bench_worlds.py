@@ -93,7 +93,8 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
 
     with pytest.raises(ValueError):
         lowo_worlds(tmp_path / "one", n_worlds=4, n_tune=1, size="ci")
-    res = lowo_worlds(tmp_path, n_worlds=8, worlds_seed=5, size="ci", jobs=1)
+    res = lowo_worlds(tmp_path, n_worlds=8, worlds_seed=5, size="ci", jobs=1,
+                      windows=(12, 100_000))
     assert res["n_tune"] == 2 and len(res["rows"]) == 2
     names = [r["world_id"] for r in res["rows"]]
     # the tune worlds a bench of the same draw fits on, nothing of the report side
@@ -107,6 +108,13 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         assert r["tp"] <= r["n_distill"] and r["fp"] == sum(r["fp_by_kind"].values())
         assert r["pr_auc"] is None or 0.0 <= r["pr_auc"] <= 1.0
         assert 0 <= r["n_recovered"] <= r["n_campaigns"]
+        # a batch run over the first 12 hours sees part of the world; one over more hours
+        # than the world has is the whole-world run
+        early, whole = r["windows"]
+        assert early["n_legit"] + early["n_distill"] < r["n_accounts"]
+        assert early["fp"] == sum(early["fp_by_kind"].values())
+        assert (whole["n_legit"] + whole["n_distill"], whole["fp"], whole["tp"],
+                whole["fp_by_kind"]) == (r["n_accounts"], r["fp"], r["tp"], r["fp_by_kind"])
     sm = res["summary"]
     assert sm["tp"] == sum(r["tp"] for r in res["rows"])
     # every held-out campaign is in the per-archetype table and campaigns.csv
@@ -114,5 +122,7 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
     assert sum(a["campaigns"] for a in res["archetypes"]) == n_camp > 0
     assert sm["recovered"] == sum(r["n_recovered"] for r in res["rows"]) / n_camp
     assert pl.read_csv(tmp_path / "campaigns.csv").height == n_camp
+    assert [w["hours"] for w in sm["windows"]] == [12.0, 100_000.0]
+    assert sm["windows"][1]["fp"] == sm["fp"] and sm["windows"][1]["tp"] == sm["tp"]
     assert json.loads((tmp_path / "lowo.json").read_text())["summary"] == json.loads(
         json.dumps(sm))

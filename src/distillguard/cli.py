@@ -285,6 +285,9 @@ def bench(
     lowo: Annotated[bool, typer.Option(
         "--lowo", help="With --worlds: only the tune worlds, each scored with what the "
         "others fitted (leave one out; no report world is simulated)")] = False,
+    windows: Annotated[str, typer.Option(
+        help="With --lowo: also score each held-out world's first H hours alone, as a daily "
+        "run sees the week (comma-separated hours, e.g. 24,96)")] = "",
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -295,8 +298,12 @@ def bench(
         timing = timing or [shared_data / "traces"]
     names = [b for b in baselines.split(",") if b]
     if worlds is not None and lowo:
+        try:
+            hours = [float(h) for h in windows.split(",") if h.strip()]
+        except ValueError:
+            _fail(ValueError(f"--windows: hours separated by commas, not {windows!r}"))
         _lowo_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
-                     timing, jobs, tune_worlds)
+                     timing, jobs, tune_worlds, hours)
         return
     if worlds is not None:
         _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
@@ -435,14 +442,15 @@ def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: 
 
 
 def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
-                 timing: Any, jobs: int, n_tune: int | None) -> None:
+                 timing: Any, jobs: int, n_tune: int | None, windows: list[float]) -> None:
     from distillguard.bench.worlds import lowo_worlds
 
     try:
         with RichProgress() as prog:
             res = lowo_worlds(out, n_worlds=n, worlds_seed=seed, n_tune=n_tune, size=size,
                               legit=legit or None, distill=distill or None,
-                              timing=timing or None, jobs=jobs, progress=prog)
+                              timing=timing or None, jobs=jobs, windows=windows,
+                              progress=prog)
     except (DistillguardError, ValueError) as exc:
         _fail(exc)
     t = Table(title=f"{res['n_tune']} tune worlds, each held out once")
@@ -473,6 +481,17 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
                       f3(r["mean_flagged_share"]), f3(r["recovered_share"]),
                       f3(r["mean_purity"]))
         console.print(a)
+    if sm["windows"]:
+        wt = Table(title="batch runs over each held-out world's first hours")
+        for col in ("hours", "legitimate seen", "flagged", "FPR", "campaign accounts seen",
+                    "flagged share", "legitimate flagged by kind"):
+            wt.add_column(col)
+        for w in sm["windows"]:
+            fpr = "-" if w["fpr"] is None else f"{w['fpr']:.4f}"
+            wt.add_row(f"{w['hours']:g}", f"{w['n_legit']:,}", str(w["fp"]), fpr,
+                       f"{w['n_distill']:,}", f3(w["recall"]),
+                       ", ".join(f"{k} {v}" for k, v in w["fp_by_kind"].items()))
+        console.print(wt)
     console.print(f"results: {out / 'lowo.json'} ({res['seconds']:.0f} s)")
 
 

@@ -753,18 +753,21 @@ def bench_worlds(
 
 
 def _lowo_job(args: tuple) -> dict[str, Any]:
-    """Score one held-out tune world with what the other tune worlds fitted."""
+    """Score one held-out tune world with what the other tune worlds fitted: the whole
+    world, then each of ``windows`` (hours from its first request) alone."""
     from distillguard.api import analyse
     from distillguard.bench.metrics import evaluate
     from distillguard.scoring.fit import with_overlay
 
-    d, over, cfg, threads = args
+    d, over, cfg, threads, windows = args
     if threads:
         os.environ["DISTILLGUARD_THREADS"] = str(threads)
     labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
+    cfg = with_overlay(cfg, over)
     con = _store(sorted((d / "logs").glob("requests-*.jsonl.gz")), cfg)
     try:
-        scores, _ = analyse(con, with_overlay(cfg, over))
+        scores, _ = analyse(con, cfg)
+        part = [_window_row(con, cfg, labels, h) for h in windows]
     finally:
         con.close()
     m = evaluate(labels, scores.select("account_id", "score", "flagged", "campaign_id"))
@@ -781,17 +784,50 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "pr_auc": m["pr_auc"], "recall_at_0.1%": m["recall_at_fpr"]["0.001"]["recall"],
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
+            "fp_by_kind": dict(zip(fp["kind"].to_list(), fp["len"].to_list(), strict=True)),
+            "windows": part}
+
+
+def _window_row(con: Any, cfg: Config, labels: pl.DataFrame, hours: float) -> dict[str, Any]:
+    """A batch run over the first ``hours`` of a world's traffic, as a deployment running
+    detection before the week is over sees it: accounts seen, legitimate ones flagged (by
+    kind) and the share of the campaigns' accounts seen so far that are flagged."""
+    from distillguard.api import analyse
+    from distillguard.store import connect
+
+    t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
+    part = con.sql(f"SELECT * FROM requests WHERE epoch(ts) < {t0 + hours * 3600.0!r}"
+                   ).to_arrow_table()
+    w = connect(None)
+    try:
+        w.register("_dg_part", part)
+        w.execute("INSERT INTO requests SELECT * FROM _dg_part")
+        w.unregister("_dg_part")
+        scores, _ = analyse(w, cfg)
+    finally:
+        w.close()
+    j = scores.select("account_id", "flagged").join(labels, on="account_id")
+    legit = j.filter(pl.col("label") != "distill")
+    dist = j.filter(pl.col("label") == "distill")
+    fp = (legit.filter(pl.col("flagged")).group_by("kind").len()
+          .sort(["len", "kind"], descending=[True, False]))
+    return {"hours": hours, "n_legit": legit.height, "n_distill": dist.height,
+            "fp": int(legit["flagged"].sum()), "tp": int(dist["flagged"].sum()),
             "fp_by_kind": dict(zip(fp["kind"].to_list(), fp["len"].to_list(), strict=True))}
 
 
 def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0,
                 n_tune: int | None = None, size: str = "bench", legit: Any = None,
                 distill: Any = None, timing: Any = None, jobs: int = 1,
-                config: Config | None = None, progress: Progress | None = None
-                ) -> dict[str, Any]:
+                windows: Sequence[float] = (), config: Config | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
     """Leave one tune world out: for each of the bench's tune worlds, fit the evidence
     weights and calibration on the *other* tune worlds (as :func:`fit_tune`, without the
     online margin) and score the held-out one as a report world is scored.
+
+    ``windows`` (hours): also score each held-out world's first that many hours alone, as a
+    deployment running detection daily sees the week; the summary's ``windows`` pools the
+    legitimate accounts flagged and the campaign accounts flagged per window.
 
     The figures a change can be chosen on without looking at a report world: the same tune
     worlds as ``bench_worlds(n_worlds, worlds_seed)``, nothing of the report side. Writes
@@ -817,7 +853,7 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         fw, cal = fit_detector([parts[k][0] for k in rest], [parts[k][1] for k in rest], cfg)
         names = ", ".join(dirs[k].name for k in rest)
         held.append((d, overlay(fw, cal, f"tune worlds {names} (held out: {d.name})"), cfg,
-                     threads))
+                     threads, tuple(float(h) for h in windows)))
     rows = map_worlds(_lowo_job, held, jobs)
     tick(n_tune)
     fp_kinds: dict[str, int] = {}
@@ -831,9 +867,23 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
 
     camp = campaign_rows(rows)
     n_camp = sum(r["n_campaigns"] for r in rows)
+    pooled = []
+    for i, h in enumerate(windows):
+        ws = [r["windows"][i] for r in rows]
+        kinds: dict[str, int] = {}
+        for w in ws:
+            for k, v in w["fp_by_kind"].items():
+                kinds[k] = kinds.get(k, 0) + v
+        n_l, n_d = sum(w["n_legit"] for w in ws), sum(w["n_distill"] for w in ws)
+        fp_n, tp_n = sum(w["fp"] for w in ws), sum(w["tp"] for w in ws)
+        pooled.append({"hours": float(h), "n_legit": n_l, "fp": fp_n,
+                       "fpr": fp_n / n_l if n_l else None, "n_distill": n_d, "tp": tp_n,
+                       "recall": tp_n / n_d if n_d else None,
+                       "fp_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))})
     summary = {"recall_at_0.1%": mean("recall_at_0.1%"), "recall_at_1%": mean("recall_at_1%"),
                "pr_auc": mean("pr_auc"), "ari": mean("ari"),
                "recovered": sum(r["n_recovered"] for r in rows) / n_camp if n_camp else None,
+               "windows": pooled,
                "tp": sum(r["tp"] for r in rows), "fp": sum(r["fp"] for r in rows),
                "fp_by_kind": dict(sorted(fp_kinds.items(), key=lambda kv: (-kv[1], kv[0])))}
     for r in rows:
