@@ -767,13 +767,11 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     con = _store(sorted((d / "logs").glob("requests-*.jsonl.gz")), cfg)
     try:
         scores, _ = analyse(con, cfg)
-        part = [_window_row(con, cfg, labels, h) for h in windows]
+        t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
+        part = [_window_row(con, cfg, labels, t0, h) for h in windows]
     finally:
         con.close()
     m = evaluate(labels, scores.select("account_id", "score", "flagged", "campaign_id"))
-    fp = (scores.join(labels, on="account_id")
-          .filter((pl.col("label") != "distill") & pl.col("flagged"))
-          .group_by("kind").len().sort(["len", "kind"], descending=[True, False]))
     spec = json.loads((d / "world.json").read_text())
     return {"world_id": d.name, "fitted_on": over["scoring"]["calibration"]["fitted_on"],
             "n_accounts": m["n_accounts"], "n_distill": m["n_distill"],
@@ -784,18 +782,33 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "pr_auc": m["pr_auc"], "recall_at_0.1%": m["recall_at_fpr"]["0.001"]["recall"],
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
-            "fp_by_kind": dict(zip(fp["kind"].to_list(), fp["len"].to_list(), strict=True)),
-            "windows": part}
+            "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part}
 
 
-def _window_row(con: Any, cfg: Config, labels: pl.DataFrame, hours: float) -> dict[str, Any]:
-    """A batch run over the first ``hours`` of a world's traffic, as a deployment running
-    detection before the week is over sees it: accounts seen, legitimate ones flagged (by
-    kind) and the share of the campaigns' accounts seen so far that are flagged."""
+def _flagged_kinds(per_kind: list[dict[str, Any]]) -> dict[str, int]:
+    """kind -> legitimate accounts flagged, from an ``fpr_by_kind`` table (bench.metrics)."""
+    return _sum_kinds({r["kind"]: int(r["n_flagged"]) for r in per_kind if r["n_flagged"]})
+
+
+def _sum_kinds(*counts: dict[str, int]) -> dict[str, int]:
+    """kind -> count summed over ``counts``, most first, then by kind."""
+    tot: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            tot[k] = tot.get(k, 0) + v
+    return dict(sorted(tot.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _window_row(con: Any, cfg: Config, labels: pl.DataFrame, t0: float,
+                hours: float) -> dict[str, Any]:
+    """A batch run over the first ``hours`` of a world's traffic (from ``t0``, its first
+    request, epoch s), as a deployment running detection before the week is over sees it:
+    accounts seen, legitimate ones flagged (by kind) and the share of the campaigns'
+    accounts seen so far that are flagged."""
     from distillguard.api import analyse
+    from distillguard.bench.metrics import fpr_by_kind
     from distillguard.store import connect
 
-    t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
     part = con.sql(f"SELECT * FROM requests WHERE epoch(ts) < {t0 + hours * 3600.0!r}"
                    ).to_arrow_table()
     w = connect(None)
@@ -809,11 +822,10 @@ def _window_row(con: Any, cfg: Config, labels: pl.DataFrame, hours: float) -> di
     j = scores.select("account_id", "flagged").join(labels, on="account_id")
     legit = j.filter(pl.col("label") != "distill")
     dist = j.filter(pl.col("label") == "distill")
-    fp = (legit.filter(pl.col("flagged")).group_by("kind").len()
-          .sort(["len", "kind"], descending=[True, False]))
+    kinds = fpr_by_kind(j["kind"].to_numpy(), j["label"].to_numpy(), j["flagged"].to_numpy())
     return {"hours": hours, "n_legit": legit.height, "n_distill": dist.height,
             "fp": int(legit["flagged"].sum()), "tp": int(dist["flagged"].sum()),
-            "fp_by_kind": dict(zip(fp["kind"].to_list(), fp["len"].to_list(), strict=True))}
+            "fp_by_kind": _flagged_kinds(kinds.to_dicts())}
 
 
 def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0,
@@ -856,10 +868,6 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                      threads, tuple(float(h) for h in windows)))
     rows = map_worlds(_lowo_job, held, jobs)
     tick(n_tune)
-    fp_kinds: dict[str, int] = {}
-    for r in rows:
-        for k, v in r["fp_by_kind"].items():
-            fp_kinds[k] = fp_kinds.get(k, 0) + v
 
     def mean(key: str) -> float | None:
         vals = [r[key] for r in rows if _fin(r[key]) is not None]
@@ -870,22 +878,18 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
     pooled = []
     for i, h in enumerate(windows):
         ws = [r["windows"][i] for r in rows]
-        kinds: dict[str, int] = {}
-        for w in ws:
-            for k, v in w["fp_by_kind"].items():
-                kinds[k] = kinds.get(k, 0) + v
         n_l, n_d = sum(w["n_legit"] for w in ws), sum(w["n_distill"] for w in ws)
         fp_n, tp_n = sum(w["fp"] for w in ws), sum(w["tp"] for w in ws)
         pooled.append({"hours": float(h), "n_legit": n_l, "fp": fp_n,
                        "fpr": fp_n / n_l if n_l else None, "n_distill": n_d, "tp": tp_n,
                        "recall": tp_n / n_d if n_d else None,
-                       "fp_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))})
+                       "fp_by_kind": _sum_kinds(*(w["fp_by_kind"] for w in ws))})
     summary = {"recall_at_0.1%": mean("recall_at_0.1%"), "recall_at_1%": mean("recall_at_1%"),
                "pr_auc": mean("pr_auc"), "ari": mean("ari"),
                "recovered": sum(r["n_recovered"] for r in rows) / n_camp if n_camp else None,
                "windows": pooled,
                "tp": sum(r["tp"] for r in rows), "fp": sum(r["fp"] for r in rows),
-               "fp_by_kind": dict(sorted(fp_kinds.items(), key=lambda kv: (-kv[1], kv[0])))}
+               "fp_by_kind": _sum_kinds(*(r["fp_by_kind"] for r in rows))}
     for r in rows:
         del r["spec"], r["detectors"]
     result = {"worlds_seed": worlds_seed, "size": size, "n_tune": n_tune,
