@@ -43,8 +43,8 @@ GROUP_COLUMNS = {
                       "member",
     "g_burst": "largest share of its accounts created within `created_days` of each other",
     "g_cover_org": "share of its accounts sharing an organisation id (a declared relationship)",
-    "g_sync_z": "standard score of its members' co-activity against each member's activity shifted by up to "
-                "two hours",
+    "g_sync_z": "standard score of its members' co-activity against each member's activity "
+                "shifted by up to `sync_shift_minutes`",
     "g_sync": "g_sync_z ramped to [0, 1] (`sync_z_lo` to `sync_z_hi`): the timing channel",
     "g_coordination": "coordination channels beyond the strongest one: infrastructure, "
                       "client, rotating exits, creation burst, timing (each 0-1, sum 0-4), "
