@@ -169,8 +169,13 @@ def test_hydra_is_throttled_then_suspended_while_ordinary_users_pass(env) -> Non
 def test_strip_reasoning_json_and_stream(env) -> None:
     client, up, _, scorer = env
     # Make the account flagged: enough CoT-eliciting traffic, slowly enough not to throttle.
+    # ...on the request's UTC day: from 00:00 to 01:00 UTC an hour earlier is the day before,
+    # and two active days read as a human rhythm (the account then ends below the flag)
+    now = time.time()
+    t0 = max(now - 3600, now - now % 86400)
+    step = min(1.0, (now - t0) / 25)
     for i in range(25):
-        scorer.observe(_view("cot-1", _hydra_prompt(i), time.time() - 3600 + i))
+        scorer.observe(_view("cot-1", _hydra_prompt(i), t0 + i * step))
     body = {"model": "m1", "messages": _msg(_hydra_prompt(99))}
     r = client.post("/v1/chat/completions", json=body, headers={"X-Account-Id": "cot-1"})
     assert r.status_code == 200
