@@ -147,6 +147,35 @@ def test_lofo_on_a_small_set(rows):
     assert res[1]["at"]["0.5"]["recall"] > res[1]["at"]["0.5"]["fpr_reasoning_talk"]
 
 
+def test_min_families_leaves_out_the_wording_of_one_or_two_families(rows):
+    """Buckets that only one or two families' instructions use carry no weight; cues several
+    families share, and every bucket of benign text, keep theirs."""
+    from distillguard.signals.elicit_train import narrow_buckets, training_windows
+
+    sub = [r for r in rows if r["split"] == "train"][::12]
+    win = training_windows(sub, SMALL)
+    sel = np.ones(win.X.shape[0], dtype=bool)
+    narrow = narrow_buckets(win, sel, 3)
+    assert narrow.any() and not narrow.all()
+    assert not narrow_buckets(win, sel, 1).any()
+    # a bucket only benign windows hold is never narrow
+    pos = (win.y == 1).any(axis=1)
+    in_pos = np.asarray((win.X[pos] != 0).sum(axis=0)).ravel() > 0
+    in_neg = np.asarray((win.X[~pos] != 0).sum(axis=0)).ravel() > 0
+    assert not narrow[in_neg & ~in_pos].any()
+    # a held-out family's windows (not selected) do not count: its own wording is narrow
+    # while it is trained on and absent (so not narrow) once it is held out
+    fam = np.array([r["family"] for r in sub])[win.row]
+    F = sorted(set(fam[pos]))[0]
+    only_f = (np.asarray((win.X[pos & (fam == F)] != 0).sum(axis=0)).ravel() > 0) & \
+        ~(np.asarray((win.X[pos & (fam != F)] != 0).sum(axis=0)).ravel() > 0)
+    assert only_f.any() and narrow[only_f].all()
+    assert not narrow_buckets(win, fam != F, 3)[only_f].any()
+    m = fit(sub, SMALL, 4.0, min_families=3)
+    assert (m.weights[0][narrow] == 0).all() and (m.weights[0][~narrow] != 0).any()
+    assert m.meta["min_families"] == 3 and "min_families" not in fit(sub, SMALL, 4.0).meta
+
+
 def test_threshold_at_keeps_the_budget():
     b = np.arange(200) / 200.0
     t = threshold_at(b, 0.01)

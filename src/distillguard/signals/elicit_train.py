@@ -35,6 +35,9 @@ _SLOT = re.compile(r"\{(\w+)\}")
 DEFAULT_SPEC = Spec()
 DEFAULT_C = 256.0
 DEFAULT_HEADS: tuple[str, ...] = ("elicit",)
+#: Buckets that are positive evidence in fewer training families than this are left out
+#: (``narrow_buckets``).
+DEFAULT_MIN_FAMILIES = 1
 #: A window of a positive text is a positive example when it holds at least this share of
 #: the instruction characters the best window of that text holds.
 COVER = 0.8
@@ -48,6 +51,7 @@ class Windows:
     row: np.ndarray
     y: np.ndarray            # (n_windows, heads) int8: 1, 0, or -1 (not an example)
     Xw: sp.csr_matrix | None = None    # (n_windows, vocabulary) word counts, when embedded
+    family: np.ndarray | None = None   # (n_rows,) each row's family, for ``min_families``
 
 
 def _norm(s: str) -> str:
@@ -130,7 +134,32 @@ def training_windows(rows: Sequence[dict[str, Any]], spec: Spec,
         parts.append((X, np.repeat(np.arange(len(rows)), nwin), y, Xw))
     return Windows(sp.vstack([p[0] for p in parts], format="csr"),
                    np.concatenate([p[1] for p in parts]), np.vstack([p[2] for p in parts]),
-                   sp.vstack([p[3] for p in parts], format="csr") if word_rows else None)
+                   sp.vstack([p[3] for p in parts], format="csr") if word_rows else None,
+                   np.array([r.get("family", "") for r in rows], dtype=object))
+
+
+def narrow_buckets(win: Windows, sel: np.ndarray, min_families: int) -> np.ndarray:
+    """Buckets that are positive evidence in at least one but fewer than ``min_families``
+    families among the selected windows (bool, one per bucket).
+
+    A bucket that only one or two families' instructions use is that family's wording; the
+    model would learn it and it does not carry over to a phrasing it has never seen. Left
+    out of training, the model keeps the cues several families share (and every bucket of
+    benign text, which is what holds the false positives down): leave-one-family-out
+    recall 0.526 -> 0.586 at ``min_families`` 3 (docs/elicitation.md).
+    """
+    nb = win.X.shape[1]
+    if min_families <= 1 or win.family is None:
+        return np.zeros(nb, dtype=bool)
+    pos = np.flatnonzero(sel & (win.y == 1).any(axis=1))
+    if pos.size == 0:
+        return np.zeros(nb, dtype=bool)
+    _, code = np.unique(win.family[win.row[pos]].astype(str), return_inverse=True)
+    present = (win.X[pos] != 0).astype(np.float32)
+    onehot = sp.csr_matrix((np.ones(pos.size, np.float32), (np.arange(pos.size), code)),
+                           shape=(pos.size, int(code.max()) + 1))
+    n_fam = np.asarray(((present.T @ onehot) > 0).sum(axis=1)).ravel()
+    return (n_fam > 0) & (n_fam < min_families)
 
 
 def window_matrix(cp: np.ndarray, ws: np.ndarray, we: np.ndarray, spec: Spec,
@@ -181,21 +210,25 @@ def window_matrix(cp: np.ndarray, ws: np.ndarray, we: np.ndarray, spec: Spec,
 
 def fit(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = DEFAULT_C,
         templates: dict[str, str] | None = None, meta: dict[str, Any] | None = None,
-        heads: tuple[str, ...] = DEFAULT_HEADS) -> ElicitModel:
+        heads: tuple[str, ...] = DEFAULT_HEADS,
+        min_families: int = DEFAULT_MIN_FAMILIES) -> ElicitModel:
     """One logistic regression per head over training windows; int16 weights."""
     emb = None
     if spec.words:
         vocab = vocabulary([r["text"] for r in rows], spec)
         emb = (vocab, word_vectors(vocab[0]))
     win = training_windows(rows, spec, templates, emb[0] if emb else None)
-    return fit_windows(win, spec, C, None, meta, heads, emb)
+    return fit_windows(win, spec, C, None, meta, heads, emb, min_families)
 
 
 def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray | None = None,
                 meta: dict[str, Any] | None = None, heads: tuple[str, ...] = DEFAULT_HEADS,
-                emb: tuple[tuple[list[str], np.ndarray], np.ndarray] | None = None
-                ) -> ElicitModel:
+                emb: tuple[tuple[list[str], np.ndarray], np.ndarray] | None = None,
+                min_families: int = DEFAULT_MIN_FAMILIES) -> ElicitModel:
     """Fit on the windows of rows where ``keep[row]`` (all rows without ``keep``).
+
+    ``min_families``: n-gram buckets that are positive evidence in fewer families of the
+    kept rows than this are left out (:func:`narrow_buckets`; weight 0).
 
     ``heads``: ``HEADS`` (extract, rubric) or one merged head (``("elicit",)``). ``emb``:
     ((vocabulary, buckets), vectors): word features enter the regression as embeddings; each
@@ -209,6 +242,9 @@ def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray
     sel = np.ones(y.shape[0], dtype=bool) if keep is None else keep[win.row]
     nb = 1 << spec.bits
     X = win.X
+    narrow = narrow_buckets(win, sel, min_families)
+    if narrow.any():
+        X = (X @ sp.diags((~narrow).astype(np.float64))).tocsr()
     if emb is not None and win.Xw is not None:
         X = sp.hstack([X, sp.csr_matrix(win.Xw @ emb[1])], format="csr")
     W = np.zeros((len(heads), nb), dtype=np.int16)
@@ -230,7 +266,9 @@ def fit_windows(win: Windows, spec: Spec, C: float = DEFAULT_C, keep: np.ndarray
         W[h] = np.round(w / s).astype(np.int16)
         scale[h] = s
         bias[h] = float(clf.intercept_[0])
-    return ElicitModel(spec, W, scale, bias, tuple(heads), dict(meta or {}, C=C))
+    return ElicitModel(spec, W, scale, bias, tuple(heads),
+                       dict(meta or {}, C=C, **({"min_families": min_families}
+                                                if min_families > 1 else {})))
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -282,7 +320,8 @@ def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = D
          fpr: float = 0.01, families: Sequence[str] | None = None,
          extra_benign: Sequence[str] | None = None,
          heads: tuple[str, ...] = DEFAULT_HEADS,
-         at: Sequence[float] = ()) -> list[dict[str, Any]]:
+         at: Sequence[float] = (),
+         min_families: int = DEFAULT_MIN_FAMILIES) -> list[dict[str, Any]]:
     """Leave-one-family-out table, one dict per held-out family, then ``(all)``: the model
     trained on every family (held-out families' eval split still unseen).
 
@@ -313,7 +352,8 @@ def lofo(rows: Sequence[dict[str, Any]], spec: Spec = DEFAULT_SPEC, C: float = D
                            emb[0] if emb else None)
     out = []
     for F in held:
-        model = fit_windows(win, spec, C, fam[train_idx] != F, heads=heads, emb=emb)
+        model = fit_windows(win, spec, C, fam[train_idx] != F, heads=heads, emb=emb,
+                            min_families=min_families)
         p = np.zeros(len(rows))
         p[eval_idx] = model.predict_proba(eval_scans)
         t = threshold_at(p[ev & (grp == "reasoning_talk")], fpr)
