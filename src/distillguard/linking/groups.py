@@ -32,6 +32,9 @@ GROUP_COLUMNS = {
     "g_size": "accounts in the group",
     "g_requests": "requests of all its accounts",
     **{f"g_{c}": f"{c} over the group's pooled requests" for c in POOLED},
+    "g_elicit_model_rate": "the `elicit_model` evidence item's rate (learned-model hits in a "
+                           "system prompt many accounts share left out) over the group's "
+                           "pooled requests",
     "g_pivot_share": "share of the group's traffic in a new model's first day on that model",
     "g_hour_entropy": "mean hour-of-day entropy of its accounts",
     "g_age_days": "median account age at first request",
@@ -61,8 +64,14 @@ def group_stats_sql(keys: str, cfg: Config, sync: str | None = None) -> str:
     gc = cfg["linking"]["groups"]
     rot = int(gc["rotation_prefixes"])
     days = int(cfg["linking"]["conjunction"]["created_days"])
+    # The group's learned-elicitation rate is the one the account-level item scores: hits
+    # that come from a system prompt shared by many accounts (an agent framework's
+    # scratchpad format) are left out there and must not come back through the group.
+    rate = {c: c for c in POOLED}
+    rate["elicit_model_rate"] = next((it["expr"] for it in cfg["scoring"]["evidence"]
+                                      if it["name"] == "elicit_model"), "elicit_model_rate")
     pooled = ",\n    ".join(
-        f"sum(n_requests * coalesce({c}, 0)) / sum(n_requests) AS g_{c}" for c in POOLED)
+        f"sum(n_requests * coalesce({rate[c]}, 0)) / sum(n_requests) AS g_{c}" for c in POOLED)
     return f"""
 WITH m AS (
   SELECT f.*, c.community FROM features f JOIN communities c USING (account_id)
