@@ -45,15 +45,17 @@ def train(
     budget: Annotated[float | None, typer.Option(
         help="Share of benign reasoning talk (eval split) the printed operating point may "
              "flag per prompt [default: elicit_train.OPERATING_BUDGET, 0.25%]")] = None,
-    min_families: Annotated[int, typer.Option(
+    min_families: Annotated[int | None, typer.Option(
         help="Leave out n-gram buckets that are positive evidence in fewer training "
-             "families than this (1: none; elicit_train.narrow_buckets)")] = 1,
+             "families than this (1: none; elicit_train.narrow_buckets) "
+             "[default: elicit_train.DEFAULT_MIN_FAMILIES, 6]")] = None,
 ) -> None:
     """Rebuild the model weights from the labelled set (same bytes on a rerun)."""
     from distillguard.signals.elicit_data import load_set
     from distillguard.signals.elicit_train import (
         DEFAULT_C,
         DEFAULT_HEADS,
+        DEFAULT_MIN_FAMILIES,
         DEFAULT_SPEC,
         OPERATING_BUDGET,
         fit,
@@ -63,7 +65,8 @@ def train(
     rows = load_set(data)
     tr = rows if all_splits else [r for r in rows if r["split"] == "train"]
     t0 = time.perf_counter()
-    model = fit(tr, DEFAULT_SPEC, DEFAULT_C, heads=DEFAULT_HEADS, min_families=min_families,
+    model = fit(tr, DEFAULT_SPEC, DEFAULT_C, heads=DEFAULT_HEADS,
+                min_families=DEFAULT_MIN_FAMILIES if min_families is None else min_families,
                 meta={"trained_on": f"{len(tr)} rows of the elicitation labelled set "
                                     f"({'all splits' if all_splits else 'train split'})"})
     path = out or _data_path("model")
@@ -94,9 +97,10 @@ def evaluate(
     at: Annotated[list[float] | None, typer.Option(
         help="Also the held-out share caught at this fixed elicit_p (repeatable; e.g. the "
              "config's signals.elicit_model_threshold)")] = None,
-    min_families: Annotated[int, typer.Option(
+    min_families: Annotated[int | None, typer.Option(
         help="Leave out n-gram buckets that are positive evidence in fewer training "
-             "families than this (1: none; elicit_train.narrow_buckets)")] = 1,
+             "families than this (1: none; elicit_train.narrow_buckets) "
+             "[default: elicit_train.DEFAULT_MIN_FAMILIES, 6]")] = None,
 ) -> None:
     """Leave-one-family-out table: recall at <= FPR on benign reasoning talk, FPR on
     ordinary prompts, the rules' recall beside it; then throughput."""
@@ -105,6 +109,7 @@ def evaluate(
     from distillguard.signals.elicit_train import (
         DEFAULT_C,
         DEFAULT_HEADS,
+        DEFAULT_MIN_FAMILIES,
         DEFAULT_SPEC,
         lofo,
         throughput,
@@ -115,7 +120,8 @@ def evaluate(
         if extra_benign else None
     t0 = time.perf_counter()
     res = lofo(rows, DEFAULT_SPEC, DEFAULT_C, fpr, family or None, extra, DEFAULT_HEADS,
-               at=tuple(at or ()), min_families=min_families)
+               at=tuple(at or ()),
+               min_families=DEFAULT_MIN_FAMILIES if min_families is None else min_families)
     tab = Table(title=f"leave-one-family-out, threshold at <= {fpr:.0%} of benign reasoning "
                       "talk (eval split)")
     for c in ("held-out family", "label", "n", "recall", "FPR ordinary",

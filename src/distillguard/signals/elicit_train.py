@@ -37,7 +37,7 @@ DEFAULT_C = 256.0
 DEFAULT_HEADS: tuple[str, ...] = ("elicit",)
 #: Buckets that are positive evidence in fewer training families than this are left out
 #: (``narrow_buckets``).
-DEFAULT_MIN_FAMILIES = 1
+DEFAULT_MIN_FAMILIES = 6
 #: A window of a positive text is a positive example when it holds at least this share of
 #: the instruction characters the best window of that text holds.
 COVER = 0.8
@@ -146,7 +146,7 @@ def narrow_buckets(win: Windows, sel: np.ndarray, min_families: int) -> np.ndarr
     model would learn it and it does not carry over to a phrasing it has never seen. Left
     out of training, the model keeps the cues several families share (and every bucket of
     benign text, which is what holds the false positives down): leave-one-family-out
-    recall 0.526 -> 0.586 at ``min_families`` 3 (docs/elicitation.md).
+    recall 0.526 -> 0.624 at ``min_families`` 6 (docs/elicitation.md).
     """
     nb = win.X.shape[1]
     if min_families <= 1 or win.family is None:
