@@ -134,7 +134,8 @@ def test_lofo_on_a_small_set(rows):
     fams = ("pairwise_pref", "tag_wrap", "rubric_score")
     keep = [r for i, r in enumerate(rows) if r["group"] != "elicit" and i % 4 == 0
             or r["family"] in fams]
-    res = lofo(keep, SMALL, 4.0, families=["tag_wrap", "(all)"], at=(0.5, 0.99))
+    res = lofo(keep, SMALL, 4.0, families=["tag_wrap", "(all)"], at=(0.5, 0.99),
+               min_families=1)                 # three families: none shared by six
     assert [r["family"] for r in res] == ["tag_wrap", "(all)"]
     for r in res:
         assert 0.0 <= r["recall"] <= 1.0 and 0.0 <= r["rules_recall"] <= 1.0
@@ -158,6 +159,8 @@ def test_min_families_leaves_out_the_wording_of_one_or_two_families(rows):
     narrow = narrow_buckets(win, sel, 3)
     assert narrow.any() and not narrow.all()
     assert not narrow_buckets(win, sel, 1).any()
+    with pytest.raises(ValueError, match="elicitation families"):
+        narrow_buckets(win, sel, 50)           # more than there are: nothing would be left
     # a bucket only benign windows hold is never narrow
     pos = (win.y == 1).any(axis=1)
     in_pos = np.asarray((win.X[pos] != 0).sum(axis=0)).ravel() > 0
@@ -173,7 +176,8 @@ def test_min_families_leaves_out_the_wording_of_one_or_two_families(rows):
     assert not narrow_buckets(win, fam != F, 3)[only_f].any()
     m = fit(sub, SMALL, 4.0, min_families=3)
     assert (m.weights[0][narrow] == 0).all() and (m.weights[0][~narrow] != 0).any()
-    assert m.meta["min_families"] == 3 and "min_families" not in fit(sub, SMALL, 4.0).meta
+    assert m.meta["min_families"] == 3
+    assert "min_families" not in fit(sub, SMALL, 4.0, min_families=1).meta
 
 
 def test_threshold_at_keeps_the_budget():

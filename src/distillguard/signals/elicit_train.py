@@ -154,7 +154,12 @@ def narrow_buckets(win: Windows, sel: np.ndarray, min_families: int) -> np.ndarr
     pos = np.flatnonzero(sel & (win.y == 1).any(axis=1))
     if pos.size == 0:
         return np.zeros(nb, dtype=bool)
-    _, code = np.unique(win.family[win.row[pos]].astype(str), return_inverse=True)
+    names, code = np.unique(win.family[win.row[pos]].astype(str), return_inverse=True)
+    if names.size < min_families:
+        # every positive bucket would be left out: an empty model, not a narrower one
+        raise ValueError(f"min_families {min_families} but the training rows hold "
+                         f"{names.size} elicitation families; use at most a third of them "
+                         "(--min-families)")
     present = (win.X[pos] != 0).astype(np.float32)
     onehot = sp.csr_matrix((np.ones(pos.size, np.float32), (np.arange(pos.size), code)),
                            shape=(pos.size, int(code.max()) + 1))
