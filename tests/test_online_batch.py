@@ -52,9 +52,10 @@ SCORE_TOL = 0.005
 #: (scenario, seed) → accounts whose online score crossed the threshold mid-stream but ended
 #: below it, as measured when written, by label (see the module docstring).
 #: Config 2026.12.7: in each, one low-and-slow campaign account (aged accounts) alerted
-#: online and ending just under the batch threshold.
+#: online and ending just under the batch threshold. Config 2026.12.10 (the min-families
+#: elicitation model): the tiny-11 one ends flagged (0.524, peak 0.718), none transient.
 TRANSIENT: dict[tuple[str, int], list[str]] = {("tiny", 3): ["distill"],
-                                               ("tiny", 11): ["distill"]}
+                                               ("tiny", 11): []}
 
 
 NO_MARGIN = with_overlay(load_config(), {"scoring": {"online_margin": 0.0}})

@@ -124,9 +124,11 @@ def generate(seed: int = 11, frameworks: bool = False) -> list[dict]:
                 **kw)
     # Users of an agent framework whose system prompt asks for a reasoning scratchpad
     # (signals.elicit_user): 11 accounts, one of them also asking in its own prompts.
-    scratch = ("Solve the task in a loop. Write 'Thought:' with your reasoning about what to "
-               "do next, then 'Action:' and 'Action Input:' for a tool; after each "
-               "'Observation:' repeat Thought / Action / Action Input until you can answer.")
+    # (the simulator's ReAct prompt: a three-line paraphrase of it scores 0.97-0.99 with the
+    # min-families model of config 2026.12.10, under the threshold, and tested nothing)
+    from distillguard.sim._heldout_text import TUNE_REASONING_FRAMEWORKS
+
+    scratch = TUNE_REASONING_FRAMEWORKS[0][2]
     for i in range(11 if frameworks else 0):
         for j in range(6):
             ts = T0 + timedelta(days=j % 3, hours=9 + i % 8, minutes=7 * j)
