@@ -261,3 +261,35 @@ def test_sync_null_keeps_busy_days_and_finds_one_stream() -> None:
     assert z_stream["g_sync_z"][0] > 10.0 and z_stream["g_sync"][0] == 1.0
     # deterministic: seeded by the community's smallest account id
     assert group_sync(*_sync_tokens(stream), cfg).equals(z_stream)
+
+
+def test_group_learned_rate_leaves_out_a_shared_scratchpad() -> None:
+    """A group pools the elicit_model item's own rate: users of a framework whose system
+    prompt (sent by many accounts) is what the learned model flags carry none of it into
+    g_elicit; a group whose members ask in their own prompts keeps its full rate."""
+    from distillguard.linking.groups import POOLED, group_stats_sql
+
+    cfg = load_config()
+    con = connect(None)
+    rows = []
+    for i in range(6):     # framework users: every hit from a system prompt 120 accounts send
+        rows.append((f"fw{i}", 0, 40, 1.0, 1.0, 120, 1))
+    for i in range(6):     # a group asking in its own prompts (no system prompt)
+        rows.append((f"ask{i}", 1, 40, 0.5, 0.0, 0, 0))
+    feats = pl.DataFrame(rows, orient="row", schema=[
+        "account_id", "community", "n_requests", "elicit_model_rate", "sys_elicit_rate",
+        "system_accounts", "n_system_prompts"]).with_columns(
+        *[pl.lit(0.0).alias(c) for c in POOLED if c != "elicit_model_rate"],
+        pl.lit(0.0).alias("pivot_share"), pl.lit(0).alias("pivot_window_requests"),
+        pl.lit(2.0).alias("hour_entropy"), pl.lit(400.0).alias("account_age_days"),
+        pl.lit(0.0).alias("nonstandard_signup"), pl.lit(1).alias("n_prefixes"),
+        pl.lit(None, dtype=pl.Float64).alias("created_day"))
+    con.register("_f", feats.drop("community").to_arrow())
+    con.execute("CREATE TABLE features AS SELECT * FROM _f")
+    con.register("_c", feats.select("account_id", "community").to_arrow())
+    con.execute("CREATE TABLE communities AS SELECT * FROM _c")
+    con.register("_k", pl.DataFrame(schema={"account_id": pl.Utf8, "kind": pl.Utf8,
+                                            "key": pl.Utf8}).to_arrow())
+    g = {r["community"]: r for r in con.sql(group_stats_sql("_k", cfg)).pl().to_dicts()}
+    assert g[0]["g_elicit_model_rate"] == 0.0
+    assert abs(g[1]["g_elicit_model_rate"] - 0.5) < 1e-9
