@@ -142,11 +142,11 @@ def narrow_buckets(win: Windows, sel: np.ndarray, min_families: int) -> np.ndarr
     """Buckets that are positive evidence in at least one but fewer than ``min_families``
     families among the selected windows (bool, one per bucket).
 
-    A bucket that only one or two families' instructions use is that family's wording; the
+    A bucket that the instructions of only a few families use is their own wording; the
     model would learn it and it does not carry over to a phrasing it has never seen. Left
-    out of training, the model keeps the cues several families share (and every bucket of
-    benign text, which is what holds the false positives down): leave-one-family-out
-    recall 0.526 -> 0.624 at ``min_families`` 6 (docs/elicitation.md).
+    out of training, the model keeps the cues many families share (and every bucket only
+    benign text holds, which is what holds the false positives down): leave-one-family-out
+    recall 0.526 -> 0.624 at ``min_families`` 6 of 16-17 families (docs/elicitation.md).
     """
     nb = win.X.shape[1]
     if min_families <= 1 or win.family is None:
