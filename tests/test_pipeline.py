@@ -172,3 +172,28 @@ def _lines(path):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         return fh.readlines()
+
+
+def test_campaigns_from_the_linked_keys_equal_those_derived_again(run):
+    """describe_campaigns reads the account keys linking left (LINK_KEYS) instead of deriving
+    them from every request a second time; both give the same campaigns.json."""
+    from distillguard.config import load_config
+    from distillguard.linking import LINK_KEYS, compute_links
+    from distillguard.scoring import score_accounts
+    from distillguard.scoring.campaigns import describe_campaigns
+    from distillguard.store import connect
+
+    _, _, _, d = run
+    cfg = load_config()
+    con = connect(str(d / "store.duckdb"))
+    try:
+        compute_links(con, cfg)
+        scores, flagged = score_accounts(con, cfg)
+        assert flagged.height
+        reused = describe_campaigns(con, cfg, flagged, scores, keys_table=LINK_KEYS)
+        derived = describe_campaigns(con, cfg, flagged, scores)
+    finally:
+        con.close()
+    assert reused == derived
+    assert any(c["indicators"]["ip_prefixes"] or c["indicators"]["payment_fingerprints"]
+               for c in reused)

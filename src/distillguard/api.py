@@ -20,7 +20,7 @@ import polars as pl
 from distillguard.config import Config, load_config
 from distillguard.features import compute_features
 from distillguard.ingest import IngestReport, ingest_files
-from distillguard.linking import compute_links
+from distillguard.linking import LINK_KEYS, compute_links
 from distillguard.scoring import Calibrator, score_accounts
 from distillguard.scoring.campaigns import describe_campaigns
 from distillguard.signals import compute_signals
@@ -102,7 +102,8 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
         compute_links(con, cfg)
     with _timed(timings, "scoring", progress):
         scores, flagged = score_accounts(con, cfg, calibrator)
-        campaigns = describe_campaigns(con, cfg, flagged, scores)
+        campaigns = describe_campaigns(con, cfg, flagged, scores, keys_table=LINK_KEYS)
+    con.execute(f"DROP TABLE IF EXISTS {LINK_KEYS}")
     if incremental:
         inc.finish(con, cfg)
     return scores, campaigns

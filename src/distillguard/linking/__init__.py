@@ -16,13 +16,22 @@ from distillguard.linking.keys import (
     sync_tokens_sql,
 )
 
-__all__ = ["GROUP_COLUMNS", "build_edges", "communities", "compute_links", "write_groups"]
+__all__ = ["GROUP_COLUMNS", "LINK_KEYS", "build_edges", "communities", "compute_links",
+           "write_groups"]
+
+#: Temporary table (the connection's, not the store's) holding the account keys the last
+#: ``compute_links`` on a connection used: campaign descriptions read them instead of
+#: deriving them from every request a second time.
+LINK_KEYS = "_link_keys"
 
 
 def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
     """Write ``edges`` (a, b account ids), ``communities`` (account_id, community) and
     ``groups`` (what each community does as a whole, ``linking.groups``)."""
     keys = con.sql(account_keys_sql(cfg)).pl()
+    con.register("_dg_lk", keys.to_arrow())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {LINK_KEYS} AS SELECT * FROM _dg_lk")
+    con.unregister("_dg_lk")
     tokens = con.sql(sync_tokens_sql(cfg)).pl()
     content = con.sql(content_tokens_sql(cfg)).pl() if content_config(cfg) else None
     edges, accounts = build_edges(con, cfg, keys, tokens, content)

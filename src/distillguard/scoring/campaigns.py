@@ -55,8 +55,8 @@ def keys_subquery(cfg: Any) -> str:
     return account_keys_sql(cfg).replace("{", "{{").replace("}", "}}")
 
 
-def _keys_sql(cfg: Any) -> str:
-    keys = keys_subquery(cfg)
+def _keys_sql(cfg: Any, keys_table: str | None = None) -> str:
+    keys = f"SELECT * FROM {keys_table}" if keys_table else keys_subquery(cfg)
     return f"""
 SELECT m.campaign_id, k.kind, k.key, count(DISTINCT k.account_id) AS accounts,
        sum(k.n) AS requests
@@ -67,13 +67,16 @@ GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2
 
 def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFrame,
                        scores: pl.DataFrame, max_examples: int = 3,
-                       query: Query | None = None) -> list[dict[str, Any]]:
+                       query: Query | None = None,
+                       keys_table: str | None = None) -> list[dict[str, Any]]:
     """One record per flagged campaign (``campaigns.json``): members, volume, capabilities,
     indicators, example prompts and reasons.
 
     ``con`` holds ``scores``' tables and ``edges``; the per-request aggregates run through
     ``query`` (default: on ``con``'s ``requests`` and ``signals``), which the Spark engine
-    points at its executors."""
+    points at its executors. ``keys_table``: a table of ``con`` holding the account keys
+    this run's linking computed (``linking.LINK_KEYS``), read instead of deriving them from
+    every request again."""
     if flagged.is_empty():
         return []
     members = scores.filter(pl.col("campaign_id").is_not_null()).select(
@@ -86,7 +89,8 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
 
     base = agg(BASE_SQL)
     caps = agg(CAPABILITIES_SQL)
-    keys = agg(_keys_sql(cfg))
+    keys = (pl.from_arrow(duckdb_query(con)(_keys_sql(cfg, keys_table), tables)) if keys_table
+            else agg(_keys_sql(cfg)))
     skel = agg(TEMPLATES_SQL)
     examples = agg(EXAMPLES_SQL % int(max_examples)).sort("campaign_id", "rn")
     with registered(con, tables["members"]) as m:
