@@ -82,10 +82,12 @@ def update(con: duckdb.DuckDBPyConnection, cache: str, width: int) -> int:
             GROUP BY {k} HAVING count(*) > 1""")
         con.execute(f"DELETE FROM {sz} WHERE k IN (SELECT k FROM _tpl_grown{b})")
         con.execute(f"INSERT INTO {sz} SELECT k, c FROM _tpl_grown{b}")
-    hit = "\nUNION\n".join(f"SELECT request_id FROM {cache} WHERE {k} IN "
-                           f"(SELECT k FROM _tpl_grown{b})" for b, k in enumerate(ks))
+    # One scan of the cache for all key columns: a UNION of one scan per column cost three
+    # times the CPU (100,000 new requests on 1.5M: 2.7 s against 0.9 s).
+    hit = " OR ".join(f"{k} IN (SELECT k FROM _tpl_grown{b})" for b, k in enumerate(ks))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _tpl_redo AS
-                    SELECT request_id FROM _tpl_new UNION {hit}""")
+                    SELECT request_id FROM _tpl_new
+                    UNION SELECT request_id FROM {cache} WHERE {hit}""")
     # template_ids_sql's choice over the kept bucket sizes, for these requests only
     cols = ", ".join(f"coalesce(sz{b}.c, 1) AS c{b}" for b in range(width))
     joins = "\n".join(f"LEFT JOIN {_SZ.format(b)} sz{b} ON t.{k} = sz{b}.k"
