@@ -70,6 +70,33 @@ def test_truncated_gzip_keeps_rows_before_the_cut(tmp_path):
     assert rep.rows_bad == 1 and "truncated" in reasons[0]
 
 
+def test_inflate_backends_agree_on_corrupt_and_multi_member_gzip(tmp_path, monkeypatch):
+    """The inflate in use (ISA-L's when installed) and the standard library's store the same
+    rows and quarantine the same way: concatenated gzip members (appended logs) read as one
+    stream, a corrupt block is reported, nothing after it is invented."""
+    import zlib
+
+    from distillguard.ingest import reader
+
+    lines = [orjson.dumps(_rec(f"c{i}")) + b"\n" for i in range(2000)]
+    two = tmp_path / "two.jsonl.gz"
+    two.write_bytes(gzip.compress(b"".join(lines[:1000])) + gzip.compress(b"".join(lines[1000:])))
+    blob = bytearray(gzip.compress(b"".join(lines), compresslevel=1))
+    for i in range(len(blob) // 2, len(blob) // 2 + 64):
+        blob[i] ^= 0xFF
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(bytes(blob))
+    seen = []
+    for backend in (reader._inflate, zlib):
+        monkeypatch.setattr(reader, "_inflate", backend)
+        ids_two = _ingest(two)[1]
+        rep, ids, reasons = _ingest(bad)
+        assert ids_two == {f"c{i}" for i in range(2000)}
+        assert rep.rows_bad == 1 and reasons[0].startswith("corrupt gzip data")
+        seen.append(ids)
+    assert seen[0] == seen[1]
+
+
 @pytest.mark.parametrize("field,value", [
     ("ts", "0001-01-01T00:00:00+01:00"), ("ts", "9999-12-31T23:59:59-01:00"),
     ("input_tokens", "Infinity"), ("output_tokens", "-Infinity"),
