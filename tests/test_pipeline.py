@@ -187,7 +187,7 @@ def test_campaigns_from_the_linked_keys_equal_those_derived_again(run):
     cfg = load_config()
     con = connect(str(d / "store.duckdb"))
     try:
-        compute_links(con, cfg)
+        compute_links(con, cfg, keys_table=LINK_KEYS)
         scores, flagged = score_accounts(con, cfg)
         assert flagged.height
         reused = describe_campaigns(con, cfg, flagged, scores, keys_table=LINK_KEYS)

@@ -99,7 +99,7 @@ def analyse(con: duckdb.DuckDBPyConnection, cfg: Config, *, progress: Progress |
         compute_features(con, cfg, intel_key, stats=info, incremental={
             "incremental": "update", "full": "build"}.get(mode))
     with _timed(timings, "linking", progress):
-        compute_links(con, cfg)
+        compute_links(con, cfg, keys_table=LINK_KEYS)
     with _timed(timings, "scoring", progress):
         scores, flagged = score_accounts(con, cfg, calibrator)
         campaigns = describe_campaigns(con, cfg, flagged, scores, keys_table=LINK_KEYS)

@@ -54,7 +54,7 @@ from distillguard.engines.sqlcompile import to_spark
 from distillguard.errors import IngestError
 from distillguard.features import compute_features
 from distillguard.features.defs import enriched_sql, features_sql
-from distillguard.linking import LINK_KEYS, compute_links, write_groups
+from distillguard.linking import compute_links, write_groups
 from distillguard.linking.keys import (
     account_attrs_sql,
     account_keys_sql,
@@ -1331,8 +1331,6 @@ def run_spark(spark: SparkSession, requests: DataFrame | str | os.PathLike | Ite
                         answers[content_tokens_sql(cfg)] = "SELECT * FROM _dg_content_tokens"
                     drv = _DriverStore(con, answers)
                     compute_links(drv, cfg)
-                    # campaign descriptions read the keys on the executors here
-                    con.execute(f"DROP TABLE IF EXISTS {LINK_KEYS}")
                     drv.check("linking", answers)
                 else:
                     stats["linking"] = "distributed"

@@ -19,19 +19,22 @@ from distillguard.linking.keys import (
 __all__ = ["GROUP_COLUMNS", "LINK_KEYS", "build_edges", "communities", "compute_links",
            "write_groups"]
 
-#: Temporary table (the connection's, not the store's) holding the account keys the last
-#: ``compute_links`` on a connection used: campaign descriptions read them instead of
-#: deriving them from every request a second time.
+#: The temporary table (the connection's, not the store's) ``api.analyse`` asks
+#: ``compute_links`` to leave its account keys in: campaign descriptions read them instead
+#: of deriving them from every request a second time.
 LINK_KEYS = "_link_keys"
 
 
-def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config) -> pl.DataFrame:
+def compute_links(con: duckdb.DuckDBPyConnection, cfg: Config,
+                  keys_table: str | None = None) -> pl.DataFrame:
     """Write ``edges`` (a, b account ids), ``communities`` (account_id, community) and
-    ``groups`` (what each community does as a whole, ``linking.groups``)."""
+    ``groups`` (what each community does as a whole, ``linking.groups``); with
+    ``keys_table``, also leave the account keys in that temporary table."""
     keys = con.sql(account_keys_sql(cfg)).pl()
-    con.register("_dg_lk", keys.to_arrow())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {LINK_KEYS} AS SELECT * FROM _dg_lk")
-    con.unregister("_dg_lk")
+    if keys_table:
+        con.register("_dg_lk", keys.to_arrow())
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {keys_table} AS SELECT * FROM _dg_lk")
+        con.unregister("_dg_lk")
     tokens = con.sql(sync_tokens_sql(cfg)).pl()
     content = con.sql(content_tokens_sql(cfg)).pl() if content_config(cfg) else None
     edges, accounts = build_edges(con, cfg, keys, tokens, content)
