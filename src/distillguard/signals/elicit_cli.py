@@ -16,6 +16,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Learned elicitation signal: labelled set, train, eval, bench.")
 console = Console()
 
+#: ``--min-families`` of ``train`` and ``eval``. None stands for
+#: elicit_train.DEFAULT_MIN_FAMILIES, read inside the commands: the CLI imports the trainer
+#: only when a command runs.
+_MinFamilies = Annotated[int | None, typer.Option(
+    help="Leave out n-gram buckets that are positive evidence in fewer training "
+         "families than this (1: none; elicit_train.narrow_buckets) "
+         "[default: elicit_train.DEFAULT_MIN_FAMILIES, 6]")]
+
 
 def _data_path(name: str) -> Path:
     from distillguard.signals.elicit_data import data_dir
@@ -45,10 +53,7 @@ def train(
     budget: Annotated[float | None, typer.Option(
         help="Share of benign reasoning talk (eval split) the printed operating point may "
              "flag per prompt [default: elicit_train.OPERATING_BUDGET, 0.25%]")] = None,
-    min_families: Annotated[int | None, typer.Option(
-        help="Leave out n-gram buckets that are positive evidence in fewer training "
-             "families than this (1: none; elicit_train.narrow_buckets) "
-             "[default: elicit_train.DEFAULT_MIN_FAMILIES, 6]")] = None,
+    min_families: _MinFamilies = None,
 ) -> None:
     """Rebuild the model weights from the labelled set (same bytes on a rerun)."""
     from distillguard.signals.elicit_data import load_set
@@ -97,10 +102,7 @@ def evaluate(
     at: Annotated[list[float] | None, typer.Option(
         help="Also the held-out share caught at this fixed elicit_p (repeatable; e.g. the "
              "config's signals.elicit_model_threshold)")] = None,
-    min_families: Annotated[int | None, typer.Option(
-        help="Leave out n-gram buckets that are positive evidence in fewer training "
-             "families than this (1: none; elicit_train.narrow_buckets) "
-             "[default: elicit_train.DEFAULT_MIN_FAMILIES, 6]")] = None,
+    min_families: _MinFamilies = None,
 ) -> None:
     """Leave-one-family-out table: recall at <= FPR on benign reasoning talk, FPR on
     ordinary prompts, the rules' recall beside it; then throughput."""
