@@ -8,6 +8,7 @@ every output so a verdict can be traced to the config that produced it.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,4 +65,32 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     missing = [s for s in _REQUIRED_SECTIONS if s not in raw]
     if missing:
         raise ConfigError(f"config lacks sections: {', '.join(missing)}")
-    return Config(raw)
+    return Config(_expand_terms(raw))
+
+
+def _expand_terms(raw: dict[str, Any]) -> dict[str, Any]:
+    """Replace the names of ``scoring.terms`` in evidence expressions by their text.
+
+    A term is a sub-expression several items share (a gate, a discount): written and
+    reviewed once, while every engine (DuckDB, Spark, the online scorer) still reads plain
+    SQL. A term may use the terms declared before it.
+    """
+    terms = (raw.get("scoring") or {}).get("terms") or {}
+    if not terms:
+        return raw
+    if not isinstance(terms, dict):
+        raise ConfigError("scoring.terms must map names to SQL expressions")
+    out = copy.deepcopy(raw)
+    done: list[tuple[re.Pattern[str], str]] = []
+    for name, text in terms.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+            raise ConfigError(f"scoring.terms: {name!r} is not a lower-case identifier")
+        for pat, body in done:
+            text = pat.sub(lambda _m, b=body: b, str(text))
+        done.append((re.compile(rf"\b{name}\b"), f"({text})"))
+    for item in out["scoring"].get("evidence") or []:
+        for key in ("expr", "support"):
+            if item.get(key):
+                for pat, body in done:
+                    item[key] = pat.sub(lambda _m, b=body: b, str(item[key]))
+    return out
