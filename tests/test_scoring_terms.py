@@ -1,13 +1,98 @@
-"""Named terms of the scoring config."""
+"""Named terms of the scoring config, and what a group member takes from its group."""
 
 from __future__ import annotations
 
-from distillguard.config import _expand_terms
+import duckdb
+import pytest
+
+from distillguard.config import load_config
+from distillguard.errors import ConfigError
+from distillguard.features.defs import ALL_FEATURES
+from distillguard.linking.groups import GROUP_COLUMNS
+from distillguard.respond.online import compile_evidence
+from distillguard.scoring.evidence import evidence_frame, item_weight
+from distillguard.scoring.fit import with_overlay
+
+
+def test_terms_expand_in_every_expression(tmp_path) -> None:
+    cfg = load_config()
+    terms = cfg["scoring"]["terms"]
+    assert {"group_gate", "member_take", "elicit_user_rate"} <= set(terms)
+    # a term named like a column would shadow it everywhere
+    assert not set(terms) & (set(ALL_FEATURES) | set(GROUP_COLUMNS))
+    for it in cfg["scoring"]["evidence"]:
+        for key in ("expr", "support"):
+            for name in terms:
+                assert name not in str(it.get(key) or ""), (it["name"], key, name)
+    items = {it["name"]: it for it in cfg["scoring"]["evidence"]}
+    assert terms["group_gate"] in items["g_harvest"]["expr"]
+    assert items["elicit_model"]["support"].startswith(f"({terms['elicit_user_rate']})")
+
+    # a user config replaces a term; a later term may use an earlier one; text is literal
+    user = tmp_path / "c.yaml"
+    user.write_text('scoring:\n  terms:\n    member_take: "1"\n'
+                    '    x_base: "regexp_matches(a, \'\\\\d\')"\n    x_two: "x_base + x_base"\n')
+    cfg2 = load_config(user)
+    items2 = {it["name"]: it for it in cfg2["scoring"]["evidence"]}
+    assert items2["g_coordination"]["expr"].endswith("g_attach * (1)")
+    assert cfg2["scoring"]["terms"]["x_two"] == "x_base + x_base"      # the raw text is kept
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('scoring:\n  terms:\n    "Bad-Name": "1"\n')
+    with pytest.raises(ConfigError):
+        load_config(bad)
 
 
 def test_expansion_keeps_backslashes_and_chains() -> None:
+    from distillguard.config import _expand_terms
+
     raw = {"scoring": {"terms": {"a_t": "regexp_matches(p, '\\d+')", "b_t": "a_t * 2"},
                        "evidence": [{"name": "x", "expr": "b_t + a_t_not + a_t"}]}}
     got = _expand_terms(raw)["scoring"]["evidence"][0]["expr"]
     assert got == "((regexp_matches(p, '\\d+')) * 2) + a_t_not + (regexp_matches(p, '\\d+'))"
     assert raw["scoring"]["evidence"][0]["expr"] == "b_t + a_t_not + a_t"   # not mutated
+
+
+#: (followup_share, account_age_days, created_day known) of four members of one group
+MEMBERS = {"new_single_turn": (0.0, 3, True), "old_conversational": (0.5, 200, True),
+           "old_single_turn": (0.0, 200, True), "new_conversational": (0.5, 3, True),
+           "conversational_age_unknown": (0.5, 365, False)}
+
+
+def test_an_established_conversational_member_takes_nothing_from_its_group() -> None:
+    """Members of one strongly coordinated, young group: each takes the group's evidence in
+    full, except one that is both conversational and established by a logged creation date;
+    the online scorer computes the same contributions as batch."""
+    base = load_config()
+    items = [it for it in base["scoring"]["evidence"]
+                   if it["name"] in ("g_coordination", "g_young", "conversational")]
+    cfg = with_overlay(base, {"scoring": {"evidence": items}})
+    weights = [item_weight(base, it) for it in items]
+    group = {"g_attach": 1.0, "g_size": 60.0, "g_requests": 5000.0, "g_coordination": 2.0,
+             "g_age_days": 4.0}
+    con = duckdb.connect()
+    con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
+                " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_size DOUBLE,"
+                " g_requests DOUBLE, g_coordination DOUBLE, g_age_days DOUBLE)")
+    for a, (fu, age, known) in MEMBERS.items():
+        con.execute("INSERT INTO f VALUES (?, 100, ?, ?, ?, 1, 60, 5000, 2, 4)",
+                    [a, fu, age, 20000.0 if known else None])
+    ev = {r["account_id"]: r for r in evidence_frame(con, cfg, "f").to_dicts()}
+    w = dict(zip([it["name"] for it in items], weights, strict=True))
+    assert ev["new_single_turn"]["ev_g_coordination"] == pytest.approx(w["g_coordination"])
+    assert ev["new_single_turn"]["ev_g_young"] == pytest.approx(w["g_young"])
+    assert ev["new_conversational"]["ev_g_coordination"] == pytest.approx(w["g_coordination"])
+    assert ev["old_single_turn"]["ev_g_coordination"] == pytest.approx(w["g_coordination"])
+    assert ev["old_single_turn"]["ev_g_young"] == 0.0          # itself old: the group's youth
+    assert ev["old_conversational"]["ev_g_coordination"] == 0.0
+    assert ev["old_conversational"]["final_raw"] == ev["old_conversational"]["raw"] < 0
+    assert ev["conversational_age_unknown"]["ev_g_coordination"] == pytest.approx(
+        w["g_coordination"])
+
+    comp = compile_evidence(items, weights, 20, 3)
+    day = 86400.0
+    for a, (fu, age, known) in MEMBERS.items():
+        st = {"n": 100, "distinct": 100, "fu": fu * 100, "first_ts": 20000 * day + age * day}
+        if known:
+            st["created"] = 20000 * day
+        contrib, _, _ = comp.fn(st, group)
+        assert contrib == pytest.approx(tuple(ev[a][f"ev_{it['name']}"] for it in items)), a
