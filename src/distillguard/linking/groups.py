@@ -27,14 +27,19 @@ POOLED = ("cot_rate", "rubric_rate", "censor_rate", "elicit_model_rate", "focus_
           "single_turn_share", "novelty", "tools_share", "high_effort_share",
           "template_top_share")
 
+#: Pooled rates that are not the plain feature.
+_POOLED_MEANING = {
+    "elicit_model_rate": "the `elicit_model` evidence item's rate (learned-model hits in a "
+                         "system prompt many accounts share left out) over the group's pooled "
+                         "requests",
+}
+
 #: Group columns and what they mean (docs/CONTRACTS.md lists them too).
 GROUP_COLUMNS = {
     "g_size": "accounts in the group",
     "g_requests": "requests of all its accounts",
-    **{f"g_{c}": f"{c} over the group's pooled requests" for c in POOLED},
-    "g_elicit_model_rate": "the `elicit_model` evidence item's rate (learned-model hits in a "
-                           "system prompt many accounts share left out) over the group's "
-                           "pooled requests",
+    **{f"g_{c}": _POOLED_MEANING.get(c, f"{c} over the group's pooled requests")
+       for c in POOLED},
     "g_pivot_share": "share of the group's traffic in a new model's first day on that model",
     "g_hour_entropy": "mean hour-of-day entropy of its accounts",
     "g_age_days": "median account age at first request",
