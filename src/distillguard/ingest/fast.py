@@ -113,16 +113,18 @@ def eligible(schema: pa.Schema) -> bool:
     return True
 
 
-def _ts_sql(col: str, typ: pa.DataType) -> tuple[str, str]:
-    """(UTC TIMESTAMP expression, 'parsed exactly' condition) for an input column."""
+def _ts_sql(col: str, typ: pa.DataType) -> str:
+    """UTC TIMESTAMP expression for an input column: NULL where the value does not parse
+    exactly (see :func:`_in_range` for the bounds)."""
     if pa.types.is_null(typ):
-        return "NULL::TIMESTAMP", "false"
+        return "NULL::TIMESTAMP"
     if _is_int(typ):
         v = f"CAST({col} AS HUGEINT)"
         us = (f"(CASE WHEN abs({v}) >= 100000000000000 THEN {v} "
               f"WHEN abs({v}) >= 100000000000 THEN {v} * 1000 ELSE {v} * 1000000 END)")
-        ok = f"({us} >= {_MIN_US} AND {us} < {_MAX_US})"
-        return f"(CASE WHEN {ok} THEN make_timestamp(CAST({us} AS BIGINT)) END)", ok
+        # out of range: NULL (make_timestamp would fail on it)
+        return (f"(CASE WHEN {us} >= {_MIN_US} AND {us} < {_MAX_US} THEN "
+                f"make_timestamp(CAST({us} AS BIGINT)) END)")
     s = col
     frac = (f"CASE WHEN substr({s}, 20, 1) = '.' THEN CAST(rpad(regexp_extract({s}, "
             f"'\\.(\\d+)', 1), 6, '0') AS BIGINT) ELSE 0 END")
@@ -131,10 +133,13 @@ def _ts_sql(col: str, typ: pa.DataType) -> tuple[str, str]:
            f"(CAST(substr({s}, -5, 2) AS BIGINT) * 60 + CAST(substr({s}, -2, 2) AS BIGINT)) "
            f"ELSE 0 END")
     naive = f"TRY_CAST(substr({s}, 1, 19) AS TIMESTAMP)"
-    val = (f"(CASE WHEN regexp_matches({s}, '{_TS_RE}') THEN {naive} "
-           f"+ to_microseconds({frac}) - to_minutes({off}) END)")
-    ok = (f"({val} >= TIMESTAMP '2000-01-01' AND {val} < TIMESTAMP '2100-01-01')")
-    return val, ok
+    return (f"(CASE WHEN regexp_matches({s}, '{_TS_RE}') THEN {naive} "
+            f"+ to_microseconds({frac}) - to_minutes({off}) END)")
+
+
+def _in_range(ts: str) -> str:
+    """Parsed (not NULL) and within the years the store accepts, 2000 to 2099."""
+    return f"({ts} >= TIMESTAMP '2000-01-01' AND {ts} < TIMESTAMP '2100-01-01')"
 
 
 def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
@@ -168,16 +173,19 @@ def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
             # A printable ASCII character: certainly not blank to str.strip().
             conds.append(f"{c} IS NOT NULL AND regexp_matches({c}, '[!-~]') "
                          f"AND length({c}) <= {max_id}")
-    ts_val, ts_ok = _ts_sql(col("ts"), types["ts"])
-    conds.append(ts_ok)
+    # Timestamps are parsed once, in the inner SELECT (_ts, _created); the conditions read
+    # the parsed values: a value is NULL exactly where its text does not parse, so "parsed
+    # and in range" is the range test on it.
+    ts_val = _ts_sql(col("ts"), types["ts"])
+    conds.append(_in_range("_ts"))
     if col("account_created") == "NULL":
         created = "NULL::TIMESTAMP"
     else:
         c = col("account_created")
-        cv, cok = _ts_sql(c, types["account_created"])
+        cv = _ts_sql(c, types["account_created"])
         absent = f"{c} IS NULL" + (f" OR {c} = ''" if _is_str(types["account_created"]) else "")
         created = f"(CASE WHEN {absent} THEN NULL ELSE {cv} END)"
-        conds.append(f"({absent} OR {cok})")
+        conds.append(f"({absent} OR {_in_range('_created')})")
 
     # messages → prompt, counts, system; else the prompt field.
     m = col("messages")
@@ -191,17 +199,22 @@ def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
                   f"= len({m}))")
         last = (f"coalesce(len({m}) + 1 - list_position(list_reverse(list_transform({m}, "
                 f"lambda x: x.role = 'user')), true), len({m}))")
-        m_prompt = (f"coalesce(list_transform({m}, lambda x: {content})[{last}], '')")
+        # One element picked, not a list of every content built to index it; out of range
+        # (and content NULL) gives ''.
+        pick = f"{m}[{last}].content" if has_content else "NULL"
+        m_prompt = f"coalesce({pick}, '')"
         m_user = f"len(list_filter({m}, lambda x: x.role = 'user'))"
         m_chars = f"list_sum(list_transform({m}, lambda x: length({content})))"
         sys_list = f"list_filter({m}, lambda x: x.role IN ('system', 'developer'))"
-        m_system = (f"(CASE WHEN len({sys_list}) > 0 THEN "
-                    f"list_transform({sys_list}, lambda x: {content})[1] END)")
+        # The first system turn's content ('' when NULL); no system turn: NULL.
+        m_system = (f"(CASE WHEN len({sys_list}) > 0 THEN coalesce({sys_list}[1].content, '') "
+                    f"END)" if has_content else f"(CASE WHEN len({sys_list}) > 0 THEN '' END)")
         conds.append(f"(({m} IS NOT NULL AND {msg_ok}) OR ({m} IS NULL AND {p_present}))")
         prompt_full = f"(CASE WHEN {m} IS NOT NULL THEN {m_prompt} ELSE {p} END)"
         n_messages = f"(CASE WHEN {m} IS NOT NULL THEN len({m}) ELSE 1 END)"
         n_user = f"(CASE WHEN {m} IS NOT NULL THEN {m_user} ELSE 1 END)"
-        ctx = (f"(CASE WHEN {m} IS NOT NULL THEN {m_chars} - length({m_prompt}) ELSE 0 END)")
+        # _prompt is the last user turn's text wherever messages is given
+        ctx = f"(CASE WHEN {m} IS NOT NULL THEN {m_chars} - length(_prompt) ELSE 0 END)"
     else:
         m_system = "NULL::VARCHAR"
         conds.append(p_present)
@@ -247,7 +260,7 @@ def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
         "user_agent": opt_str("user_agent", short),
         "payment_fingerprint": opt_str("payment_fingerprint", short),
         "signup_channel": opt_str("signup_channel", short),
-        "account_created": created,
+        "account_created": "_created",
         "country": opt_str("country", 16),
         "reasoning_effort": opt_str("reasoning_effort", 32),
         "input_tokens": opt_int("input_tokens"),
@@ -270,7 +283,8 @@ SELECT {cols},
   _line AS line,
   {fast} AS fast
 FROM (
-  SELECT *, file_row_number + 1 AS _line, {ts_val} AS _ts, {prompt_full} AS _prompt
+  SELECT *, file_row_number + 1 AS _line, {ts_val} AS _ts, {created} AS _created,
+         {prompt_full} AS _prompt
   FROM {source or f"read_parquet({_lit(str(path))}, file_row_number = true)"}
 )
 """
