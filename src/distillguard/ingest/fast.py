@@ -206,9 +206,9 @@ def build_sql(path: Path, schema: pa.Schema, limits: dict[str, int],
         m_user = f"len(list_filter({m}, lambda x: x.role = 'user'))"
         m_chars = f"list_sum(list_transform({m}, lambda x: length({content})))"
         sys_list = f"list_filter({m}, lambda x: x.role IN ('system', 'developer'))"
-        # The first system turn's content ('' when NULL); no system turn: NULL.
-        m_system = (f"(CASE WHEN len({sys_list}) > 0 THEN coalesce({sys_list}[1].content, '') "
-                    f"END)" if has_content else f"(CASE WHEN len({sys_list}) > 0 THEN '' END)")
+        # The first system turn's content ('' when NULL); no system turn: NULL (the first
+        # element of an empty list).
+        m_system = f"list_transform({sys_list}, lambda x: {content})[1]"
         conds.append(f"(({m} IS NOT NULL AND {msg_ok}) OR ({m} IS NULL AND {p_present}))")
         prompt_full = f"(CASE WHEN {m} IS NOT NULL THEN {m_prompt} ELSE {p} END)"
         n_messages = f"(CASE WHEN {m} IS NOT NULL THEN len({m}) ELSE 1 END)"
