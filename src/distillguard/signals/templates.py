@@ -54,20 +54,34 @@ def skeleton_frame(prompt_ends: pl.Series, k: int) -> pl.DataFrame:
     )
 
 
-def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
+def _distinct(texts: Iterable[str | None] | pa.Array | pa.ChunkedArray
+              ) -> tuple[list[str | None], np.ndarray]:
+    """(distinct values, index of each row's value among them; -1 for None), found in
+    Arrow's dictionary encoding rather than a Python loop over every row."""
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(
+        list(texts), pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    enc = arr.dictionary_encode()
+    return (enc.dictionary.to_pylist(),
+            enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def signatures(skeletons: Iterable[str | None] | pa.Array, num_perm: int) -> np.ndarray:
     """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa.
 
     Each distinct skeleton is hashed once (templated traffic repeats skeletons), and the
     digest rows are copied out flat: rensa's ``to_rows`` list of lists is the slow part.
+    A missing skeleton hashes as the empty one.
     """
-    skeletons = [s or "" for s in skeletons]
-    if not skeletons:
+    uniq, inv = _distinct(skeletons)
+    if inv.size == 0:
         return np.zeros((0, num_perm), dtype=np.uint32)
-    uniq: dict[str, int] = {}
-    inv = np.fromiter((uniq.setdefault(s, len(uniq)) for s in skeletons), dtype=np.int64,
-                      count=len(skeletons))
+    if (inv < 0).any():
+        uniq.append("")
+        inv = np.where(inv < 0, len(uniq) - 1, inv)
     # Word sets, not shingles: cheaper, and a template's fixed words dominate either way.
-    token_sets = [s.split() or [""] for s in uniq]
+    token_sets = [(s or "").split() or [""] for s in uniq]
     m = RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, _SEED)
     rows = m.to_rows()
     sig = np.fromiter(chain.from_iterable(rows), dtype=np.uint32,
@@ -75,7 +89,8 @@ def signatures(skeletons: Iterable[str], num_perm: int) -> np.ndarray:
     return sig[inv]
 
 
-def signature_band_keys(skeletons: list[str], num_perm: int, bands: int) -> np.ndarray:
+def signature_band_keys(skeletons: Iterable[str | None] | pa.Array, num_perm: int,
+                        bands: int) -> np.ndarray:
     """``band_keys(signatures(...))`` in one call."""
     return band_keys(signatures(skeletons, num_perm), bands)
 
@@ -91,13 +106,13 @@ def template_keys(prompt_ends: pa.Array, offset: int, k: int, num_perm: int,
     that store NULL instead.
     """
     sk = skeleton_frame(pl.from_arrow(prompt_ends), k)
-    skel = sk["skeleton"].to_list()
-    heads, tails = sk["head_key"].to_list(), sk["tail_key"].to_list()
+    skel = sk["skeleton"].to_arrow()
     keys = np.column_stack([signature_band_keys(skel, num_perm, bands),
-                            exact_keys(heads, 1, offset), exact_keys(tails, 2, offset)])
+                            exact_keys(sk["head_key"].to_arrow(), 1, offset),
+                            exact_keys(sk["tail_key"].to_arrow(), 2, offset)])
     missing = np.column_stack([sk["head_key"].is_null().to_numpy(),
                                sk["tail_key"].is_null().to_numpy()])
-    return sk["skeleton"].to_arrow().cast(pa.string()), keys, missing
+    return skel.cast(pa.string()), keys, missing
 
 
 def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
@@ -113,22 +128,21 @@ def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
     return keys
 
 
-def exact_keys(texts: list[str | None], salt: int, offset: int = 0) -> np.ndarray:
+def exact_keys(texts: Iterable[str | None] | pa.Array, salt: int, offset: int = 0
+               ) -> np.ndarray:
     """64-bit keys of exact strings (None → a unique-per-row key that never groups).
 
     ``offset`` is the position of ``texts[0]`` in the whole input, so the unique keys of
-    rows in different batches do not collide.
+    rows in different batches do not collide. Each distinct string is hashed once.
     """
-    out = np.empty(len(texts), dtype=np.uint64)
-    cache: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        if t is None:
-            out[i] = np.uint64(0xFFFF_0000_0000_0000) + np.uint64(offset + i)
-            continue
-        h = cache.get(t)
-        if h is None:
-            h = cache[t] = xxhash.xxh3_64_intdigest(t.encode(), seed=salt)
-        out[i] = h
+    uniq, inv = _distinct(texts)
+    h = np.fromiter((xxhash.xxh3_64_intdigest(t.encode(), seed=salt) for t in uniq),
+                    dtype=np.uint64, count=len(uniq))
+    out = np.empty(inv.size, dtype=np.uint64)
+    has = inv >= 0
+    out[has] = h[inv[has]]
+    none = np.flatnonzero(~has).astype(np.uint64)
+    out[~has] = np.uint64(0xFFFF_0000_0000_0000) + np.uint64(offset) + none
     return out
 
 
