@@ -67,17 +67,18 @@ def _distinct(texts: Iterable[str | None] | pa.Array | pa.ChunkedArray
             enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
 
 
-def signatures(skeletons: Iterable[str | None] | pa.Array, num_perm: int) -> np.ndarray:
-    """MinHash signature matrix (n, num_perm) uint32, computed in Rust by rensa.
+def _unique_signatures(skeletons: Iterable[str | None] | pa.Array, num_perm: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(MinHash signature matrix (distinct, num_perm) uint32 of the distinct skeletons,
+    computed in Rust by rensa, and each row's index into it).
 
     Each distinct skeleton is hashed once (templated traffic repeats skeletons), and the
     digest rows are copied out flat: rensa's ``to_rows`` list of lists is the slow part.
-    A missing skeleton hashes as the empty one.
     """
     uniq, inv = _distinct(skeletons)
     if inv.size == 0:
-        return np.zeros((0, num_perm), dtype=np.uint32)
-    if (inv < 0).any():
+        return np.zeros((0, num_perm), dtype=np.uint32), inv
+    if (inv < 0).any():                    # a missing skeleton hashes as the empty one
         uniq.append("")
         inv = np.where(inv < 0, len(uniq) - 1, inv)
     # Word sets, not shingles: cheaper, and a template's fixed words dominate either way.
@@ -86,13 +87,15 @@ def signatures(skeletons: Iterable[str | None] | pa.Array, num_perm: int) -> np.
     rows = m.to_rows()
     sig = np.fromiter(chain.from_iterable(rows), dtype=np.uint32,
                       count=len(rows) * num_perm).reshape(len(rows), num_perm)
-    return sig[inv]
+    return sig, inv
 
 
 def signature_band_keys(skeletons: Iterable[str | None] | pa.Array, num_perm: int,
                         bands: int) -> np.ndarray:
-    """``band_keys(signatures(...))`` in one call."""
-    return band_keys(signatures(skeletons, num_perm), bands)
+    """(n, bands) band keys of the skeletons' MinHash signatures, folded once per distinct
+    skeleton."""
+    sig, inv = _unique_signatures(skeletons, num_perm)
+    return band_keys(sig, bands)[inv]
 
 
 def template_keys(prompt_ends: pa.Array, offset: int, k: int, num_perm: int,
