@@ -39,8 +39,10 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     give ``elicit_p``, the learned elicitation model's probability over the scan text
     (``signals.elicit_model``), stored beside the keys.
     """
-    # Sub-stage wall times (``signals.rules``, ``signals.keys``, ``signals.templates``) for
-    # the scaling benchmark.
+    # Sub-stage wall times for the scaling benchmark: ``signals.setup`` (rules loaded, rows
+    # counted), ``signals.keys`` (scan texts read and every batch's rules, template keys
+    # and elicit_p), ``signals.templates`` (the template choice). Before 2026-12-07 the scan
+    # texts were written to a table first, timed as ``signals.rules``.
     timings = timings if timings is not None else {}
     if table_exists(con, _CACHE):
         n = _compute_incremental(con, cfg, on_progress, batch_rows, timings,
@@ -50,8 +52,10 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     t0 = time.perf_counter()
     flags, caps = load_rules(cfg)
     rules = (flags, caps)
-    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS {signals_base_sql(cfg)}")
-    n = scalar(con, "SELECT count(*) FROM _signals_base")
+    # The scan texts and prompt ends stream from ``requests`` to the batch step, computed as
+    # the reader pulls them (beside the workers), instead of being written to a table first.
+    base = signals_base_sql(cfg)
+    n = scalar(con, "SELECT count(*) FROM requests")
     perms = int(cfg["signals"]["minhash_perms"])
     bands = int(cfg["signals"]["lsh_bands"])
     k = int(cfg["signals"]["skeleton_words"])
@@ -74,7 +78,7 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         finally:
             con.unregister("_tkeys_in")
 
-    timings["signals.rules"] = time.perf_counter() - t0
+    timings["signals.setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # The text work (skeletons in Polars, MinHash in rensa, which holds the GIL, the rule
     # set) runs in worker processes on big inputs, while this one reads batches and
@@ -96,7 +100,7 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
     # The read streams on its own cursor: this connection inserts while it is open.
     cur = con.cursor()
     try:
-        reader = cur.sql("SELECT request_id, prompt_ends, scan, n_tools FROM _signals_base"
+        reader = cur.sql(f"SELECT request_id, prompt_ends, scan, n_tools FROM ({base})"
                          ).to_arrow_reader(batch_rows)
         for batch in reader:
             scan, n_tools = batch.column("scan"), batch.column("n_tools")
@@ -126,12 +130,11 @@ def compute_signals(con: duckdb.DuckDBPyConnection, cfg: Config,
         SELECT s.request_id, s.account_id, s.ts, s.model, {", ".join(f"t.{c}" for c in rcols)},
                t.skeleton, 't' || lower(hex(t.template_key)) AS template_id, t.template_size,
                t.elicit_p
-        FROM _signals_base s
+        FROM requests s
         JOIN ({template_ids_sql("_tkeys", len(kcols), [*rcols, "elicit_p"])}) t
         USING (request_id)
     """)
     con.execute("DROP TABLE _tkeys")
-    con.execute("DROP TABLE _signals_base")
     overlay_retained_signals(con)         # pruned requests keep their signals
     timings["signals.templates"] = time.perf_counter() - t0
     return n
@@ -197,12 +200,17 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     fresh = not scalar(con, "SELECT count(*) FROM information_schema.columns "
                             f"WHERE table_name = '{_CACHE}' AND column_name = 'elicit_p'")
     # The signal query over the requests the cache does not hold (a CTE named ``requests``
-    # shadows the table inside signals_sql).
-    new = ("SELECT * FROM main.requests" if fresh else
-           f"SELECT * FROM main.requests r ANTI JOIN {_CACHE} c USING (request_id)")
-    con.execute(f"CREATE OR REPLACE TABLE _signals_base AS "
-                f"WITH requests AS ({new}) {signals_base_sql(cfg)}")
-    n = scalar(con, "SELECT count(*) FROM _signals_base")
+    # shadows the table inside signals_sql). Only their ids are kept, since the cache grows
+    # while the batches stream (in a table: the reading cursor would not see a temporary
+    # one); scan texts and prompt ends are computed as the reader pulls them.
+    if fresh:
+        new = "SELECT * FROM main.requests"
+    else:
+        con.execute("CREATE OR REPLACE TABLE _sig_todo AS SELECT request_id FROM "
+                    f"main.requests ANTI JOIN {_CACHE} USING (request_id)")
+        new = "SELECT * FROM main.requests SEMI JOIN _sig_todo USING (request_id)"
+    base = f"WITH requests AS ({new}) {signals_base_sql(cfg)}"
+    n = scalar(con, "SELECT count(*) FROM " + ("main.requests" if fresh else "_sig_todo"))
     flags, caps = load_rules(cfg)
     rules = rule_set(flags, caps)
     if fresh:
@@ -212,8 +220,8 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
                     + "".join(f"NULL::BOOLEAN AS {r.name}, " for r in flags)
                     + "NULL::VARCHAR AS capability, ''::VARCHAR AS skeleton, "
                     + ", ".join(f"0::BIGINT AS {c}" for c in kcols)
-                    + ", 0.0::DOUBLE AS elicit_p FROM _signals_base LIMIT 0")
-    timings["signals.rules"] = time.perf_counter() - t0
+                    + ", 0.0::DOUBLE AS elicit_p FROM main.requests LIMIT 0")
+    timings["signals.setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     hinted = table_exists(con, _HINT)
     # A store's first run (or many new requests) uses the worker processes as the full path
@@ -243,8 +251,8 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
 
     cur = con.cursor()
     try:
-        q = (f"SELECT b.*, h.elicit_p AS _hint FROM _signals_base b LEFT JOIN {_HINT} h "
-             "USING (request_id)" if hinted else "SELECT * FROM _signals_base")
+        q = (f"SELECT b.*, h.elicit_p AS _hint FROM ({base}) b LEFT JOIN {_HINT} h "
+             "USING (request_id)" if hinted else f"SELECT * FROM ({base})")
         reader = cur.sql(q).to_arrow_reader(batch_rows)
         for batch in reader:
             if hinted:
@@ -280,7 +288,7 @@ def _compute_incremental(con: duckdb.DuckDBPyConnection, cfg: Config,
     con.execute(f"UPDATE {_CACHE_META} SET next_offset = ?", [offset])
     if table_exists(con, _HINT):
         con.execute(f"DELETE FROM {_HINT}")
-    con.execute("DROP TABLE _signals_base")
+    con.execute("DROP TABLE IF EXISTS _sig_todo")
     timings["signals.keys"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if fresh:
