@@ -94,7 +94,7 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
     with pytest.raises(ValueError):
         lowo_worlds(tmp_path / "one", n_worlds=4, n_tune=1, size="ci")
     res = lowo_worlds(tmp_path, n_worlds=8, worlds_seed=5, size="ci", jobs=1,
-                      windows=(12, 100_000))
+                      windows=(12, 100_000), dump_scores=True)
     assert res["n_tune"] == 2 and len(res["rows"]) == 2
     names = [r["world_id"] for r in res["rows"]]
     # the tune worlds a bench of the same draw fits on, nothing of the report side
@@ -108,6 +108,13 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         assert r["tp"] <= r["n_distill"] and r["fp"] == sum(r["fp_by_kind"].values())
         assert r["pr_auc"] is None or 0.0 <= r["pr_auc"] <= 1.0
         assert 0 <= r["n_recovered"] <= r["n_campaigns"]
+        # the dump holds every account with its verdict, truth and features
+        dump = pl.read_parquet(tmp_path / "scores" / f"{r['world_id']}.parquet")
+        assert dump.height == r["n_accounts"]
+        legit = dump.filter(pl.col("label") != "distill")
+        assert int(legit["flagged"].sum()) == r["fp"]
+        assert int(dump.filter(pl.col("label") == "distill")["flagged"].sum()) == r["tp"]
+        assert {"reasons", "kind", "true_campaign", "n_requests", "raw"} <= set(dump.columns)
         # a batch run over the first 12 hours sees part of the world; one over more hours
         # than the world has is the whole-world run
         early, whole = r["windows"]

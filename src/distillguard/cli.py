@@ -288,6 +288,9 @@ def bench(
     windows: Annotated[str, typer.Option(
         help="With --lowo: also score each held-out world's first H hours alone, as a daily "
         "run sees the week (comma-separated hours, e.g. 24,96)")] = "",
+    dump_scores: Annotated[bool, typer.Option(
+        "--dump-scores", help="With --lowo: write every held-out world's accounts with "
+        "score, reasons, label and features to OUT/scores/WORLD.parquet")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -303,7 +306,7 @@ def bench(
         except ValueError:
             _fail(ValueError(f"--windows: hours separated by commas, not {windows!r}"))
         _lowo_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
-                     timing, jobs, tune_worlds, hours)
+                     timing, jobs, tune_worlds, hours, dump_scores)
         return
     if worlds is not None:
         _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
@@ -442,7 +445,8 @@ def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: 
 
 
 def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
-                 timing: Any, jobs: int, n_tune: int | None, windows: list[float]) -> None:
+                 timing: Any, jobs: int, n_tune: int | None, windows: list[float],
+                 dump_scores: bool = False) -> None:
     from distillguard.bench.worlds import lowo_worlds
 
     try:
@@ -450,7 +454,7 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
             res = lowo_worlds(out, n_worlds=n, worlds_seed=seed, n_tune=n_tune, size=size,
                               legit=legit or None, distill=distill or None,
                               timing=timing or None, jobs=jobs, windows=windows,
-                              progress=prog)
+                              progress=prog, dump_scores=dump_scores)
     except (DistillguardError, ValueError) as exc:
         _fail(exc)
     t = Table(title=f"{res['n_tune']} tune worlds, each held out once")

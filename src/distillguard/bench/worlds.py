@@ -759,7 +759,7 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     from distillguard.bench.metrics import evaluate
     from distillguard.scoring.fit import with_overlay
 
-    d, over, cfg, threads, windows = args
+    d, over, cfg, threads, windows, dump = args
     if threads:
         os.environ["DISTILLGUARD_THREADS"] = str(threads)
     labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
@@ -767,6 +767,8 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     con = _store(sorted((d / "logs").glob("requests-*.jsonl.gz")), cfg)
     try:
         scores, _ = analyse(con, cfg)
+        if dump is not None:
+            _dump_scores(con, scores, labels, dump / f"{d.name}.parquet")
         t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
         part = [_window_row(con, cfg, labels, t0, h) for h in windows]
     finally:
@@ -783,6 +785,18 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
             "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part}
+
+
+def _dump_scores(con: Any, scores: pl.DataFrame, labels: pl.DataFrame, path: Path) -> None:
+    """Every account of a held-out world: its score, reasons, label and kind, its group row
+    and its features, to see which evidence put a legitimate account over the threshold."""
+    feats = con.sql("SELECT * FROM features").pl()
+    lab = labels.select("account_id", "label", "kind",
+                        pl.col("campaign_id").alias("true_campaign"))
+    out = scores.join(lab, on="account_id", how="left").join(feats, on="account_id",
+                                                             how="left", suffix="_f")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.write_parquet(path)
 
 
 def _flagged_kinds(per_kind: list[dict[str, Any]]) -> dict[str, int]:
@@ -832,7 +846,8 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                 n_tune: int | None = None, size: str = "bench", legit: Any = None,
                 distill: Any = None, timing: Any = None, jobs: int = 1,
                 windows: Sequence[float] = (), config: Config | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, dump_scores: bool = False
+                ) -> dict[str, Any]:
     """Leave one tune world out: for each of the bench's tune worlds, fit the evidence
     weights and calibration on the *other* tune worlds (as :func:`fit_tune`, without the
     online margin) and score the held-out one as a report world is scored.
@@ -843,7 +858,9 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
 
     The figures a change can be chosen on without looking at a report world: the same tune
     worlds as ``bench_worlds(n_worlds, worlds_seed)``, nothing of the report side. Writes
-    ``lowo.json``; returns the per-world rows and their pooled summary.
+    ``lowo.json``; returns the per-world rows and their pooled summary. ``dump_scores``:
+    also ``scores/<world>.parquet``, every account of each held-out world with its score,
+    reasons, label, kind and features.
     """
     from distillguard.scoring.fit import fit_detector, overlay
 
@@ -865,7 +882,8 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         fw, cal = fit_detector([parts[k][0] for k in rest], [parts[k][1] for k in rest], cfg)
         names = ", ".join(dirs[k].name for k in rest)
         held.append((d, overlay(fw, cal, f"tune worlds {names} (held out: {d.name})"), cfg,
-                     threads, tuple(float(h) for h in windows)))
+                     threads, tuple(float(h) for h in windows),
+                     out / "scores" if dump_scores else None))
     rows = map_worlds(_lowo_job, held, jobs)
     tick(n_tune)
 
