@@ -115,6 +115,10 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         assert int(legit["flagged"].sum()) == r["fp"]
         assert int(dump.filter(pl.col("label") == "distill")["flagged"].sum()) == r["tp"]
         assert {"reasons", "kind", "true_campaign", "n_requests", "raw"} <= set(dump.columns)
+        # the threshold the held-out run used, and how far the traffic moved it
+        assert r["calibration"]["method"] == "self" and r["n_legit"] == legit.height
+        assert abs(r["calibration"]["raw_threshold"] - r["calibration"]["prior_threshold"]
+                   - r["calibration"]["delta"]) < 1e-4
         # a batch run over the first 12 hours sees part of the world; one over more hours
         # than the world has is the whole-world run
         early, whole = r["windows"]
@@ -124,6 +128,7 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
                 whole["fp_by_kind"]) == (r["n_accounts"], r["fp"], r["tp"], r["fp_by_kind"])
     sm = res["summary"]
     assert sm["tp"] == sum(r["tp"] for r in res["rows"])
+    assert sm["flagged_fpr_worst"] == max(r["fp"] / r["n_legit"] for r in res["rows"])
     # every held-out campaign is in the per-archetype table and campaigns.csv
     n_camp = sum(r["n_campaigns"] for r in res["rows"])
     assert sum(a["campaigns"] for a in res["archetypes"]) == n_camp > 0

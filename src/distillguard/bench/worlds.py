@@ -757,6 +757,7 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     world, then each of ``windows`` (hours from its first request) alone."""
     from distillguard.api import analyse
     from distillguard.bench.metrics import evaluate
+    from distillguard.scoring import calibration_used
     from distillguard.scoring.fit import with_overlay
 
     d, over, cfg, threads, windows, dump = args
@@ -767,6 +768,7 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     con = _store(sorted((d / "logs").glob("requests-*.jsonl.gz")), cfg)
     try:
         scores, _ = analyse(con, cfg)
+        calib = calibration_used(con)
         if dump is not None:
             _dump_scores(con, scores, labels, dump / f"{d.name}.parquet")
         t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
@@ -784,7 +786,8 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "pr_auc": m["pr_auc"], "recall_at_0.1%": m["recall_at_fpr"]["0.001"]["recall"],
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
-            "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part}
+            "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part,
+            "n_legit": m["n_accounts"] - m["n_distill"], "calibration": calib}
 
 
 def _dump_scores(con: Any, scores: pl.DataFrame, labels: pl.DataFrame, path: Path) -> None:
@@ -907,6 +910,10 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                "recovered": sum(r["n_recovered"] for r in rows) / n_camp if n_camp else None,
                "windows": pooled,
                "tp": sum(r["tp"] for r in rows), "fp": sum(r["fp"] for r in rows),
+               # flagged FPR against the promised target: pooled and in the worst world
+               "flagged_fpr": (sum(r["fp"] for r in rows)
+                               / max(sum(r["n_legit"] for r in rows), 1)),
+               "flagged_fpr_worst": max(r["fp"] / max(r["n_legit"], 1) for r in rows),
                "fp_by_kind": _sum_kinds(*(r["fp_by_kind"] for r in rows))}
     for r in rows:
         del r["spec"], r["detectors"]
