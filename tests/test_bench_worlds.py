@@ -114,7 +114,12 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         legit = dump.filter(pl.col("label") != "distill")
         assert int(legit["flagged"].sum()) == r["fp"]
         assert int(dump.filter(pl.col("label") == "distill")["flagged"].sum()) == r["tp"]
-        assert {"reasons", "kind", "true_campaign", "n_requests", "raw"} <= set(dump.columns)
+        assert {"reasons", "kind", "true_campaign", "n_requests", "raw", "community",
+                "g_size", "ev_cot", "ev_g_coordination"} <= set(dump.columns)
+        # the items' contributions add up to the score's raw evidence
+        ev = [c for c in dump.columns if c.startswith("ev_")]
+        assert (dump.select(pl.sum_horizontal(ev)).to_series() - dump["final_raw"]
+                ).abs().max() < 1e-6
         # the threshold the held-out run used, and how far the traffic moved it
         assert r["calibration"]["method"] == "self" and r["n_legit"] == legit.height
         assert abs(r["calibration"]["raw_threshold"] - r["calibration"]["prior_threshold"]

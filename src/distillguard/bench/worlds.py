@@ -770,7 +770,7 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
         scores, _ = analyse(con, cfg)
         calib = calibration_used(con)
         if dump is not None:
-            _dump_scores(con, scores, labels, dump / f"{d.name}.parquet")
+            _dump_scores(con, cfg, scores, labels, dump / f"{d.name}.parquet")
         t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
         part = [_window_row(con, cfg, labels, t0, h) for h in windows]
     finally:
@@ -790,14 +790,21 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "n_legit": m["n_accounts"] - m["n_distill"], "calibration": calib}
 
 
-def _dump_scores(con: Any, scores: pl.DataFrame, labels: pl.DataFrame, path: Path) -> None:
-    """Every account of a held-out world: its score, reasons, label and kind, its group row
-    and its features, to see which evidence put a legitimate account over the threshold."""
-    feats = con.sql("SELECT * FROM features").pl()
+def _dump_scores(con: Any, cfg: Config, scores: pl.DataFrame, labels: pl.DataFrame,
+                 path: Path) -> None:
+    """Every account of a held-out world: its score, reasons, label and kind, each evidence
+    item's weighted contribution (``ev_<item>``), and the scoring input (its features, link
+    community and the community's ``groups`` row), to see which evidence put a legitimate
+    account over the threshold."""
+    from distillguard.scoring.evidence import evidence_frame
+
+    inp = con.sql("SELECT * FROM _score_in").pl()       # left by this run's scoring
+    ev = evidence_frame(con, cfg, "_score_in").drop("raw", "final_raw")
     lab = labels.select("account_id", "label", "kind",
                         pl.col("campaign_id").alias("true_campaign"))
-    out = scores.join(lab, on="account_id", how="left").join(feats, on="account_id",
-                                                             how="left", suffix="_f")
+    out = (scores.join(lab, on="account_id", how="left")
+           .join(ev, on="account_id", how="left")
+           .join(inp, on="account_id", how="left", suffix="_in"))
     path.parent.mkdir(parents=True, exist_ok=True)
     out.write_parquet(path)
 
