@@ -120,6 +120,9 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
         ev = [c for c in dump.columns if c.startswith("ev_")]
         assert (dump.select(pl.sum_horizontal(ev)).to_series() - dump["final_raw"]
                 ).abs().max() < 1e-6
+        assert r["largest_community"] == max(
+            [0, *dump.filter(pl.col("community") >= 0).group_by("community").len()["len"]])
+        assert r["min_reported_purity"] is None or 0.0 <= r["min_reported_purity"] <= 1.0
         # the threshold the held-out run used, and how far the traffic moved it
         assert r["calibration"]["method"] == "self" and r["n_legit"] == legit.height
         assert abs(r["calibration"]["raw_threshold"] - r["calibration"]["prior_threshold"]

@@ -459,7 +459,8 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
         _fail(exc)
     t = Table(title=f"{res['n_tune']} tune worlds, each held out once")
     for col in ("world", "PR-AUC", "recall@0.1%", "recall@1%", "flagged tp", "flagged fp",
-                "flagged FPR", "threshold shift", "ARI", "legitimate flagged by kind"):
+                "flagged FPR", "threshold shift", "ARI", "largest community",
+                "lowest reported purity", "legitimate flagged by kind"):
         t.add_column(col)
 
     def f3(v: Any) -> str:
@@ -470,12 +471,15 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
                   f3(r["recall_at_1%"]), str(r["tp"]), str(r["fp"]),
                   f"{r['fp'] / max(r['n_legit'], 1):.4f}",
                   f"{r['calibration'].get('delta', 0.0):+.2f}", f3(r["ari"]),
+                  str(r["largest_community"]), f3(r["min_reported_purity"]),
                   ", ".join(f"{k} {v}" for k, v in r["fp_by_kind"].items()))
     sm = res["summary"]
     t.add_row("mean / total", f3(sm["pr_auc"]), f3(sm["recall_at_0.1%"]),
               f3(sm["recall_at_1%"]), str(sm["tp"]), str(sm["fp"]),
               f"{sm['flagged_fpr']:.4f} (worst {sm['flagged_fpr_worst']:.4f})", "",
-              f3(sm["ari"]),
+              f3(sm["ari"]), str(max(r["largest_community"] for r in res["rows"])),
+              f3(min((r["min_reported_purity"] for r in res["rows"]
+                      if r["min_reported_purity"] is not None), default=None)),
               ", ".join(f"{k} {v}" for k, v in sm["fp_by_kind"].items()))
     console.print(t)
     if res["archetypes"]:

@@ -769,6 +769,7 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     try:
         scores, _ = analyse(con, cfg)
         calib = calibration_used(con)
+        comm = community_summary(con, labels)
         if dump is not None:
             _dump_scores(con, cfg, scores, labels, dump / f"{d.name}.parquet")
         t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
@@ -787,7 +788,11 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
             "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part,
-            "n_legit": m["n_accounts"] - m["n_distill"], "calibration": calib}
+            "n_legit": m["n_accounts"] - m["n_distill"], "calibration": calib,
+            # a giant community mixing campaigns and legitimate users shows here first
+            "largest_community": comm["largest"], "largest_mix": comm["largest_mix"],
+            "min_reported_purity": min((c["purity"] for c in reported_purity(
+                labels, scores.select("account_id", "campaign_id"))), default=None)}
 
 
 def _dump_scores(con: Any, cfg: Config, scores: pl.DataFrame, labels: pl.DataFrame,
