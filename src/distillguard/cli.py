@@ -290,7 +290,8 @@ def bench(
         "run sees the week (comma-separated hours, e.g. 24,96)")] = "",
     dump_scores: Annotated[bool, typer.Option(
         "--dump-scores", help="With --lowo: write every held-out world's accounts with "
-        "score, reasons, label and features to OUT/scores/WORLD.parquet")] = False,
+        "score, reasons, label, each evidence item's contribution, features and link "
+        "community to OUT/scores/WORLD.parquet")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br

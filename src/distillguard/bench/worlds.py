@@ -875,7 +875,7 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
     worlds as ``bench_worlds(n_worlds, worlds_seed)``, nothing of the report side. Writes
     ``lowo.json``; returns the per-world rows and their pooled summary. ``dump_scores``:
     also ``scores/<world>.parquet``, every account of each held-out world with its score,
-    reasons, label, kind and features.
+    reasons, label, kind, evidence contributions and scoring input (:func:`_dump_scores`).
     """
     from distillguard.scoring.fit import fit_detector, overlay
 
