@@ -146,3 +146,19 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
     assert sm["windows"][1]["fp"] == sm["fp"] and sm["windows"][1]["tp"] == sm["tp"]
     assert json.loads((tmp_path / "lowo.json").read_text())["summary"] == json.loads(
         json.dumps(sm))
+
+
+def test_lowo_command_writes_the_table_json_and_dumps(tmp_path):
+    """`distillguard bench --lowo --dump-scores` end to end through the CLI."""
+    from typer.testing import CliRunner
+
+    from distillguard.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--worlds", "8", "--world-size", "ci", "--lowo",
+                                   "--worlds-seed", "5", "--jobs", "1", "--dump-scores",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "tune worlds, each held out once" in res.output
+    rows = json.loads((tmp_path / "lowo.json").read_text())["rows"]
+    assert sorted(p.stem for p in (tmp_path / "scores").glob("*.parquet")) == sorted(
+        r["world_id"] for r in rows)
