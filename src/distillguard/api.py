@@ -130,18 +130,24 @@ def write_outputs(con: duckdb.DuckDBPyConnection | None, out_dir: Path, scores: 
                   cfg: Config) -> None:
     """accounts.csv, campaigns.json and (given the full store) report.html, groups.parquet
     and calibration.json (the online scorer's batch context) into ``out_dir``."""
+    from distillguard.outfiles import remove_stale, replacing
     from distillguard.report import write_report
-    from distillguard.respond.online import write_batch_context
+    from distillguard.respond.online import CALIBRATION_FILE, GROUPS_FILE, write_batch_context
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "accounts.csv").open("w", newline="", encoding="utf-8") as fh:
+    # each file is replaced whole (outfiles); a killed run's leftovers go first
+    remove_stale(out_dir, ("accounts.csv", "campaigns.json", "report.html", GROUPS_FILE,
+                           CALIBRATION_FILE))
+    with replacing(out_dir / "accounts.csv") as tmp, \
+            tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["account_id", "score", "flagged", "campaign_id", "reasons"])
         for r in scores.iter_rows(named=True):
             w.writerow([r["account_id"], f"{r['score']:.6f}", "true" if r["flagged"] else "false",
                         r["campaign_id"] or "", r["reasons"]])
-    (out_dir / "campaigns.json").write_text(
-        json.dumps(campaigns, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    with replacing(out_dir / "campaigns.json") as tmp:
+        tmp.write_text(json.dumps(campaigns, indent=2, ensure_ascii=False, default=str),
+                       encoding="utf-8")
     if con is not None:
         write_report(out_dir / "report.html", con, campaigns, summary)
         write_batch_context(con, out_dir, cfg)

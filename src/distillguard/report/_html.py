@@ -18,6 +18,8 @@ from typing import Any
 
 import duckdb
 
+from distillguard.outfiles import replacing
+
 from . import _data, _plots
 from ._safe import clean, esc
 
@@ -480,5 +482,6 @@ def write_report(path: Path | str, con: duckdb.DuckDBPyConnection,
             f"<style>{_CSS}</style></head><body><main>" + "".join(body)
             + "</main></body></html>\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8", errors="replace")
+    with replacing(path) as tmp:
+        tmp.write_text(page, encoding="utf-8", errors="replace")
     return path

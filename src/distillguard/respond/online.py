@@ -1246,11 +1246,15 @@ def batch_context(con: Any, cfg: Config) -> tuple[Any, dict[str, Any] | None]:
 def write_batch_context(con: Any, out_dir: str | Path, cfg: Config) -> None:
     """``groups.parquet`` and ``calibration.json`` of the last batch run into ``out_dir``:
     what :meth:`OnlineScorer.load_groups` reads (``distillguard detect`` writes them)."""
+    from distillguard.outfiles import replacing
+
     out = Path(out_dir)
     frame, cal = batch_context(con, cfg)
-    frame.write_parquet(out / GROUPS_FILE)
+    with replacing(out / GROUPS_FILE) as tmp:
+        frame.write_parquet(tmp)
     if cal is not None:
-        (out / CALIBRATION_FILE).write_text(json.dumps(cal, indent=2), encoding="utf-8")
+        with replacing(out / CALIBRATION_FILE) as tmp:
+            tmp.write_text(json.dumps(cal, indent=2), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------- replay
