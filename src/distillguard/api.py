@@ -308,15 +308,16 @@ def write_driver_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     scores, and the campaign members' requests and signals) to ``path``, replacing what
     was there, so ``distillguard console --db`` and other readers open a Spark run's
     results the way they open the embedded engine's store."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.unlink(missing_ok=True)
+    from distillguard.outfiles import remove_stale, replacing
+
+    remove_stale(path.parent, (path.name,))
     src = scalar(con, "SELECT current_database()")
-    con.execute("ATTACH '" + tmp.as_posix().replace("'", "''") + "' AS dg_out")
-    try:
-        con.execute(f'COPY FROM DATABASE "{src}" TO dg_out')
-    finally:
-        con.execute("DETACH dg_out")
-    tmp.replace(path)        # a reader never sees a half-written store
+    with replacing(path) as tmp:    # a reader never sees a half-written store
+        con.execute("ATTACH '" + tmp.as_posix().replace("'", "''") + "' AS dg_out")
+        try:
+            con.execute(f'COPY FROM DATABASE "{src}" TO dg_out')
+        finally:
+            con.execute("DETACH dg_out")
 
 
 @dataclass
