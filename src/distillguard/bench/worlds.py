@@ -788,7 +788,9 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             "recall_at_1%": m["recall_at_fpr"]["0.01"]["recall"],
             "tp": m["flagged"]["tp"], "fp": m["flagged"]["fp"], "ari": m["campaign_ari"],
             "fp_by_kind": _flagged_kinds(m["fpr_by_kind"]), "windows": part,
-            "n_legit": m["n_accounts"] - m["n_distill"], "calibration": calib,
+            "n_legit": m["n_accounts"] - m["n_distill"],
+            "flagged_fpr": m["flagged"]["fp"] / max(m["n_accounts"] - m["n_distill"], 1),
+            "calibration": calib,
             # a giant community mixing campaigns and legitimate users shows here first
             "largest_community": comm["largest"], "largest_mix": comm["largest_mix"],
             "min_reported_purity": min((c["purity"] for c in reported_purity(
@@ -925,7 +927,7 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                # flagged FPR against the promised target: pooled and in the worst world
                "flagged_fpr": (sum(r["fp"] for r in rows)
                                / max(sum(r["n_legit"] for r in rows), 1)),
-               "flagged_fpr_worst": max(r["fp"] / max(r["n_legit"], 1) for r in rows),
+               "flagged_fpr_worst": max(r["flagged_fpr"] for r in rows),
                "fp_by_kind": _sum_kinds(*(r["fp_by_kind"] for r in rows))}
     for r in rows:
         del r["spec"], r["detectors"]
