@@ -293,3 +293,50 @@ def test_group_learned_rate_leaves_out_a_shared_scratchpad() -> None:
     g = {r["community"]: r for r in con.sql(group_stats_sql("_k", cfg)).pl().to_dicts()}
     assert g[0]["g_elicit_model_rate"] == 0.0
     assert abs(g[1]["g_elicit_model_rate"] - 0.5) < 1e-9
+
+
+def _signup_store(background_days: int = 900, burst_day: int = 600, burst_n: int = 30):
+    """One account created every third day for ``background_days`` days, and ``burst_n``
+    accounts created on ``burst_day``; each sends three requests."""
+    con = connect(None)
+    created = [(f"bg{d:04d}", d) for d in range(0, background_days, 3)]
+    created += [(f"burst{i:03d}", burst_day) for i in range(burst_n)]
+    rows = [(f"{a}-{i}", a, d) for a, d in created for i in range(3)]
+    con.executemany("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools, "
+                    "account_created) VALUES (?, TIMESTAMP '2026-01-01', ?, 'm', 'p', 0, "
+                    "TIMESTAMP '2023-01-01' + to_days(CAST(? AS INTEGER)))", rows)
+    con.execute("CREATE TABLE signals AS SELECT request_id, account_id, ts, 'math' AS capability,"
+                " request_id AS template_id, 1 AS template_size FROM requests")
+    return con
+
+
+def test_creation_days_count_only_inside_signup_bursts(cfg):
+    """With ``conjunction.burst`` on, an account created on an ordinary day keeps no
+    creation key (its neighbours three days apart, or on the same day by chance, are no
+    coordination); the accounts of a signup burst, and the few ordinary signups inside the
+    burst's window, keep theirs. Off, every account keeps it."""
+    import copy
+
+    from distillguard.linking.keys import account_keys_sql
+
+    con = _signup_store()
+    off = con.sql(account_keys_sql(cfg)).pl().filter(pl.col("kind") == "created")
+    assert off.height == 300 + 30                          # every account, off by default
+    on_cfg = copy.deepcopy(cfg)
+    on_cfg["linking"]["conjunction"]["burst"]["enabled"] = True
+    on = con.sql(account_keys_sql(on_cfg)).pl().filter(pl.col("kind") == "created")
+    kept = set(on["account_id"].to_list())
+    assert {f"burst{i:03d}" for i in range(30)} <= kept
+    k = int(cfg["linking"]["conjunction"]["created_days"])
+    near = {f"bg{d:04d}" for d in range(0, 900, 3) if abs(d - 600) <= k}
+    assert kept - {f"burst{i:03d}" for i in range(30)} == near
+    # a smaller crowd on one day is within what a rate of one signup every third day gives
+    small = _signup_store(burst_n=2)
+    on_small = small.sql(account_keys_sql(on_cfg)).pl().filter(pl.col("kind") == "created")
+    assert on_small.is_empty()
+    # the burst still links its accounts, on the lifecycle channel too
+    edges, accounts = build_edges(con, on_cfg)
+    names = np.asarray(accounts, dtype=object)
+    tied = set(names[edges["a"].to_numpy()]) | set(names[edges["b"].to_numpy()])
+    assert tied == kept
+    assert (edges["kinds"] == "created").all() and (edges["channels"] == 1).all()

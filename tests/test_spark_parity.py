@@ -322,6 +322,44 @@ def test_content_channel_parity(spark, data, driver_max_edges):
     _assert_same_accounts(want, got)
 
 
+def test_burst_lifecycle_parity(spark, data, tmp_path):
+    """With the (opt-in) signup-burst test on the lifecycle channel, the Spark engine's
+    median window over creation days gives the DuckDB engine's keys, scores and campaigns.
+    The generated input's accounts are re-dated: one every other day over a year, and the
+    accounts of the two campaigns on their own day each."""
+    import copy
+
+    from distillguard.engines.spark import analyse_spark
+    from distillguard.linking.keys import account_keys_sql
+
+    cfg = copy.deepcopy(data["cfg"])
+    cfg["linking"]["conjunction"]["burst"]["enabled"] = True
+    rows = [json.loads(line) for line in data["jsonl"].read_text(encoding="utf-8").splitlines()]
+    accounts = sorted({r["account_id"] for r in rows})
+    day0 = datetime(2025, 1, 1)
+    born = {a: day0 + timedelta(days=2 * i) for i, a in enumerate(accounts)}
+    for a in accounts:
+        if a.startswith(("dist", "camp", "c0", "hydra")):
+            born[a] = day0 + timedelta(days=200 + (a.startswith("hydra")))
+    path = tmp_path / "redated.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            r["account_created"] = born[r["account_id"]].isoformat() + "Z"
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    con = connect(None)
+    ingest_files([path], con, limits=cfg["ingest"])
+    random.seed(5)
+    want, _ = analyse(con, cfg)
+    n_on = con.sql(f"SELECT count(*) FROM ({account_keys_sql(cfg)}) WHERE kind = 'created'"
+                   ).fetchall()[0][0]
+    store = tmp_path / "store.parquet"
+    con.execute(f"COPY requests TO '{store}' (FORMAT parquet)")
+    con.close()
+    assert 0 < n_on < len(accounts)         # some creation days are bursts, not all
+    got, _ = analyse_spark(spark, str(store), cfg, driver_max_edges=0)
+    _assert_same_accounts(want, got)
+
+
 def test_connected_components(spark):
     from distillguard.engines.spark import connected_components
 

@@ -46,12 +46,7 @@ ip AS (
   SELECT account_id, 'ip' AS kind, ip AS key, count(*) AS n
   FROM requests WHERE ip IS NOT NULL AND ip <> '' GROUP BY account_id, ip
 ),
-created AS (
-  SELECT account_id, 'created' AS kind,
-         CAST(CAST(floor(epoch(max(account_created)) / 86400) AS BIGINT) AS VARCHAR) AS key,
-         count(*) AS n
-  FROM requests WHERE account_created IS NOT NULL GROUP BY account_id
-)
+{_created_sql(cfg)}
 SELECT account_id, kind, key, n FROM infra
 UNION ALL
 SELECT account_id, kind, key, n FROM tpl WHERE n >= {m} AND n >= 0.1 * tot
@@ -62,6 +57,64 @@ SELECT account_id, kind, key, n FROM ip
 UNION ALL
 SELECT account_id, kind, key, n FROM created
 """
+
+
+def _created_sql(cfg: Config) -> str:
+    """The ``created`` CTE: an account's creation day as a link key (and so, through
+    ``account_attrs_sql``, its lifecycle channel); with ``conjunction.burst.enabled``, only
+    on days of a signup burst.
+
+    Two accounts created within a few days of each other are coordinated only where
+    signups bunch: over years of ordinary signups a few accounts are created every day, and
+    two users of a popular framework created in the same week two years ago share nothing.
+    The null is the world's own signup rate around that day: ``W``, the accounts created
+    within ``created_days`` of it, against ``lambda``, the median daily count over the
+    calendar days (days without signups included) in the ``neighbourhood_days`` either
+    side, times the window's width. A median, not a mean: campaigns start together, and
+    the bursts of one make a mean rate around another's days too high to see it (a
+    77-account hydra in tune world 1087545355, next to 400 accounts of other campaigns
+    created 10-25 days later); and over calendar days, so that a burst in a quiet month is
+    not its own baseline (the median is a join over the neighbourhood, not a window: Spark
+    has no median over a window frame). A day is a burst when ``W >= min_accounts`` and
+    ``W >= lambda + z sqrt(lambda) + 1`` (the normal tail of a Poisson count, with a
+    continuity margin). Accounts created more than ``span_days`` (default 3650) before the
+    newest signup keep no creation key. Off by default: docs/detection.md, "Stop 30", has
+    what it did on the tune worlds.
+    """
+    bc = cfg["linking"]["conjunction"].get("burst") or {}
+    day = "CAST(floor(epoch(max(account_created)) / 86400) AS BIGINT)"
+    if not bc.get("enabled"):
+        return f"""created AS (
+  SELECT account_id, 'created' AS kind, CAST({day} AS VARCHAR) AS key, count(*) AS n
+  FROM requests WHERE account_created IS NOT NULL GROUP BY account_id
+)"""
+    k = int(cfg["linking"]["conjunction"]["created_days"])
+    nb = int(bc["neighbourhood_days"])
+    return f"""acc_created AS (
+  SELECT account_id, {day} AS day, count(*) AS n
+  FROM requests WHERE account_created IS NOT NULL GROUP BY account_id
+),
+per_day AS (SELECT day, count(*) AS c FROM acc_created GROUP BY day),
+span AS (SELECT max(day) - {int(bc.get("span_days", 3650))} AS lo, max(day) AS hi FROM per_day),
+cal AS (SELECT unnest(generate_series(lo, hi)) AS day FROM span),
+dense AS (
+  SELECT cal.day, coalesce(p.c, 0) AS c FROM cal LEFT JOIN per_day p ON cal.day = p.day
+),
+day_win AS (
+  SELECT d.day, sum(CASE WHEN abs(x.day - d.day) <= {k} THEN x.c ELSE 0 END) AS w,
+         median(x.c) AS base
+  FROM per_day d JOIN dense x ON x.day BETWEEN d.day - {nb} AND d.day + {nb}
+  GROUP BY d.day
+),
+burst_day AS (
+  SELECT day FROM (
+    SELECT day, w, greatest(base * {2 * k + 1}, 0.5) AS lam FROM day_win) x
+  WHERE w >= {int(bc["min_accounts"])} AND w >= lam + {float(bc["z"])!r} * sqrt(lam) + 1
+),
+created AS (
+  SELECT a.account_id, 'created' AS kind, CAST(a.day AS VARCHAR) AS key, a.n
+  FROM acc_created a JOIN burst_day b ON a.day = b.day
+)"""
 
 
 def account_attrs_sql(keys: str) -> str:
