@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -74,6 +75,20 @@ def test_outputs(run):
         assert all(len(p) <= 300 for p in c["example_prompts"])
     flagged_cids = {r["campaign_id"] for r in rows if r["campaign_id"]}
     assert flagged_cids == {c["campaign_id"] for c in campaigns}
+    # what each campaign's community shows against the null, and the reason that says so
+    for c in campaigns:
+        co = c["coordination"]
+        assert set(co["channels"]) == {"infrastructure", "client", "rotation",
+                                       "creation_burst", "timing"}
+        assert co["community_accounts"] >= c["n_accounts"]
+    timed = [c for c in campaigns if (c["coordination"]["channels"]["timing"] or 0) >= 0.3]
+    assert timed, "no campaign synchronized in the scenario"
+    for c in timed:
+        z = c["coordination"]["timing_z_vs_shifted"]
+        assert z >= 3.0
+        said = re.search(r"active together, ([0-9.]+) standard deviations above the same "
+                         r"accounts shifted in time", c["reasons"][0])
+        assert said and abs(float(said.group(1)) - z) <= 0.051
     html = (out / "report.html").read_text()
     assert "<script" not in html.lower()
     assert campaigns[0]["campaign_id"] in html

@@ -42,6 +42,10 @@ _CHANNELS = (("g_cover_infra", "share an address, /24 or card"),
 
 def _group_reason(g: dict) -> str:
     parts = [f"{g[c]:.0%} {text}" for c, text in _CHANNELS if (g.get(c) or 0) >= 0.3]
+    # the timing channel is a test, not a share: say how far the group is from its null
+    if (g.get("g_sync") or 0) >= 0.3 and g.get("g_sync_z") is not None:
+        parts.append(f"active together, {g['g_sync_z']:.1f} standard deviations above the "
+                     "same accounts shifted in time")
     return (f"coordinated group of {int(g['g_size'])} linked accounts"
             + (": " + "; ".join(parts) if parts else ""))
 

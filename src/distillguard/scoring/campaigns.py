@@ -65,6 +65,29 @@ GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2
 """
 
 
+#: ``groups`` columns behind a campaign's ``coordination`` record, by the name shown there.
+_COORDINATION = (("infrastructure", "g_cover_infra"), ("client", "g_cover_client"),
+                 ("rotation", "g_rotation"), ("creation_burst", "g_burst"),
+                 ("timing", "g_sync"))
+
+
+def _coordination(row: dict[str, Any]) -> dict[str, Any]:
+    """What the campaign's link community shows against the null of unrelated accounts:
+    the share of members on each channel (the timing channel: its ramped test), the
+    coordination beyond the strongest channel (``g_coordination``, what the group item
+    scores) and the timing test's standard score against the members' own activity
+    shifted in time (``linking.groups.group_sync``)."""
+    def num(c: str) -> float | None:
+        v = row.get(c)
+        return None if v is None else round(float(v), 4)
+
+    return {"score": num("g_coordination"),
+            "channels": {name: num(col) for name, col in _COORDINATION},
+            "timing_z_vs_shifted": num("g_sync_z"),
+            "community_accounts": int(row["g_size"]) if row.get("g_size") is not None
+            else None}
+
+
 def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFrame,
                        scores: pl.DataFrame, max_examples: int = 3,
                        query: Query | None = None,
@@ -158,6 +181,7 @@ def describe_campaigns(con: duckdb.DuckDBPyConnection, cfg, flagged: pl.DataFram
                     "linked_pairs": int(s["pairs"][0]) if s.height else 0,
                     "coordination_share": round(float(row["coord_share"]), 4)},
             },
+            "coordination": _coordination(row),
             "example_prompts": [_trunc(p, 300) for p in
                                 examples.filter(pl.col("campaign_id") == cid)["prompt"]],
             "reasons": rs,
