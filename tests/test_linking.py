@@ -330,6 +330,16 @@ def test_creation_days_count_only_inside_signup_bursts(cfg):
     k = int(cfg["linking"]["conjunction"]["created_days"])
     near = {f"bg{d:04d}" for d in range(0, 900, 3) if abs(d - 600) <= k}
     assert kept - {f"burst{i:03d}" for i in range(30)} == near
+    # one bad creation date far in the future neither hides the burst nor gets a key
+    con.execute("INSERT INTO requests (request_id, ts, account_id, model, prompt, n_tools, "
+                "account_created) VALUES ('bad-0', TIMESTAMP '2026-01-01', 'bad', 'm', 'p', 0, "
+                "TIMESTAMP '9999-01-01')")
+    con.execute("INSERT INTO signals SELECT request_id, account_id, ts, 'math', request_id, 1 "
+                "FROM requests WHERE account_id = 'bad'")
+    again = con.sql(account_keys_sql(on_cfg)).pl().filter(pl.col("kind") == "created")
+    assert set(again["account_id"].to_list()) == kept
+    con.execute("DELETE FROM requests WHERE account_id = 'bad'")
+    con.execute("DELETE FROM signals WHERE account_id = 'bad'")
     # a smaller crowd on one day is within what a rate of one signup every third day gives
     small = _signup_store(burst_n=2)
     on_small = small.sql(account_keys_sql(on_cfg)).pl().filter(pl.col("kind") == "created")

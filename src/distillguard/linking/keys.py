@@ -78,7 +78,8 @@ def _created_sql(cfg: Config) -> str:
     has no median over a window frame). A day is a burst when ``W >= min_accounts`` and
     ``W >= lambda + z sqrt(lambda) + 1`` (the normal tail of a Poisson count, with a
     continuity margin). Accounts created more than ``span_days`` (default 3650) before the
-    newest signup keep no creation key. Off by default: docs/detection.md, "Stop 30", has
+    store's last request, or after it (a bad creation date), keep no creation key: the
+    calendar is bounded by the traffic, not by a creation date one bad row could set. Off by default: docs/detection.md, "Stop 30", has
     what it did on the tune worlds.
     """
     bc = cfg["linking"]["conjunction"].get("burst") or {}
@@ -95,7 +96,10 @@ def _created_sql(cfg: Config) -> str:
   FROM requests WHERE account_created IS NOT NULL GROUP BY account_id
 ),
 per_day AS (SELECT day, count(*) AS c FROM acc_created GROUP BY day),
-span AS (SELECT max(day) - {int(bc.get("span_days", 3650))} AS lo, max(day) AS hi FROM per_day),
+span AS (
+  SELECT hi - {int(bc.get("span_days", 3650))} AS lo, hi
+  FROM (SELECT CAST(floor(epoch(max(ts)) / 86400) AS BIGINT) AS hi FROM requests) t
+),
 cal AS (SELECT unnest(generate_series(lo, hi)) AS day FROM span),
 dense AS (
   SELECT cal.day, coalesce(p.c, 0) AS c FROM cal LEFT JOIN per_day p ON cal.day = p.day
