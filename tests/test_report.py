@@ -116,6 +116,9 @@ def _make_store(with_campaigns: bool = True) -> tuple[duckdb.DuckDBPyConnection,
              "payment_fingerprints": ["pf-1"], "orgs": [XSS_SCRIPT],
              "templates": [{"template_id": "t1", "skeleton": XSS_SCRIPT, "requests": 120}],
              "synchronized_timing": {"burst_corr": 0.88, "note": XSS_IMG}},
+         "coordination": {"score": 2.41, "channels": {
+             "infrastructure": 1.0, "client": 0.95, "rotation": None, "creation_burst": 0.5,
+             "timing": 1.0}, "timing_z_vs_shifted": 35.14, "community_accounts": 12},
          "example_prompts": [XSS_SCRIPT, XSS_IMG, "y" * 10_000],
          "reasons": [f"shared payment fingerprint {XSS_IMG}", "template reuse 0.95"]}
         for cid, accs in campaign_accounts.items()
@@ -165,6 +168,10 @@ def test_report_with_campaigns(tmp_path: Path) -> None:
     # summary: threshold and FPR, extra keys
     assert "0.1%" in html and "0.8" in html
     assert "Planted caught" in html and "8/8" in html
+    # each campaign's coordination against the null, channel by channel
+    assert html.count("Coordination against the null") == 2
+    assert "z = 35.1" in html and "2.41" in html and "95%" in html and "100%" in html
+    assert "rotate over many network prefixes" not in html     # no value, no row
     assert "Content-Security-Policy" in html
     assert len(html) < 3_000_000
     # helper views were cleaned up; store tables untouched
@@ -201,6 +208,8 @@ def test_report_tolerates_malformed_campaigns(tmp_path: Path) -> None:
     con, campaigns, summary = _make_store()
     weird: list[Any] = [
         {"campaign_id": XSS_SCRIPT, "score": "nan", "accounts": "a0",
+         "coordination": {"score": XSS_SCRIPT, "channels": {"timing": XSS_IMG},
+                          "timing_z_vs_shifted": XSS_IMG, "community_accounts": "x"},
          "indicators": {"templates": [XSS_IMG, None], "synchronized_timing": XSS_SCRIPT},
          "capabilities": {XSS_IMG: "x"}},
         {"score": None},

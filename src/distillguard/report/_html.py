@@ -257,6 +257,45 @@ def _fmt_score(v: Any) -> str:
     return "" if math.isnan(f) else f"{f:.3f}"
 
 
+#: The channels of a campaign's ``coordination`` record (scoring.campaigns), as shown.
+_COORD_CHANNELS = (("infrastructure", "share an address, /24 or card"),
+                   ("client", "share a system prompt or template"),
+                   ("rotation", "rotate over many network prefixes"),
+                   ("creation_burst", "created within days of each other"),
+                   ("timing", "timing test (0 at z 3, 1 at z 10)"))
+
+
+def _coordination_table(co: Any) -> str:
+    """What the campaign's link community shows against the null of unrelated accounts;
+    empty when the campaign has no such record (older outputs, partner imports)."""
+    if not isinstance(co, Mapping):
+        return ""
+    ch = co.get("channels")
+    ch = ch if isinstance(ch, Mapping) else {}
+    def share(v: Any) -> str:
+        f = _num(v)
+        return f"{f:.0%}" if 0 <= f <= 1 else str(v)
+
+    rows = [f"<tr><th>{text}</th><td class=\"num\">{esc(share(ch.get(key)), 20)}</td></tr>"
+            for key, text in _COORD_CHANNELS if ch.get(key) is not None]
+    z = _num(co.get("timing_z_vs_shifted"))
+    if not math.isnan(z):
+        rows.append("<tr><th>co-activity against the same accounts shifted in time</th>"
+                    f'<td class="num">z = {esc(f"{z:.1f}", 20)}</td></tr>')
+    score = _num(co.get("score"))
+    if not math.isnan(score):
+        rows.append("<tr><th>channels beyond the strongest (g_coordination)</th>"
+                    f'<td class="num">{esc(f"{score:.2f}", 20)}</td></tr>')
+    size = _num(co.get("community_accounts"))
+    if not math.isnan(size):
+        rows.append("<tr><th>accounts in its link community</th>"
+                    f'<td class="num">{esc(_fmt_num(int(size)), 20)}</td></tr>')
+    if not rows:
+        return ""
+    return ("<h4>Coordination against the null</h4><table><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
 def _campaign_card(i: int, c: Mapping[str, Any]) -> str:
     raw = c.get("indicators")
     ind: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
@@ -280,6 +319,7 @@ def _campaign_card(i: int, c: Mapping[str, Any]) -> str:
         out.append("<h4>Capability mix</h4><div>" + " ".join(
             f'<span class="chip">{esc(k, 40)} {esc(_fmt_rate(v))}</span>' for k, v in items)
             + "</div>")
+    out.append(_coordination_table(c.get("coordination")))
     out.append("<h4>Shared indicators</h4><table><tbody>")
     for key, label, limit in (("ip_prefixes", "IP prefixes", L_SHORT),
                               ("user_agents", "User agents", L_UA),
