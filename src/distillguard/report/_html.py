@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from distillguard.outfiles import replacing
+from distillguard.scoring.campaigns import COORDINATION_CHANNELS
 
 from . import _data, _plots
 from ._safe import clean, esc
@@ -257,14 +258,6 @@ def _fmt_score(v: Any) -> str:
     return "" if math.isnan(f) else f"{f:.3f}"
 
 
-#: The channels of a campaign's ``coordination`` record (scoring.campaigns), as shown.
-_COORD_CHANNELS = (("infrastructure", "share an address, /24 or card"),
-                   ("client", "share a system prompt or template"),
-                   ("rotation", "rotate over many network prefixes"),
-                   ("creation_burst", "created within days of each other"),
-                   ("timing", "timing test (0 at z 3, 1 at z 10)"))
-
-
 def _coordination_table(co: Any) -> str:
     """What the campaign's link community shows against the null of unrelated accounts;
     empty when the campaign has no such record (older outputs, partner imports)."""
@@ -272,12 +265,13 @@ def _coordination_table(co: Any) -> str:
         return ""
     ch = co.get("channels")
     ch = ch if isinstance(ch, Mapping) else {}
+
     def share(v: Any) -> str:
         f = _num(v)
         return f"{f:.0%}" if 0 <= f <= 1 else str(v)
 
     rows = [f"<tr><th>{text}</th><td class=\"num\">{esc(share(ch.get(key)), 20)}</td></tr>"
-            for key, text in _COORD_CHANNELS if ch.get(key) is not None]
+            for key, _, text in COORDINATION_CHANNELS if ch.get(key) is not None]
     z = _num(co.get("timing_z_vs_shifted"))
     if not math.isnan(z):
         rows.append("<tr><th>co-activity against the same accounts shifted in time</th>"

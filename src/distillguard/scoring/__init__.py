@@ -10,6 +10,7 @@ import polars as pl
 
 from distillguard.config import Config
 from distillguard.scoring.calibrate import Calibrator
+from distillguard.scoring.campaigns import COORDINATION_CHANNELS
 from distillguard.scoring.evidence import evidence_frame, reasons_for, scoring_input_sql
 from distillguard.scoring.selfcal import SelfCalibration, self_calibrate
 
@@ -33,11 +34,9 @@ def _campaign_id(members: list[str]) -> str:
     return f"cmp-{digest[:10]}"
 
 
-#: Coordination channels of ``groups`` shown in campaign reasons, with their wording.
-_CHANNELS = (("g_cover_infra", "share an address, /24 or card"),
-             ("g_cover_client", "share a system prompt or template"),
-             ("g_rotation", "rotate over many network prefixes"),
-             ("g_burst", "were created within days of each other"))
+#: Coordination channels of ``groups`` shown in campaign reasons as shares, with their
+#: wording; the timing channel is a test and is worded by its standard score instead.
+_CHANNELS = tuple((col, text) for name, col, text in COORDINATION_CHANNELS if name != "timing")
 
 
 def _group_reason(g: dict) -> str:

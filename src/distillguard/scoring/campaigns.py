@@ -65,10 +65,15 @@ GROUP BY 1, 2, 3 HAVING count(DISTINCT k.account_id) >= 2
 """
 
 
-#: ``groups`` columns behind a campaign's ``coordination`` record, by the name shown there.
-_COORDINATION = (("infrastructure", "g_cover_infra"), ("client", "g_cover_client"),
-                 ("rotation", "g_rotation"), ("creation_burst", "g_burst"),
-                 ("timing", "g_sync"))
+#: The coordination channels of a campaign's link community: the name in its
+#: ``coordination`` record, the ``groups`` column behind it and how reasons and the report
+#: word it (a share of the community's accounts; for timing, the test's ramp).
+COORDINATION_CHANNELS = (
+    ("infrastructure", "g_cover_infra", "share an address, /24 or card"),
+    ("client", "g_cover_client", "share a system prompt or template"),
+    ("rotation", "g_rotation", "rotate over many network prefixes"),
+    ("creation_burst", "g_burst", "were created within days of each other"),
+    ("timing", "g_sync", "synchronized timing (the test's ramp, 0 to 1)"))
 
 
 def _coordination(row: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +87,7 @@ def _coordination(row: dict[str, Any]) -> dict[str, Any]:
         return None if v is None else round(float(v), 4)
 
     return {"score": num("g_coordination"),
-            "channels": {name: num(col) for name, col in _COORDINATION},
+            "channels": {name: num(col) for name, col, _ in COORDINATION_CHANNELS},
             "timing_z_vs_shifted": num("g_sync_z"),
             "community_accounts": int(row["g_size"]) if row.get("g_size") is not None
             else None}
