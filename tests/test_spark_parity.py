@@ -324,9 +324,9 @@ def test_content_channel_parity(spark, data, driver_max_edges):
 
 def test_burst_lifecycle_parity(spark, data, tmp_path):
     """With the (opt-in) signup-burst test on the lifecycle channel, the Spark engine's
-    median window over creation days gives the DuckDB engine's keys, scores and campaigns.
-    The generated input's accounts are re-dated: one every other day over a year, and the
-    accounts of the two campaigns on their own day each."""
+    median over the creation calendar gives the DuckDB engine's keys, scores and campaigns.
+    The generated input's accounts are re-dated: one every other day, and the accounts of
+    each of the two hydras on a day of their own."""
     import copy
 
     from distillguard.engines.spark import analyse_spark
@@ -339,8 +339,9 @@ def test_burst_lifecycle_parity(spark, data, tmp_path):
     day0 = datetime(2025, 1, 1)
     born = {a: day0 + timedelta(days=2 * i) for i, a in enumerate(accounts)}
     for a in accounts:
-        if a.startswith(("dist", "camp", "c0", "hydra")):
-            born[a] = day0 + timedelta(days=200 + (a.startswith("hydra")))
+        for prefix, day in (("hydra-a", 200), ("hydra-b", 260)):
+            if a.startswith(prefix):
+                born[a] = day0 + timedelta(days=day)
     path = tmp_path / "redated.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for r in rows:

@@ -79,8 +79,8 @@ def _created_sql(cfg: Config) -> str:
     ``W >= lambda + z sqrt(lambda) + 1`` (the normal tail of a Poisson count, with a
     continuity margin). Accounts created more than ``span_days`` (default 3650) before the
     store's last request, or after it (a bad creation date), keep no creation key: the
-    calendar is bounded by the traffic, not by a creation date one bad row could set. Off by default: docs/detection.md, "Stop 30", has
-    what it did on the tune worlds.
+    calendar is bounded by the traffic, not by a creation date one bad row could set. Off
+    by default: docs/detection.md, "Stop 30", has what it did on the tune worlds.
     """
     bc = cfg["linking"]["conjunction"].get("burst") or {}
     day = "CAST(floor(epoch(max(account_created)) / 86400) AS BIGINT)"
