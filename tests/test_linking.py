@@ -137,6 +137,10 @@ def test_attach_counts_multi_channel_ties_beside_the_median() -> None:
     got = attach(cfg)
     assert got["c0"] == 1.0 and got["m"] == 1.0        # 25 >= 20 two-channel ties
     assert got["s"] < 0.1                               # 25 / (29 * 10 + 1) of the median
+    ties = dict(con.execute(f"SELECT account_id, g_ties FROM ({scoring_input_sql(cfg)})")
+                .fetchall())
+    assert ties["m"] == 25 and ties["s"] == 0          # only two-channel ties count
+    assert ties["c0"] == 29 + 1                         # the core, and m
     old = attach(with_overlay(cfg, {"linking": {"groups": {"attach_multi_edges": None}}}))
     assert old["m"] == old["s"] < 0.1
 

@@ -269,7 +269,7 @@ def test_group_item_contributes_after_load_groups() -> None:
                    elicit_p=0.0)
     before = sc.account_score("a", 1.7e9 + 3600)
     assert before.evidence["g_coordination"] == 0.0 and before.final_raw == before.raw
-    row = {"community": 3, "g_attach": 1.0, "g_size": 40.0, "g_requests": 4000.0,
+    row = {"community": 3, "g_attach": 1.0, "g_ties": 12, "g_size": 40.0, "g_requests": 4000.0,
            "g_coordination": 1.5, "g_single_turn_share": 1.0, "g_novelty": 1.0,
            "g_focus_rate": 0.9, "g_cot_rate": 0.3, "g_rubric_rate": 0.0,
            "g_censor_rate": 0.0, "g_elicit_model_rate": 0.2, "g_age_days": 2.0,
@@ -356,7 +356,8 @@ def test_replay_cli_loads_batch_context(tmp_path):
     res.mkdir()
     (res / "campaigns.json").write_bytes(orjson.dumps([{"campaign_id": "cmp-x", "score": 0.93,
                                                         "accounts": ["quiet", "chatty"]}]))
-    pl.DataFrame([{"account_id": "quiet", "community": 0, "g_attach": 1.0, "g_size": 30.0,
+    pl.DataFrame([{"account_id": "quiet", "community": 0, "g_attach": 1.0, "g_ties": 8,
+                   "g_size": 30.0,
                    "g_requests": 3000.0, "g_coordination": 2.0}]).write_parquet(
         res / "groups.parquet")
     (res / "calibration.json").write_bytes(orjson.dumps(

@@ -34,7 +34,8 @@ def test_terms_expand_in_every_expression(tmp_path) -> None:
                     '    x_base: "regexp_matches(a, \'\\\\d\')"\n    x_two: "x_base + x_base"\n')
     cfg2 = load_config(user)
     items2 = {it["name"]: it for it in cfg2["scoring"]["evidence"]}
-    assert items2["g_coordination"]["expr"].endswith("g_attach * (1)")
+    assert items2["g_coordination"]["expr"].endswith(" * (1)")
+    assert "g_ties" in items2["g_coordination"]["expr"]
     assert cfg2["scoring"]["terms"]["x_two"] == "x_base + x_base"      # the raw text is kept
     bad = tmp_path / "bad.yaml"
     bad.write_text('scoring:\n  terms:\n    "Bad-Name": "1"\n')
@@ -67,14 +68,16 @@ def test_an_established_conversational_member_takes_nothing_from_its_group() -> 
                    if it["name"] in ("g_coordination", "g_young", "conversational")]
     cfg = with_overlay(base, {"scoring": {"evidence": items}})
     weights = [item_weight(base, it) for it in items]
-    group = {"g_attach": 1.0, "g_size": 60.0, "g_requests": 5000.0, "g_coordination": 2.0,
+    group = {"g_attach": 1.0, "g_ties": 10.0, "g_size": 60.0, "g_requests": 5000.0,
+             "g_coordination": 2.0,
              "g_age_days": 4.0}
     con = duckdb.connect()
     con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
-                " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_size DOUBLE,"
+                " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_ties DOUBLE,"
+                " g_size DOUBLE,"
                 " g_requests DOUBLE, g_coordination DOUBLE, g_age_days DOUBLE)")
     for a, (fu, age, known) in MEMBERS.items():
-        con.execute("INSERT INTO f VALUES (?, 100, ?, ?, ?, 1, 60, 5000, 2, 4)",
+        con.execute("INSERT INTO f VALUES (?, 100, ?, ?, ?, 1, 10, 60, 5000, 2, 4)",
                     [a, fu, age, 20000.0 if known else None])
     ev = {r["account_id"]: r for r in evidence_frame(con, cfg, "f").to_dicts()}
     w = dict(zip([it["name"] for it in items], weights, strict=True))
@@ -96,3 +99,45 @@ def test_an_established_conversational_member_takes_nothing_from_its_group() -> 
             st["created"] = 20000 * day
         contrib, _, _ = comp.fn(st, group)
         assert contrib == pytest.approx(tuple(ev[a][f"ev_{it['name']}"] for it in items)), a
+
+
+#: (g_ties, n_requests) of members of one coordinated group of 60
+TIES = {"tied": (10, 100), "one_channel_only": (0, 100), "one_tie": (1, 100),
+        "too_small_to_show_ties": (0, 5)}
+
+
+def test_a_member_takes_coordination_as_far_as_it_is_tied_on_two_channels() -> None:
+    """A coordinated community can hold members tied to it on one channel only (the users
+    of a popular framework's system prompt): they take none of its coordination; a member
+    with three or more multi-channel ties takes all of it, one with one tie a third; a
+    member with too few requests to show ties (keys count from three uses) is not judged
+    on them. The online scorer computes the same contributions as batch."""
+    base = load_config()
+    items = [it for it in base["scoring"]["evidence"]
+             if it["name"] in ("g_coordination", "conversational")]   # one own item at least
+    cfg = with_overlay(base, {"scoring": {"evidence": items}})
+    weights = [item_weight(base, it) for it in items]
+    k = [it["name"] for it in items].index("g_coordination")
+    w = weights[k]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
+                " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_ties DOUBLE,"
+                " g_size DOUBLE, g_requests DOUBLE, g_coordination DOUBLE)")
+    for a, (ties, n) in TIES.items():
+        con.execute("INSERT INTO f VALUES (?, ?, 0, 5, 20000, 1, ?, 60, 5000, 1.5)",
+                    [a, n, ties])
+    ev = {r["account_id"]: r["ev_g_coordination"] for r in
+          evidence_frame(con, cfg, "f").to_dicts()}
+    assert ev["tied"] == pytest.approx(w)
+    assert ev["one_channel_only"] == 0.0
+    assert 0.0 < ev["one_tie"] < w / 2                  # 1.5 / 3 = 0.5 on the 0.3..1.5 ramp
+    # five requests: judged on ties for 5 / 20 of the way, 1.5 * 0.75 on the ramp
+    assert ev["too_small_to_show_ties"] == pytest.approx(w * (1.5 * 0.75 - 0.3) / 1.2)
+    comp = compile_evidence(items, weights, 20, 3)
+    day = 86400.0
+    for a, (ties, n) in TIES.items():
+        st = {"n": n, "distinct": n, "fu": 0.0, "first_ts": 20005 * day, "created": 20000 * day}
+        group = {"g_attach": 1.0, "g_ties": float(ties), "g_size": 60.0,
+                 "g_requests": 5000.0, "g_coordination": 1.5}
+        contrib, _, _ = comp.fn(st, group)
+        assert contrib[k] == pytest.approx(ev[a]), a

@@ -67,8 +67,8 @@ template_top_share       APPROXIMATE: the account's most sent first-six-word or
                          window. Online is lower for an account sending a shared template
                          fewer than 5 times, and when paraphrases group only under MinHash.
 g_* group columns,       from the latest batch run loaded with :meth:`load_groups` (the
-g_attach                 account's community row of ``_score_in``); an account not in it gets
-                         NULL group columns, ``g_attach`` 0 and ``g_size`` 1, so its group
+g_attach, g_ties         account's community row of ``_score_in``); an account not in it gets
+                         NULL group columns, ``g_attach`` and ``g_ties`` 0 and ``g_size`` 1, so its group
                          evidence is 0, as in batch for an account in no community
 partner_hits,            0: partner indicators are matched in batch only, so the ``partner``
 partner_confidence       evidence never contributes online
@@ -246,13 +246,18 @@ _FUNCS = frozenset(("coalesce", "least", "greatest", "ln", "log", "exp", "sqrt",
                     "power", "pow", "nullif"))
 
 
+#: Per-account columns of the group context (how the account is tied into its community):
+#: 0 for an account in no community, never NULL.
+_ACCOUNT_G = ("g_attach", "g_ties")
+
+
 def _is_group(name: str) -> bool:
     return name.startswith("g_")
 
 
 def _group_src(name: str) -> str:
-    if name == "g_attach":
-        return "((g.get('g_attach') or 0.0) if g is not None else 0.0)"
+    if name in _ACCOUNT_G:
+        return f"((g.get({name!r}) or 0.0) if g is not None else 0.0)"
     if name == "g_size":
         return "((g.get('g_size') or 1.0) if g is not None else 1.0)"
     return f"(g.get({name!r}) if g is not None else None)"
@@ -412,7 +417,7 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
 
     def nullable(name: str) -> bool:
         if _is_group(name):
-            return name not in ("g_attach", "g_size")
+            return name not in (*_ACCOUNT_G, "g_size")
         if name not in FEATURE_SRC:
             raise KeyError(name)
         return name in _NULLABLE
@@ -440,7 +445,7 @@ def compile_evidence(items: Sequence[Mapping[str, Any]], weights: Sequence[float
     gnames = sorted(x for x in needed if _is_group(x))
     if gnames:          # the group row's columns; without one: NULL, g_attach 0, g_size 1
         lines.append("    if g is None:")
-        lines += [f"        {x} = {0.0 if x == 'g_attach' else 1.0 if x == 'g_size' else None}"
+        lines += [f"        {x} = {0.0 if x in _ACCOUNT_G else 1.0 if x == 'g_size' else None}"
                   for x in gnames]
         lines.append("    else:")
         lines += [f"        {x} = {_group_src(x)}" for x in gnames]
@@ -704,7 +709,7 @@ class OnlineScorer:
         ``source`` is a results folder of ``distillguard detect`` (``groups.parquet`` and
         ``calibration.json``, see :func:`write_batch_context`), the ``groups.parquet`` path
         itself, a batch store connection after :func:`distillguard.api.analyse`, or a frame
-        with ``account_id``, ``g_attach`` and the ``g_*`` columns. Accounts absent from it
+        with ``account_id``, ``g_attach``, ``g_ties`` and the ``g_*`` columns. Accounts absent from it
         get no group evidence. With ``calibration`` the batch run's calibration
         (``calibration_used``) replaces the scorer's, unless a calibrator was given.
         """
@@ -727,8 +732,11 @@ class OnlineScorer:
             raise RespondError(f"{where}: no batch group context ({GROUPS_FILE}): {exc}") \
                 from exc
         cols = [c for c in frame.columns if c.startswith("g_") or c == "community"]
-        if "account_id" not in frame.columns or "g_attach" not in cols:
-            raise RespondError(f"{where}: group context needs account_id, g_attach and g_*")
+        if "account_id" not in frame.columns or not set(_ACCOUNT_G) <= set(cols):
+            # a context without g_ties (written before it existed) would silently take all
+            # coordination away from every member: ask for a fresh batch run instead
+            raise RespondError(f"{where}: group context needs account_id, "
+                               f"{', '.join(_ACCOUNT_G)} and g_* (re-run detect)")
         self.groups = {str(r.pop("account_id")): r
                        for r in frame.select("account_id", *cols).iter_rows(named=True)}
         if calibration and cal is not None:

@@ -21,7 +21,13 @@ def scoring_input_sql(cfg: Config) -> str:
     sets the median); an account with twenty ties that agree on two or more channels
     belongs to its community whatever the core does. Legitimate accounts drawn into a
     campaign's community (a shared proxy exit, a shared day of creation) have a handful of
-    such ties at most, hence the ramp starts at ``lo``."""
+    such ties at most, hence the ramp starts at ``lo``.
+
+    ``g_ties`` is that count itself: the account's edges inside its community that agree on
+    two or more channels (0 outside any community). The coordination a member takes from
+    its group is scaled by it (the ``g_coordination`` item): a community may be coordinated
+    as a whole while a member is tied to it on one channel only (the users of a popular
+    framework's system prompt drawn into a campaign's community that uses it too)."""
     lo_hi = cfg["linking"]["groups"].get("attach_multi_edges")
     rel = "w / nullif(median(w) OVER (PARTITION BY community), 0)"
     if lo_hi:
@@ -41,10 +47,11 @@ w_in AS (
   GROUP BY account_id, community
 ),
 att AS (
-  SELECT account_id, least({rel}, 1.0) AS g_attach
+  SELECT account_id, least({rel}, 1.0) AS g_attach, CAST(m2 AS DOUBLE) AS g_ties
   FROM w_in
 )
 SELECT f.*, coalesce(c.community, -1) AS community, coalesce(att.g_attach, 0.0) AS g_attach,
+       coalesce(att.g_ties, 0.0) AS g_ties,
        g.* EXCLUDE (community, g_size), coalesce(g.g_size, 1) AS g_size
 FROM features f
 LEFT JOIN communities c USING (account_id)
