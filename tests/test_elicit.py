@@ -216,6 +216,9 @@ def test_signals_column_matches_the_online_scorer(model):
     f = sc.features(sc.state.update("acct", AccountUpdate(ts=1.7e9)))
     assert f["elicit_model_rate"] == (1.0 if batch[0] >= thr else 0.0)
     assert f["n_elicit_model"] == (1.0 if batch[0] >= thr else 0.0)
+    soft = float(cfg["signals"]["elicit_soft_threshold"])
+    assert soft < thr
+    assert f["elicit_soft_rate"] == (1.0 if batch[0] >= soft else 0.0)
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from distillguard.config import load_config
 from distillguard.linking.graph import build_edges, communities
@@ -128,6 +129,7 @@ def test_attach_counts_multi_channel_ties_beside_the_median() -> None:
                 [accts])
     con.execute("CREATE TABLE features AS SELECT unnest(?) AS account_id", [accts])
     con.execute("CREATE TABLE groups AS SELECT 0 AS community, 32 AS g_size")
+    con.execute("CREATE TABLE group_members (account_id VARCHAR, g_coord_own DOUBLE)")
     cfg = load_config()
 
     def attach(c) -> dict[str, float]:
@@ -354,3 +356,39 @@ def test_creation_days_count_only_inside_signup_bursts(cfg):
     tied = set(names[edges["a"].to_numpy()]) | set(names[edges["b"].to_numpy()])
     assert tied == kept
     assert (edges["kinds"] == "created").all() and (edges["channels"] == 1).all()
+
+
+def test_a_member_is_credited_only_with_the_channels_it_takes_part_in() -> None:
+    """Four campaign accounts created together on shared exits and one prompt, and two
+    customers created months apart on other exits of the same pool, in one community: the
+    campaign accounts get the community's coordination, the customers only the channels
+    they share (client, infrastructure among themselves), not the creation burst or the
+    rotation they take no part in."""
+    import duckdb
+
+    from distillguard.linking.groups import member_coordination_sql
+
+    con = duckdb.connect()
+    camp = [f"c{i}" for i in range(4)]
+    cust = ["u0", "u1"]
+    feats = [(a, 12, 20000 + i % 2) for i, a in enumerate(camp)]
+    feats += [("u0", 1, 19800), ("u1", 1, 19900)]
+    con.execute("CREATE TABLE features (account_id VARCHAR, n_prefixes INT, created_day INT)")
+    con.executemany("INSERT INTO features VALUES (?, ?, ?)", feats)
+    con.execute("CREATE TABLE communities AS SELECT unnest(?) AS account_id, 0 AS community",
+                [camp + cust])
+    # shares as group_stats_sql would give them (4 of 6 in the burst and rotating)
+    con.execute("CREATE TABLE groups AS SELECT 0 AS community, 1.0 AS g_cover_infra, "
+                "1.0 AS g_cover_client, 4 / 6 AS g_rotation, 4 / 6 AS g_burst, "
+                "0.5 AS g_sync, 0.0 AS g_cover_org")
+    keys = [(a, "ip", "exit-1") for a in camp] + [(a, "ip", "exit-2") for a in cust]
+    keys += [(a, "system", "prompt") for a in camp + cust]
+    con.execute("CREATE TABLE k (account_id VARCHAR, kind VARCHAR, key VARCHAR)")
+    con.executemany("INSERT INTO k VALUES (?, ?, ?)", keys)
+    got = dict(con.execute(member_coordination_sql("k", load_config())).fetchall())
+    full = 1.0 + 1.0 + 4 / 6 + 4 / 6 + 0.5 - 1.0          # the community's g_coordination
+    assert got["c0"] == pytest.approx(full) and got["c3"] == pytest.approx(full)
+    assert got["u0"] == pytest.approx(1.0 + 1.0 + 0.5 - 1.0)   # no burst, no rotation
+    con.execute("UPDATE groups SET g_cover_org = 1.0")
+    got = dict(con.execute(member_coordination_sql("k", load_config())).fetchall())
+    assert got["c0"] == 0.0                                   # one declared organisation

@@ -69,15 +69,15 @@ def test_an_established_conversational_member_takes_nothing_from_its_group() -> 
     cfg = with_overlay(base, {"scoring": {"evidence": items}})
     weights = [item_weight(base, it) for it in items]
     group = {"g_attach": 1.0, "g_ties": 10.0, "g_size": 60.0, "g_requests": 5000.0,
-             "g_coordination": 2.0,
+             "g_coordination": 2.0, "g_coord_own": 2.0,
              "g_age_days": 4.0}
     con = duckdb.connect()
     con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
                 " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_ties DOUBLE,"
-                " g_size DOUBLE,"
-                " g_requests DOUBLE, g_coordination DOUBLE, g_age_days DOUBLE)")
+                " g_size DOUBLE, g_requests DOUBLE, g_coordination DOUBLE, g_coord_own DOUBLE,"
+                " g_age_days DOUBLE)")
     for a, (fu, age, known) in MEMBERS.items():
-        con.execute("INSERT INTO f VALUES (?, 100, ?, ?, ?, 1, 10, 60, 5000, 2, 4)",
+        con.execute("INSERT INTO f VALUES (?, 100, ?, ?, ?, 1, 10, 60, 5000, 2, 2, 4)",
                     [a, fu, age, 20000.0 if known else None])
     ev = {r["account_id"]: r for r in evidence_frame(con, cfg, "f").to_dicts()}
     w = dict(zip([it["name"] for it in items], weights, strict=True))
@@ -122,9 +122,9 @@ def test_a_member_takes_coordination_as_far_as_it_is_tied_on_two_channels() -> N
     con = duckdb.connect()
     con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
                 " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_ties DOUBLE,"
-                " g_size DOUBLE, g_requests DOUBLE, g_coordination DOUBLE)")
+                " g_size DOUBLE, g_requests DOUBLE, g_coordination DOUBLE, g_coord_own DOUBLE)")
     for a, (ties, n) in TIES.items():
-        con.execute("INSERT INTO f VALUES (?, ?, 0, 5, 20000, 1, ?, 60, 5000, 1.5)",
+        con.execute("INSERT INTO f VALUES (?, ?, 0, 5, 20000, 1, ?, 60, 5000, 1.5, 1.5)",
                     [a, n, ties])
     ev = {r["account_id"]: r["ev_g_coordination"] for r in
           evidence_frame(con, cfg, "f").to_dicts()}
@@ -138,6 +138,6 @@ def test_a_member_takes_coordination_as_far_as_it_is_tied_on_two_channels() -> N
     for a, (ties, n) in TIES.items():
         st = {"n": n, "distinct": n, "fu": 0.0, "first_ts": 20005 * day, "created": 20000 * day}
         group = {"g_attach": 1.0, "g_ties": float(ties), "g_size": 60.0,
-                 "g_requests": 5000.0, "g_coordination": 1.5}
+                 "g_requests": 5000.0, "g_coordination": 1.5, "g_coord_own": 1.5}
         contrib, _, _ = comp.fn(st, group)
         assert contrib[k] == pytest.approx(ev[a]), a

@@ -93,6 +93,11 @@ FEATURES: tuple[Feature, ...] = (
             " / count(DISTINCT prompt_hash)",
             "share of distinct prompts the learned elicitation model flags (signals.elicit_p "
             "at or above signals.elicit_model_threshold)", "{:.0%}"),
+    Feature("elicit_soft_rate", "count(DISTINCT CASE WHEN elicit_soft THEN prompt_hash END)"
+            " / count(DISTINCT prompt_hash)",
+            "share of distinct prompts the learned elicitation model scores at or above the "
+            "looser signals.elicit_soft_threshold (near misses of phrasings it never learnt)",
+            "{:.0%}"),
     Feature("n_elicit_model", "count(DISTINCT CASE WHEN elicit_model THEN prompt_hash END)",
             "distinct prompts the learned elicitation model flags (as n_elicit)", "{:,.0f}"),
     # An agent framework's scratchpad ("Thought: / Action:") lives in its system prompt.
@@ -195,6 +200,7 @@ def enriched_sql(cfg: Config, *, materialized: Mapping[str, str] | None = None,
     for name, table in (materialized or {}).items():
         ctes[name] = f"SELECT * FROM {table}"
     elicit_thr = float(cfg["signals"]["elicit_model_threshold"])
+    soft_thr = float(cfg["signals"]["elicit_soft_threshold"])
     scope = (f"\nWHERE r.account_id IN (SELECT account_id FROM {accounts})" if accounts
              else "")
     rid = "r.request_id, " if request_id else ""
@@ -206,6 +212,7 @@ SELECT {rid}r.account_id, r.ts, r.n_user_turns, r.context_chars, r.n_tools,
        r.prompt_hash,
        s.capability, s.cot_elicit, s.rubric_grading, s.censorship_safe, s.template_id,
        s.template_size, coalesce(s.elicit_p >= {elicit_thr!r}, false) AS elicit_model,
+       coalesce(s.elicit_p >= {soft_thr!r}, false) AS elicit_soft,
        coalesce(eu.user_p < {elicit_thr!r}, false) AS elicit_sys, sys_n.sys_key,
        epoch(r.ts) - lag(epoch(r.ts)) OVER (PARTITION BY r.account_id ORDER BY r.ts) AS gap_s,
        p.s0 IS NOT NULL AS in_pivot_window,

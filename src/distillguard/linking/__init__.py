@@ -8,7 +8,12 @@ import polars as pl
 
 from distillguard.config import Config
 from distillguard.linking.graph import build_edges, communities
-from distillguard.linking.groups import GROUP_COLUMNS, group_stats_sql, group_sync
+from distillguard.linking.groups import (
+    GROUP_COLUMNS,
+    group_stats_sql,
+    group_sync,
+    member_coordination_sql,
+)
 from distillguard.linking.keys import (
     account_keys_sql,
     content_config,
@@ -68,6 +73,8 @@ def write_groups(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, cfg: Config
     try:
         con.execute("CREATE OR REPLACE TABLE groups AS "
                     f"{group_stats_sql('_dg_keys', cfg, '_dg_sync')}")
+        con.execute("CREATE OR REPLACE TABLE group_members AS "
+                    f"{member_coordination_sql('_dg_keys', cfg)}")
     finally:
         con.unregister("_dg_keys")
         con.unregister("_dg_sync")

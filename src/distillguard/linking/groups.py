@@ -134,6 +134,74 @@ FROM g LEFT JOIN {sync or "(SELECT NULL::BIGINT AS community, NULL::DOUBLE AS g_
 """
 
 
+def member_coordination_sql(keys: str, cfg: Config) -> str:
+    """Per account in a community: ``g_coord_own``, the community's coordination counted
+    only on the channels the account itself takes part in.
+
+    ``g_coordination`` is the group's: a piece of ordinary accounts joined to a campaign's
+    community (a reseller's customers, tied to each other by the reseller's exits and its
+    app's prompt) is credited with the campaign's creation burst and rotating exits as much
+    as the campaign's own accounts are. Here each channel's share counts for a member only
+    where it takes part: it shares an address, /24 or card (infrastructure), a system prompt
+    or template (client) with another member, spreads over ``rotation_prefixes`` prefixes
+    itself (rotation), or was created inside the community's largest burst (the
+    ``created_days`` window after a day that starts one). The timing channel is the
+    community's for every member (its null is built per community). The same sum less the
+    largest and the same ``1 - g_cover_org`` as ``g_coordination``, so a member on every
+    channel has exactly its community's figure. Reads ``groups``, ``features``,
+    ``communities`` and the account keys ``keys``.
+    """
+    rot = int(cfg["linking"]["groups"]["rotation_prefixes"])
+    days = int(cfg["linking"]["conjunction"]["created_days"])
+    return f"""
+WITH m AS (
+  SELECT f.account_id, f.n_prefixes, f.created_day, c.community
+  FROM features f JOIN communities c USING (account_id) WHERE c.community >= 0
+),
+kc AS (
+  SELECT k.account_id, k.kind,
+         count(*) OVER (PARTITION BY c.community, k.kind, k.key) AS n_in
+  FROM {keys} k JOIN communities c ON k.account_id = c.account_id
+  WHERE c.community >= 0 AND k.kind IN ('ip', 'ip_prefix', 'payment', 'system', 'template')
+),
+part AS (
+  SELECT account_id,
+    max(CASE WHEN kind IN ('ip', 'ip_prefix', 'payment') THEN 1.0 ELSE 0.0 END) AS p_infra,
+    max(CASE WHEN kind IN ('system', 'template') THEN 1.0 ELSE 0.0 END) AS p_client
+  FROM kc WHERE n_in >= 2 GROUP BY account_id
+),
+near AS (
+  SELECT a.community, a.created_day AS d0, count(*) AS n_near
+  FROM m a JOIN m b ON a.community = b.community
+    AND b.created_day >= a.created_day AND b.created_day <= a.created_day + {days}
+  GROUP BY a.community, a.account_id, a.created_day
+),
+anchors AS (
+  SELECT DISTINCT community, d0 FROM near
+  QUALIFY n_near = max(n_near) OVER (PARTITION BY community) AND n_near >= 2
+),
+burst AS (
+  SELECT DISTINCT m.account_id FROM m JOIN anchors a ON m.community = a.community
+    AND m.created_day >= a.d0 AND m.created_day <= a.d0 + {days}
+),
+x AS (
+  SELECT m.account_id, g.g_cover_org,
+    g.g_cover_infra * coalesce(p.p_infra, 0.0) AS c_infra,
+    g.g_cover_client * coalesce(p.p_client, 0.0) AS c_client,
+    g.g_rotation * (CASE WHEN m.n_prefixes >= {rot} THEN 1.0 ELSE 0.0 END) AS c_rot,
+    g.g_burst * (CASE WHEN b.account_id IS NOT NULL THEN 1.0 ELSE 0.0 END) AS c_burst,
+    g.g_sync AS c_sync
+  FROM m JOIN groups g ON g.community = m.community
+  LEFT JOIN part p ON p.account_id = m.account_id
+  LEFT JOIN burst b ON b.account_id = m.account_id
+)
+SELECT account_id,
+  (c_infra + c_client + c_rot + c_burst + c_sync
+    - greatest(c_infra, c_client, c_rot, c_burst, c_sync)) * (1 - g_cover_org) AS g_coord_own
+FROM x
+"""
+
+
 def group_sync(tokens: pl.DataFrame, comm: pl.DataFrame, cfg: Config) -> pl.DataFrame:
     """Synchronized activity of each community, tested against its own members shifted in
     time.

@@ -27,6 +27,8 @@ cot_rate, rubric_rate,   distinct flagged prompts / distinct prompts: one distin
 censor_rate,             prompt hashes per flag (``cot_elicit``, ``rubric_grading``,
 elicit_model_rate        ``censorship_safe``, ``emodel`` for ``elicit_p`` >=
                          ``signals.elicit_model_threshold``); same value as batch
+elicit_soft_rate         as elicit_model_rate, set ``esoft`` for ``elicit_p`` >=
+                         ``signals.elicit_soft_threshold``; same value as batch
 n_elicit, n_elicit_model distinct prompts with any rule flag (set ``elicit``) / with the
                          learned flag (set ``emodel``)
 sys_elicit_rate          distinct learned-flag prompts whose user part alone scores below
@@ -67,8 +69,9 @@ template_top_share       APPROXIMATE: the account's most sent first-six-word or
                          window. Online is lower for an account sending a shared template
                          fewer than 5 times, and when paraphrases group only under MinHash.
 g_* group columns,       from the latest batch run loaded with :meth:`load_groups` (the
-g_attach, g_ties         account's community row of ``_score_in``); an account not in it gets
-                         NULL group columns, ``g_attach`` and ``g_ties`` 0 and ``g_size`` 1, so its group
+g_attach, g_ties,        account's community row of ``_score_in``); an account not in it gets
+g_coord_own              NULL group columns, ``g_attach``, ``g_ties`` and ``g_coord_own`` 0 and
+                         ``g_size`` 1, so its group
                          evidence is 0, as in batch for an account in no community
 partner_hits,            0: partner indicators are matched in batch only, so the ``partner``
 partner_confidence       evidence never contributes online
@@ -207,6 +210,7 @@ FEATURE_SRC: dict[str, str] = {
     "censor_rate": "st.get('d:censorship_safe', 0) / nd",
     "elicit_model_rate": "st.get('d:emodel', 0) / nd",
     "n_elicit": "float(st.get('d:elicit', 0))",
+    "elicit_soft_rate": "st.get('d:esoft', 0) / nd",
     "n_elicit_model": "float(st.get('d:emodel', 0))",
     "sys_elicit_rate": "st.get('d:emsys', 0) / nd",
     "n_system_prompts": "float(st.get('d:sysk', 0))",
@@ -248,7 +252,7 @@ _FUNCS = frozenset(("coalesce", "least", "greatest", "ln", "log", "exp", "sqrt",
 
 #: Per-account columns of the group context (how the account is tied into its community):
 #: 0 for an account in no community, never NULL.
-_ACCOUNT_G = ("g_attach", "g_ties")
+_ACCOUNT_G = ("g_attach", "g_ties", "g_coord_own")
 
 
 def _is_group(name: str) -> bool:
@@ -632,6 +636,7 @@ class OnlineScorer:
 
         self._elicit = default_model()
         self._elicit_thr = float(sig["elicit_model_threshold"])
+        self._elicit_soft = float(sig["elicit_soft_threshold"])
         sc, fc = self.cfg["scoring"], self.cfg["features"]
         self._min_req = float(sc["min_requests"])
         self.threshold = float(sc["threshold"])
@@ -847,6 +852,8 @@ class OnlineScorer:
         if flags:
             distinct["elicit"] = ph
         sk = system_key(req.system)
+        if elicit_p >= self._elicit_soft:
+            distinct["esoft"] = ph
         if elicit_p >= self._elicit_thr:
             distinct["emodel"] = ph
             # signals.elicit_user: is the hit the system prompt's alone?

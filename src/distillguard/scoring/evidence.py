@@ -51,12 +51,13 @@ att AS (
   FROM w_in
 )
 SELECT f.*, coalesce(c.community, -1) AS community, coalesce(att.g_attach, 0.0) AS g_attach,
-       coalesce(att.g_ties, 0.0) AS g_ties,
+       coalesce(att.g_ties, 0.0) AS g_ties, coalesce(gm.g_coord_own, 0.0) AS g_coord_own,
        g.* EXCLUDE (community, g_size), coalesce(g.g_size, 1) AS g_size
 FROM features f
 LEFT JOIN communities c USING (account_id)
 LEFT JOIN groups g ON g.community = c.community AND c.community >= 0
 LEFT JOIN att USING (account_id)
+LEFT JOIN group_members gm ON gm.account_id = f.account_id AND c.community >= 0
 """
 
 
