@@ -60,6 +60,39 @@ GROUP_COLUMNS = {
 }
 
 
+#: Key kinds of the infrastructure and client channels (shared with another member).
+_INFRA_KINDS = "('ip', 'ip_prefix', 'payment')"
+_CLIENT_KINDS = "('system', 'template')"
+
+
+def _shared_keys(keys: str) -> str:
+    """Per account key inside its community: how many of the community's accounts hold it
+    (``n_in``; >= 2 is a key shared with another member)."""
+    return f"""
+  SELECT k.account_id, c.community, k.kind,
+         count(*) OVER (PARTITION BY c.community, k.kind, k.key) AS n_in
+  FROM {keys} k JOIN communities c ON k.account_id = c.account_id
+  WHERE c.community >= 0 AND k.kind IN ('ip', 'ip_prefix', 'payment', 'system', 'template', 'org')"""
+
+
+def _created_near(days: int) -> str:
+    """Per member of ``m``: the members created within ``days`` after its own creation day
+    (``d0``, the day that starts the window; ``n_near`` counts the member itself)."""
+    return f"""
+  SELECT a.community, a.account_id, a.created_day AS d0, count(*) AS n_near
+  FROM m a JOIN m b ON a.community = b.community
+    AND b.created_day >= a.created_day AND b.created_day <= a.created_day + {days}
+  GROUP BY a.community, a.account_id, a.created_day"""
+
+
+def _beyond_strongest(infra: str, client: str, rot: str, burst: str, sync: str,
+                      org: str) -> str:
+    """The coordination figure: the channels summed less the strongest (which the group's
+    own reason to exist explains), none for a declared organisation."""
+    return (f"({infra} + {client} + {rot} + {burst} + {sync}\n"
+            f"    - greatest({infra}, {client}, {rot}, {burst}, {sync})) * (1 - {org})")
+
+
 def group_stats_sql(keys: str, cfg: Config, sync: str | None = None) -> str:
     """One row per community (``community >= 0``) with every ``GROUP_COLUMNS`` column.
 
@@ -77,6 +110,8 @@ def group_stats_sql(keys: str, cfg: Config, sync: str | None = None) -> str:
                                       if it["name"] == "elicit_model"), "elicit_model_rate")
     pooled = ",\n    ".join(
         f"sum(n_requests * coalesce({rate[c]}, 0)) / sum(n_requests) AS g_{c}" for c in POOLED)
+    coordination = _beyond_strongest("g_cover_infra", "g_cover_client", "g_rotation",
+                                     "g_burst", "coalesce(sy.g_sync, 0.0)", "g_cover_org")
     return f"""
 WITH m AS (
   SELECT f.*, c.community FROM features f JOIN communities c USING (account_id)
@@ -93,29 +128,19 @@ base AS (
     avg(CASE WHEN n_prefixes >= {rot} THEN 1.0 ELSE 0.0 END) AS g_rotation
   FROM m GROUP BY community
 ),
-kc AS (
-  SELECT k.account_id, c.community, k.kind,
-         count(*) OVER (PARTITION BY c.community, k.kind, k.key) AS n_in
-  FROM {keys} k JOIN communities c ON k.account_id = c.account_id
-  WHERE c.community >= 0 AND k.kind IN ('ip', 'ip_prefix', 'payment', 'system', 'template', 'org')
+kc AS ({_shared_keys(keys)}
 ),
 cover AS (
   SELECT community,
-    count(DISTINCT CASE WHEN kind IN ('ip', 'ip_prefix', 'payment') THEN account_id END)
-      AS n_infra,
+    count(DISTINCT CASE WHEN kind IN {_INFRA_KINDS} THEN account_id END) AS n_infra,
     count(DISTINCT CASE WHEN kind = 'payment' THEN account_id END) AS n_card,
-    count(DISTINCT CASE WHEN kind IN ('system', 'template') THEN account_id END) AS n_client,
+    count(DISTINCT CASE WHEN kind IN {_CLIENT_KINDS} THEN account_id END) AS n_client,
     count(DISTINCT CASE WHEN kind = 'org' THEN account_id END) AS n_org
   FROM kc WHERE n_in >= 2 GROUP BY community
 ),
-burst AS (
-  SELECT x.community, max(x.n_near) AS n_burst FROM (
-    SELECT a.community, a.account_id, count(*) AS n_near
-    FROM m a JOIN m b ON a.community = b.community
-      AND b.created_day >= a.created_day AND b.created_day <= a.created_day + {days}
-    GROUP BY a.community, a.account_id) x
-  GROUP BY x.community
+near AS ({_created_near(days)}
 ),
+burst AS (SELECT community, max(n_near) AS n_burst FROM near GROUP BY community),
 g AS (
   SELECT base.*,
     coalesce(cover.n_infra, 0) / g_size AS g_cover_infra,
@@ -127,9 +152,7 @@ g AS (
   FROM base LEFT JOIN cover USING (community) LEFT JOIN burst USING (community)
 )
 SELECT g.*, coalesce(sy.g_sync_z, 0.0) AS g_sync_z, coalesce(sy.g_sync, 0.0) AS g_sync,
-  (g_cover_infra + g_cover_client + g_rotation + g_burst + coalesce(sy.g_sync, 0.0)
-    - greatest(g_cover_infra, g_cover_client, g_rotation, g_burst, coalesce(sy.g_sync, 0.0)))
-    * (1 - g_cover_org) AS g_coordination
+  {coordination} AS g_coordination
 FROM g LEFT JOIN {sync or "(SELECT NULL::BIGINT AS community, NULL::DOUBLE AS g_sync_z, NULL::DOUBLE AS g_sync WHERE false)"} sy USING (community)
 """
 
@@ -153,28 +176,21 @@ def member_coordination_sql(keys: str, cfg: Config) -> str:
     """
     rot = int(cfg["linking"]["groups"]["rotation_prefixes"])
     days = int(cfg["linking"]["conjunction"]["created_days"])
+    own = _beyond_strongest("c_infra", "c_client", "c_rot", "c_burst", "c_sync", "g_cover_org")
     return f"""
 WITH m AS (
   SELECT f.account_id, f.n_prefixes, f.created_day, c.community
   FROM features f JOIN communities c USING (account_id) WHERE c.community >= 0
 ),
-kc AS (
-  SELECT k.account_id, k.kind,
-         count(*) OVER (PARTITION BY c.community, k.kind, k.key) AS n_in
-  FROM {keys} k JOIN communities c ON k.account_id = c.account_id
-  WHERE c.community >= 0 AND k.kind IN ('ip', 'ip_prefix', 'payment', 'system', 'template')
+kc AS ({_shared_keys(keys)}
 ),
 part AS (
   SELECT account_id,
-    max(CASE WHEN kind IN ('ip', 'ip_prefix', 'payment') THEN 1.0 ELSE 0.0 END) AS p_infra,
-    max(CASE WHEN kind IN ('system', 'template') THEN 1.0 ELSE 0.0 END) AS p_client
+    max(CASE WHEN kind IN {_INFRA_KINDS} THEN 1.0 ELSE 0.0 END) AS p_infra,
+    max(CASE WHEN kind IN {_CLIENT_KINDS} THEN 1.0 ELSE 0.0 END) AS p_client
   FROM kc WHERE n_in >= 2 GROUP BY account_id
 ),
-near AS (
-  SELECT a.community, a.created_day AS d0, count(*) AS n_near
-  FROM m a JOIN m b ON a.community = b.community
-    AND b.created_day >= a.created_day AND b.created_day <= a.created_day + {days}
-  GROUP BY a.community, a.account_id, a.created_day
+near AS ({_created_near(days)}
 ),
 anchors AS (
   SELECT DISTINCT community, d0 FROM near
@@ -195,9 +211,7 @@ x AS (
   LEFT JOIN part p ON p.account_id = m.account_id
   LEFT JOIN burst b ON b.account_id = m.account_id
 )
-SELECT account_id,
-  (c_infra + c_client + c_rot + c_burst + c_sync
-    - greatest(c_infra, c_client, c_rot, c_burst, c_sync)) * (1 - g_cover_org) AS g_coord_own
+SELECT account_id, {own} AS g_coord_own
 FROM x
 """
 
