@@ -714,8 +714,9 @@ class OnlineScorer:
         ``source`` is a results folder of ``distillguard detect`` (``groups.parquet`` and
         ``calibration.json``, see :func:`write_batch_context`), the ``groups.parquet`` path
         itself, a batch store connection after :func:`distillguard.api.analyse`, or a frame
-        with ``account_id``, ``g_attach``, ``g_ties`` and the ``g_*`` columns. Accounts absent from it
-        get no group evidence. With ``calibration`` the batch run's calibration
+        with ``account_id``, the per-account columns ``g_attach``, ``g_ties`` and
+        ``g_coord_own`` and the ``g_*`` columns. Accounts absent from it get no group
+        evidence. With ``calibration`` the batch run's calibration
         (``calibration_used``) replaces the scorer's, unless a calibrator was given.
         """
         import polars as pl
@@ -738,7 +739,7 @@ class OnlineScorer:
                 from exc
         cols = [c for c in frame.columns if c.startswith("g_") or c == "community"]
         if "account_id" not in frame.columns or not set(_ACCOUNT_G) <= set(cols):
-            # a context without g_ties (written before it existed) would silently take all
+            # a context written before g_ties or g_coord_own existed would silently take all
             # coordination away from every member: ask for a fresh batch run instead
             raise RespondError(f"{where}: group context needs account_id, "
                                f"{', '.join(_ACCOUNT_G)} and g_* (re-run detect)")
