@@ -17,7 +17,7 @@ from distillguard.scoring.fit import with_overlay
 def test_terms_expand_in_every_expression(tmp_path) -> None:
     cfg = load_config()
     terms = cfg["scoring"]["terms"]
-    assert {"group_gate", "member_take", "elicit_user_rate"} <= set(terms)
+    assert {"member_tie", "member_gate", "member_take", "elicit_user_rate"} <= set(terms)
     # a term named like a column would shadow it everywhere
     assert not set(terms) & (set(ALL_FEATURES) | set(GROUP_COLUMNS))
     for it in cfg["scoring"]["evidence"]:
@@ -25,7 +25,10 @@ def test_terms_expand_in_every_expression(tmp_path) -> None:
             for name in terms:
                 assert name not in str(it.get(key) or ""), (it["name"], key, name)
     items = {it["name"]: it for it in cfg["scoring"]["evidence"]}
-    assert terms["group_gate"] in items["g_harvest"]["expr"]
+    # the content gate is the member's own coordination, not its community's
+    assert "g_coord_own" in items["g_harvest"]["expr"]
+    assert "g_coordination" not in items["g_harvest"]["expr"]
+    assert terms["member_tie"] in items["g_coordination"]["expr"]
     assert items["elicit_model"]["support"].startswith(f"({terms['elicit_user_rate']})")
 
     # a user config replaces a term; a later term may use an earlier one; text is literal
@@ -139,5 +142,49 @@ def test_a_member_takes_coordination_as_far_as_it_is_tied_on_two_channels() -> N
         st = {"n": n, "distinct": n, "fu": 0.0, "first_ts": 20005 * day, "created": 20000 * day}
         group = {"g_attach": 1.0, "g_ties": float(ties), "g_size": 60.0,
                  "g_requests": 5000.0, "g_coordination": 1.5, "g_coord_own": 1.5}
+        contrib, _, _ = comp.fn(st, group)
+        assert contrib[k] == pytest.approx(ev[a]), a
+
+
+#: (g_coord_own, g_ties) of members of one community coordinated as a whole (1.5)
+OWN = {"in_every_channel": (1.5, 10), "no_channel_of_its_own": (0.0, 0),
+       "tied_but_on_no_channel": (0.0, 10), "one_channel_one_tie": (0.5, 1)}
+
+
+def test_a_member_takes_its_groups_content_as_far_as_it_is_itself_coordinated() -> None:
+    """A community's pooled content (here: what share of its prompts elicit) passes to a
+    member through the member's own coordination (``member_gate``: its own channels and its
+    multi-channel ties), not the community's: a fast adopter joined to a campaign's community
+    by one shared client key takes none of the campaign's elicitation. The online scorer
+    computes the same contributions as batch."""
+    base = load_config()
+    items = [it for it in base["scoring"]["evidence"]
+             if it["name"] in ("g_elicit", "conversational")]
+    cfg = with_overlay(base, {"scoring": {"evidence": items}})
+    weights = [item_weight(base, it) for it in items]
+    k = [it["name"] for it in items].index("g_elicit")
+    con = duckdb.connect()
+    con.execute("CREATE TABLE f (account_id VARCHAR, n_requests DOUBLE, followup_share DOUBLE,"
+                " account_age_days DOUBLE, created_day DOUBLE, g_attach DOUBLE, g_ties DOUBLE,"
+                " g_size DOUBLE, g_requests DOUBLE, g_coordination DOUBLE, g_coord_own DOUBLE,"
+                " g_cot_rate DOUBLE, g_rubric_rate DOUBLE, g_censor_rate DOUBLE,"
+                " g_elicit_model_rate DOUBLE)")
+    for a, (own, ties) in OWN.items():
+        con.execute("INSERT INTO f VALUES (?, 100, 0, 5, 20000, 1, ?, 60, 5000, 1.5, ?,"
+                    " 0.5, 0, 0, 0.5)", [a, ties, own])
+    ev = {r["account_id"]: r["ev_g_elicit"] for r in evidence_frame(con, cfg, "f").to_dicts()}
+    assert ev["in_every_channel"] == pytest.approx(weights[k])
+    assert ev["no_channel_of_its_own"] == 0.0
+    assert ev["tied_but_on_no_channel"] == 0.0
+    # gate 2 * 0.5 * 1 * (1 / 3) = 1/3 of a pooled rate of 1.0, on the 0.05..0.4 ramp
+    assert ev["one_channel_one_tie"] == pytest.approx(weights[k] * (1 / 3 - 0.05) / 0.35)
+    comp = compile_evidence(items, weights, 20, 3)
+    day = 86400.0
+    for a, (own, ties) in OWN.items():
+        st = {"n": 100, "distinct": 100, "fu": 0.0, "first_ts": 20005 * day,
+              "created": 20000 * day}
+        group = {"g_attach": 1.0, "g_ties": float(ties), "g_size": 60.0, "g_requests": 5000.0,
+                 "g_coordination": 1.5, "g_coord_own": own, "g_cot_rate": 0.5,
+                 "g_rubric_rate": 0.0, "g_censor_rate": 0.0, "g_elicit_model_rate": 0.5}
         contrib, _, _ = comp.fn(st, group)
         assert contrib[k] == pytest.approx(ev[a]), a
