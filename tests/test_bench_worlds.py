@@ -94,7 +94,7 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
     with pytest.raises(ValueError):
         lowo_worlds(tmp_path / "one", n_worlds=4, n_tune=1, size="ci")
     res = lowo_worlds(tmp_path, n_worlds=8, worlds_seed=5, size="ci", jobs=1,
-                      windows=(12, 100_000), dump_scores=True)
+                      windows=(12, 100_000), dump_scores=True, replay=True)
     assert res["n_tune"] == 2 and len(res["rows"]) == 2
     names = [r["world_id"] for r in res["rows"]]
     # the tune worlds a bench of the same draw fits on, nothing of the report side
@@ -146,19 +146,48 @@ def test_lowo_scores_each_tune_world_with_what_the_others_fitted(tmp_path):
     assert sm["windows"][1]["fp"] == sm["fp"] and sm["windows"][1]["tp"] == sm["tp"]
     assert json.loads((tmp_path / "lowo.json").read_text())["summary"] == json.loads(
         json.dumps(sm))
+    # the online replay of each held-out world, at a margin the other world's replay fit
+    on = sm["online"]
+    assert [w["world_id"] for w in on["worlds"]] == names
+    assert on["n_legit"] == sum(r["n_legit"] for r in res["rows"])
+    assert on["legit_alerted"] == sum(on["legit_alerted_by_kind"].values()) == sum(
+        w["legit_alerted"] for w in on["worlds"])
+    assert on["n_campaigns"] == n_camp
+    assert 0 <= on["campaigns_before_5%"] <= on["campaigns_alerted"] <= n_camp
+    assert all(w["margin"] >= 0.0 for w in on["worlds"])
+
+
+def test_online_at_margin_reads_any_margin_from_one_replay():
+    """A legitimate account alerts at margin m iff its peak excess reaches m; a campaign's
+    first alert is its first new high of excess at or above m, and the share of its
+    requests served before that one is what counts."""
+    from distillguard.bench.worlds import online_at_margin
+
+    online = {"peaks": [-1.0, 0.2, 0.9, 1.5], "kinds": ["a", "a", "b", "b"],
+              "campaigns": {"c1": {"excess": [-0.5, 0.3, 1.2], "share_before": [0.0, 0.02, 0.4]},
+                            "c2": {"excess": [], "share_before": []}}}
+    got = online_at_margin(online, 0.0)
+    assert got["legit_alerted_by_kind"] == {"b": 2, "a": 1}
+    assert (got["campaigns_alerted"], got["campaigns_before_5%"]) == (1, 1)
+    assert got["worst_share_before"] == 1.0                    # c2 never alerted
+    got = online_at_margin(online, 1.0)
+    assert got["legit_alerted"] == 1 and got["campaigns_before_5%"] == 0
+    assert got["campaigns_alerted"] == 1                        # c1 at 40% of its requests
+    assert online_at_margin(online, 2.0)["campaigns_alerted"] == 0
 
 
 def test_lowo_command_writes_the_table_json_and_dumps(tmp_path):
-    """`distillguard bench --lowo --dump-scores` end to end through the CLI."""
+    """`distillguard bench --lowo --dump-scores --online` end to end through the CLI."""
     from typer.testing import CliRunner
 
     from distillguard.cli import app
 
     res = CliRunner().invoke(app, ["bench", "--worlds", "8", "--world-size", "ci", "--lowo",
                                    "--worlds-seed", "5", "--jobs", "1", "--dump-scores",
-                                   "--out", str(tmp_path)])
+                                   "--online", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "tune worlds, each held out once" in res.output
+    assert "online replay of each held-out world" in res.output
     rows = json.loads((tmp_path / "lowo.json").read_text())["rows"]
     assert sorted(p.stem for p in (tmp_path / "scores").glob("*.parquet")) == sorted(
         r["world_id"] for r in rows)

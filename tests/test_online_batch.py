@@ -26,6 +26,7 @@ ask for more evidence than batch on purpose (it looks after every request), test
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import orjson
 import polars as pl
@@ -70,7 +71,7 @@ def run(request, tmp_path_factory):
     sim = simulate(tmp / "traffic", scenario=scenario, seed=seed)
     batch = api.detect(sim.logs, tmp / "results", db=None)
     summary = replay(sim.logs, tmp / "replay", groups=tmp / "results", config=NO_MARGIN,
-                     campaigns=tmp / "results" / "campaigns.json")
+                     campaigns=tmp / "results" / "campaigns.json", excess_records=True)
     online = pl.read_csv(tmp / "replay" / "online_accounts.csv",
                          schema_overrides={"campaign_id": pl.Utf8})
     both = batch.accounts.join(
@@ -238,6 +239,33 @@ def test_peak_excess_is_what_the_margin_is_fitted_on(run):
                      on="account_id")["peak_excess"]
     m = online_margin_for(legit.to_numpy(), 0.0)
     assert (legit < m).all() and m >= 0.0
+
+
+def test_excess_records_say_when_each_margin_would_alert(run):
+    """``excess_records``: an account's rows are its new highs of raw evidence over the
+    threshold, in time order; the last is its peak excess during the stream, and the first
+    at or above 0 is the request at which it first reached the threshold (the first alert
+    at a score of 0.5 or more in ``alerts.jsonl``): at margin m, the first row >= m."""
+    _, _, _, _, tmp, _ = run
+    rec = pl.read_parquet(tmp / "replay" / "excess_records.parquet")
+    acc = pl.read_csv(tmp / "replay" / "online_accounts.csv")
+    assert set(rec["account_id"]) == set(acc["account_id"])
+    steps = rec.group_by("account_id", maintain_order=True).agg(
+        (pl.col("ts").diff() >= 0).all().alias("ts_up"),
+        (pl.col("excess").diff() > 0).all().alias("ex_up"), pl.col("excess").max())
+    assert steps["ts_up"].all() and steps["ex_up"].all()
+    peak = steps.join(acc.select("account_id", "peak_excess"), on="account_id")
+    assert (peak["excess"] <= peak["peak_excess"] + 1e-6).all()
+    first = {}
+    for line in (tmp / "replay" / "alerts.jsonl").read_bytes().splitlines():
+        a = orjson.loads(line)
+        if a["score"] >= 0.5 and a["account_id"] not in first:
+            first[a["account_id"]] = a["ts"]
+    crossed = (rec.filter(pl.col("excess") >= 0).group_by("account_id").agg(pl.col("ts").min()))
+    assert crossed.height == len(first) > 0
+    for acct, ts in crossed.iter_rows():
+        got = first[acct].replace("Z", "+00:00")
+        assert abs(datetime.fromisoformat(got).timestamp() - ts) < 1e-3, acct
 
 
 def test_online_margin_asks_for_more_evidence() -> None:

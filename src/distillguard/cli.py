@@ -292,6 +292,10 @@ def bench(
         "--dump-scores", help="With --lowo: write every held-out world's accounts with "
         "score, reasons, label, each evidence item's contribution, features and link "
         "community to OUT/scores/WORLD.parquet")] = False,
+    online: Annotated[bool, typer.Option(
+        "--online", help="With --lowo: also replay each held-out world through the online "
+        "scorer and report, at the margin the other worlds' replays fit, the legitimate "
+        "accounts ever alerted and the campaigns alerted early")] = False,
 ) -> None:
     """Benchmark distillguard and published baselines on simulated traffic."""
     from distillguard.bench import run as br
@@ -307,7 +311,7 @@ def bench(
         except ValueError:
             _fail(ValueError(f"--windows: hours separated by commas, not {windows!r}"))
         _lowo_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
-                     timing, jobs, tune_worlds, hours, dump_scores)
+                     timing, jobs, tune_worlds, hours, dump_scores, online)
         return
     if worlds is not None:
         _bench_worlds(out, worlds, worlds_seed, world_size, legit_corpus, distill_corpus,
@@ -447,7 +451,7 @@ def _bench_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: 
 
 def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: Any,
                  timing: Any, jobs: int, n_tune: int | None, windows: list[float],
-                 dump_scores: bool = False) -> None:
+                 dump_scores: bool = False, online: bool = False) -> None:
     from distillguard.bench.worlds import lowo_worlds
 
     try:
@@ -455,7 +459,7 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
             res = lowo_worlds(out, n_worlds=n, worlds_seed=seed, n_tune=n_tune, size=size,
                               legit=legit or None, distill=distill or None,
                               timing=timing or None, jobs=jobs, windows=windows,
-                              progress=prog, dump_scores=dump_scores)
+                              progress=prog, dump_scores=dump_scores, replay=online)
     except (DistillguardError, ValueError) as exc:
         _fail(exc)
     t = Table(title=f"{res['n_tune']} tune worlds, each held out once")
@@ -505,6 +509,22 @@ def _lowo_worlds(out: Path, n: int, seed: int, size: str, legit: Any, distill: A
                        f"{w['n_distill']:,}", f3(w["recall"]),
                        ", ".join(f"{k} {v}" for k, v in w["fp_by_kind"].items()))
         console.print(wt)
+    if sm["online"]:
+        on = sm["online"]
+        ot = Table(title="online replay of each held-out world, at the margin the others fit")
+        for col in ("world", "margin", "legitimate ever alerted", "campaigns alerted",
+                    "before 5% of their requests", "legitimate alerted by kind"):
+            ot.add_column(col)
+        for w in on["worlds"]:
+            ot.add_row(w["world_id"], f"{w['margin']:.2f}", str(w["legit_alerted"]),
+                       f"{w['campaigns_alerted']} of {w['n_campaigns']}",
+                       str(w["campaigns_before_5%"]),
+                       ", ".join(f"{k} {v}" for k, v in w["legit_alerted_by_kind"].items()))
+        ot.add_row("total", "", f"{on['legit_alerted']} of {on['n_legit']:,}",
+                   f"{on['campaigns_alerted']} of {on['n_campaigns']}",
+                   str(on["campaigns_before_5%"]),
+                   ", ".join(f"{k} {v}" for k, v in on["legit_alerted_by_kind"].items()))
+        console.print(ot)
     console.print(f"results: {out / 'lowo.json'} ({res['seconds']:.0f} s)")
 
 

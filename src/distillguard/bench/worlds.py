@@ -760,12 +760,13 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
     from distillguard.scoring import calibration_used
     from distillguard.scoring.fit import with_overlay
 
-    d, over, cfg, threads, windows, dump = args
+    d, over, cfg, threads, windows, dump, replay = args
     if threads:
         os.environ["DISTILLGUARD_THREADS"] = str(threads)
     labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
     cfg = with_overlay(cfg, over)
-    con = _store(sorted((d / "logs").glob("requests-*.jsonl.gz")), cfg)
+    logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
+    con = _store(logs, cfg)
     try:
         scores, _ = analyse(con, cfg)
         calib = calibration_used(con)
@@ -774,8 +775,10 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             _dump_scores(con, cfg, scores, labels, dump / f"{d.name}.parquet")
         t0 = con.execute("SELECT epoch(min(ts)) FROM requests").fetchall()[0][0]
         part = [_window_row(con, cfg, labels, t0, h) for h in windows]
+        camp_t = (_campaign_times(con, labels) if replay else None)
     finally:
         con.close()
+    online = _replay_excess(logs, labels, cfg, camp_t) if replay else None
     m = evaluate(labels, scores.select("account_id", "score", "flagged", "campaign_id"))
     spec = json.loads((d / "world.json").read_text())
     return {"world_id": d.name, "fitted_on": over["scoring"]["calibration"]["fitted_on"],
@@ -794,7 +797,77 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
             # a giant community mixing campaigns and legitimate users shows here first
             "largest_community": comm["largest"], "largest_mix": comm["largest_mix"],
             "min_reported_purity": min((c["purity"] for c in reported_purity(
-                labels, scores.select("account_id", "campaign_id"))), default=None)}
+                labels, scores.select("account_id", "campaign_id"))), default=None),
+            "online": online}
+
+
+def _campaign_times(con: Any, labels: pl.DataFrame) -> dict[str, np.ndarray]:
+    """campaign id -> its requests' times (epoch s), sorted."""
+    lab = labels.filter(pl.col("label") == "distill").select("account_id", "campaign_id")
+    con.register("_dg_lab", lab.to_arrow())
+    try:
+        df = con.sql("SELECT l.campaign_id, epoch(r.ts) AS t FROM requests r "
+                     "JOIN _dg_lab l USING (account_id)").pl()
+    finally:
+        con.unregister("_dg_lab")
+    return {str(c): np.sort(g["t"].to_numpy()) for (c,), g in df.group_by("campaign_id")}
+
+
+def _replay_excess(logs: list[Path], labels: pl.DataFrame, cfg: Config,
+                   camp_t: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Replay a held-out world through the online scorer at its fold's weights and no
+    margin (with the batch refreshes a report world's replay has), and keep what any
+    margin's outcome can be read from: each legitimate account's peak excess with its kind,
+    and per campaign the running maximum of its accounts' excess at each new high with the
+    share of its requests served before that moment (``respond.online.replay``,
+    ``excess_records``)."""
+    import tempfile
+
+    from distillguard.bench.ttd import REFRESH_HOURS
+    from distillguard.respond.online import replay
+    from distillguard.scoring.fit import with_overlay
+
+    c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
+    with tempfile.TemporaryDirectory(prefix="dg-lowo-replay-") as tmp:
+        replay(logs, tmp, config=c0, refresh_hours=REFRESH_HOURS, excess_records=True)
+        acc = pl.read_csv(Path(tmp) / "online_accounts.csv",
+                          columns=["account_id", "peak_excess"])
+        rec = pl.read_parquet(Path(tmp) / "excess_records.parquet")
+    legit = labels.filter(pl.col("label") != "distill").select("account_id", "kind")
+    peaks = acc.join(legit, on="account_id")
+    lab = labels.filter(pl.col("label") == "distill").select("account_id", "campaign_id")
+    curves = {}
+    for (cid,), g in rec.join(lab, on="account_id").sort("ts").group_by(
+            "campaign_id", maintain_order=True):
+        t = camp_t.get(str(cid))
+        if t is None or not len(t):
+            continue
+        curves[str(cid)] = {"excess": np.maximum.accumulate(g["excess"].to_numpy()).tolist(),
+                            "share_before": (np.searchsorted(t, g["ts"].to_numpy(), "left")
+                                             / len(t)).tolist()}
+    for cid in camp_t:
+        curves.setdefault(str(cid), {"excess": [], "share_before": []})
+    return {"peaks": peaks["peak_excess"].to_list(), "kinds": peaks["kind"].to_list(),
+            "campaigns": curves}
+
+
+def online_at_margin(online: dict[str, Any], margin: float) -> dict[str, Any]:
+    """What a held-out world's replay (:func:`_replay_excess`) gives at an online margin:
+    legitimate accounts ever alerted (by kind), and per campaign the share of its requests
+    served before its first alert (1.0 when never alerted)."""
+    kinds: dict[str, int] = {}
+    for p, k in zip(online["peaks"], online["kinds"], strict=True):
+        if p >= margin:
+            kinds[k] = kinds.get(k, 0) + 1
+    shares = []
+    for c in online["campaigns"].values():
+        ex = np.asarray(c["excess"])
+        hit = np.flatnonzero(ex >= margin)
+        shares.append(float(c["share_before"][hit[0]]) if hit.size else 1.0)
+    return {"legit_alerted": sum(kinds.values()), "legit_alerted_by_kind": _sum_kinds(kinds),
+            "n_campaigns": len(shares), "campaigns_alerted": sum(x < 1.0 for x in shares),
+            "campaigns_before_5%": sum(x < 0.05 for x in shares),
+            "worst_share_before": max(shares) if shares else None}
 
 
 def _dump_scores(con: Any, cfg: Config, scores: pl.DataFrame, labels: pl.DataFrame,
@@ -863,11 +936,17 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                 n_tune: int | None = None, size: str = "bench", legit: Any = None,
                 distill: Any = None, timing: Any = None, jobs: int = 1,
                 windows: Sequence[float] = (), config: Config | None = None,
-                progress: Progress | None = None, dump_scores: bool = False
-                ) -> dict[str, Any]:
+                progress: Progress | None = None, dump_scores: bool = False,
+                replay: bool = False) -> dict[str, Any]:
     """Leave one tune world out: for each of the bench's tune worlds, fit the evidence
     weights and calibration on the *other* tune worlds (as :func:`fit_tune`, without the
     online margin) and score the held-out one as a report world is scored.
+
+    ``replay``: also replay each held-out world through the online scorer at its fold's
+    weights, fit the online margin on the *other* worlds' replays (each at its own fold's
+    weights, ``scoring.online_target_fpr``, as :func:`fit_online_margin` does on the tune
+    worlds) and report at that margin the legitimate accounts ever alerted, by kind, and
+    the campaigns alerted and alerted before 5% of their requests (summary ``online``).
 
     ``windows`` (hours): also score each held-out world's first that many hours alone, as a
     deployment running detection daily sees the week; the summary's ``windows`` pools the
@@ -900,9 +979,11 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         names = ", ".join(dirs[k].name for k in rest)
         held.append((d, overlay(fw, cal, f"tune worlds {names} (held out: {d.name})"), cfg,
                      threads, tuple(float(h) for h in windows),
-                     out / "scores" if dump_scores else None))
+                     out / "scores" if dump_scores else None, replay))
     rows = map_worlds(_lowo_job, held, jobs)
     tick(n_tune)
+    online = _lowo_online(rows, float(cfg["scoring"].get("online_target_fpr", 0.002))
+                          ) if replay else None
 
     def mean(key: str) -> float | None:
         vals = [r[key] for r in rows if _fin(r[key]) is not None]
@@ -928,9 +1009,11 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
                "flagged_fpr": (sum(r["fp"] for r in rows)
                                / max(sum(r["n_legit"] for r in rows), 1)),
                "flagged_fpr_worst": max(r["flagged_fpr"] for r in rows),
-               "fp_by_kind": _sum_kinds(*(r["fp_by_kind"] for r in rows))}
+               "fp_by_kind": _sum_kinds(*(r["fp_by_kind"] for r in rows)),
+               "online": online}
     for r in rows:
         del r["spec"], r["detectors"]
+        r.pop("online", None)
     result = {"worlds_seed": worlds_seed, "size": size, "n_tune": n_tune,
               "config_version": cfg.version, "rows": rows, "summary": summary,
               "archetypes": archetype_table(camp),
@@ -940,6 +1023,25 @@ def lowo_worlds(out_dir: str | Path, *, n_worlds: int = 16, worlds_seed: int = 0
         pl.DataFrame(camp, infer_schema_length=None).write_csv(out / "campaigns.csv")
     (out / "lowo.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _lowo_online(rows: list[dict[str, Any]], target_fpr: float) -> dict[str, Any]:
+    """Each held-out world's replay at the margin the other worlds' replays fit; pooled."""
+    from distillguard.scoring.fit import online_margin_for
+
+    per = []
+    for i, r in enumerate(rows):
+        others = [p for k, o in enumerate(rows) if k != i for p in o["online"]["peaks"]]
+        margin = online_margin_for(others, target_fpr)
+        per.append({"world_id": r["world_id"], "margin": margin,
+                    **online_at_margin(r["online"], margin)})
+    return {"legit_alerted": sum(p["legit_alerted"] for p in per),
+            "n_legit": sum(len(r["online"]["peaks"]) for r in rows),
+            "legit_alerted_by_kind": _sum_kinds(*(p["legit_alerted_by_kind"] for p in per)),
+            "n_campaigns": sum(p["n_campaigns"] for p in per),
+            "campaigns_alerted": sum(p["campaigns_alerted"] for p in per),
+            "campaigns_before_5%": sum(p["campaigns_before_5%"] for p in per),
+            "worlds": per}
 
 
 def fit_worlds(out_dir: str | Path, *, n_worlds: int = 8, worlds_seed: int = 1,

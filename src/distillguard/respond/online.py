@@ -1434,7 +1434,8 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
            policy: Policy | None = None, scorer: OnlineScorer | None = None,
            config: Config | None = None,
            campaigns: Sequence[Mapping[str, Any]] | str | Path | None = None,
-           groups: Any = None, refresh_hours: float | None = None) -> dict[str, Any]:
+           groups: Any = None, refresh_hours: float | None = None,
+           excess_records: bool = False) -> dict[str, Any]:
     """Score logs as if they arrived live; write ``alerts.jsonl`` and ``online_accounts.csv``.
 
     Each ``alerts.jsonl`` line is ``{ts, account_id, campaign_id, score, action, reasons}``
@@ -1450,6 +1451,12 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     the first request) the batch pipeline runs on the requests replayed so far and the
     scorer loads its groups, calibration and campaigns (:class:`BatchRefresh`); the
     summary's ``refresh`` lists each run and its cost.
+
+    ``excess_records``: also write ``excess_records.parquet`` (account_id, ts, excess), one
+    row each time an account's raw evidence over the threshold in use (before the online
+    margin) reaches a new high. An account alerts at margin m at the first of its rows with
+    excess >= m, so one replay without margin answers for every margin (the leave-one-out
+    bench fits the margin on other worlds afterwards).
 
     Returns a summary: requests, accounts, alerts, accounts per final action, accounts
     flagged at the end (``flagged``), ``transient`` accounts whose score crossed the
@@ -1480,6 +1487,9 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
     # raw evidence over the flag threshold in use at the time, before the online margin:
     # what `distillguard fit` needs to choose the margin (see online_margin_for)
     excess: dict[str, float] = {}
+    rec_acct: list[str] = []
+    rec_ts: list[float] = []
+    rec_ex: list[float] = []
     n_req = n_alerts = 0
     refresh = None
     step = float(refresh_hours) * 3600 if refresh_hours else None
@@ -1516,6 +1526,10 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                 ex = s.final_raw - cal.raw_threshold_ - cal.raw_scale_ * logit_thr
                 if ex > excess.get(acct, -math.inf):
                     excess[acct] = ex
+                    if excess_records:
+                        rec_acct.append(acct)
+                        rec_ts.append(ts)
+                        rec_ex.append(ex)
                 d = decide(policy, scorer, s, acct, ts)
                 final[acct] = d.action
                 sev = sev_of[d.action]
@@ -1547,6 +1561,12 @@ def replay(logs: list[str | Path] | str | Path, out_dir: str | Path, *,
                         scorer.campaigns.get(acct, ""), f"{e.raw:.6f}", f"{e.final_raw:.6f}",
                         e.n_requests, f"{max(peak[acct], e.score):.6f}",
                         f"{ex:.6f}", "; ".join(e.reasons)])
+    if excess_records:
+        import polars as pl
+
+        pl.DataFrame({"account_id": rec_acct, "ts": rec_ts, "excess": rec_ex},
+                     schema={"account_id": pl.Utf8, "ts": pl.Float64, "excess": pl.Float64}
+                     ).write_parquet(out / "excess_records.parquet")
     by_action: dict[str, int] = {}
     for a in final.values():
         by_action[a] = by_action.get(a, 0) + 1
