@@ -29,7 +29,11 @@ def test_terms_expand_in_every_expression(tmp_path) -> None:
     assert "g_coord_own" in items["g_harvest"]["expr"]
     assert "g_coordination" not in items["g_harvest"]["expr"]
     assert terms["member_tie"] in items["g_coordination"]["expr"]
-    assert items["elicit_model"]["support"].startswith(f"({terms['elicit_user_rate']})")
+    # a term that uses an earlier one is expanded with it (the raw text keeps the name)
+    user_rate = terms["elicit_user_rate"].replace(
+        "framework_prompt_only", f"({terms['framework_prompt_only']})")
+    assert "framework_prompt_only" in terms["elicit_user_rate"]
+    assert items["elicit_model"]["support"].startswith(f"({user_rate})")
 
     # a user config replaces a term; a later term may use an earlier one; text is literal
     user = tmp_path / "c.yaml"

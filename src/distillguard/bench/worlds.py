@@ -802,14 +802,11 @@ def _lowo_job(args: tuple) -> dict[str, Any]:
 
 
 def _campaign_times(con: Any, labels: pl.DataFrame) -> dict[str, np.ndarray]:
-    """campaign id -> its requests' times (epoch s), sorted."""
-    lab = labels.filter(pl.col("label") == "distill").select("account_id", "campaign_id")
-    con.register("_dg_lab", lab.to_arrow())
-    try:
-        df = con.sql("SELECT l.campaign_id, epoch(r.ts) AS t FROM requests r "
-                     "JOIN _dg_lab l USING (account_id)").pl()
-    finally:
-        con.unregister("_dg_lab")
+    """campaign id -> its requests' times (epoch s), sorted (the requests time-to-detect
+    counts, ``bench.ttd``)."""
+    from distillguard.bench.ttd import _campaign_requests
+
+    df = _campaign_requests(con, labels)
     return {str(c): np.sort(g["t"].to_numpy()) for (c,), g in df.group_by("campaign_id")}
 
 
@@ -839,9 +836,7 @@ def _replay_excess(logs: list[Path], labels: pl.DataFrame, cfg: Config,
     curves = {}
     for (cid,), g in rec.join(lab, on="account_id").sort("ts").group_by(
             "campaign_id", maintain_order=True):
-        t = camp_t.get(str(cid))
-        if t is None or not len(t):
-            continue
+        t = camp_t[str(cid)]        # a campaign account with a record sent a request
         curves[str(cid)] = {"excess": np.maximum.accumulate(g["excess"].to_numpy()).tolist(),
                             "share_before": (np.searchsorted(t, g["ts"].to_numpy(), "left")
                                              / len(t)).tolist()}
