@@ -172,21 +172,35 @@ def _tune_job(args: tuple) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | N
     return design, labels, req, time.perf_counter() - t0
 
 
+def _replay_no_margin(logs: list[Path], labels: pl.DataFrame, cfg: Config,
+                      records: bool = False) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Replay a world through the online scorer at ``cfg`` without online margin, with the
+    batch refreshes a report world's replay has. Returns the legitimate accounts' peak raw
+    evidence over the threshold (account_id, peak_excess, kind; what ``online_margin_for``
+    fits on) and, with ``records``, every account's new highs of it (``excess_records``)."""
+    from distillguard.bench.ttd import REFRESH_HOURS
+    from distillguard.respond.online import replay
+    from distillguard.scoring.fit import with_overlay
+
+    c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
+    with tempfile.TemporaryDirectory(prefix="dg-replay-") as tmp:
+        replay(logs, tmp, config=c0, refresh_hours=REFRESH_HOURS, excess_records=records)
+        acc = pl.read_csv(Path(tmp) / "online_accounts.csv",
+                          columns=["account_id", "peak_excess"])
+        rec = pl.read_parquet(Path(tmp) / "excess_records.parquet") if records else None
+    legit = labels.filter(pl.col("label") != "distill").select("account_id", "kind")
+    return acc.join(legit, on="account_id"), rec
+
+
 def _tune_replay_job(args: tuple) -> np.ndarray:
     """Replay one tune world through the online scorer (no margin); the legitimate
     accounts' peak raw evidence over the threshold (see ``online_margin_for``)."""
-    from distillguard.bench.ttd import time_to_detect
-
     d, cfg, threads = args
     if threads:
         os.environ["DISTILLGUARD_THREADS"] = str(threads)
     logs = sorted((d / "logs").glob("requests-*.jsonl.gz"))
     labels = pl.read_csv(d / "labels.csv", infer_schema_length=0)
-    with tempfile.TemporaryDirectory(prefix="dg-tune-replay-") as tmp:
-        time_to_detect(logs, labels, tmp, config=cfg)
-        acc = pl.read_csv(Path(tmp) / "online_accounts.csv", columns=["account_id", "peak_excess"])
-    legit = labels.filter(pl.col("label") != "distill").select("account_id")
-    return acc.join(legit, on="account_id")["peak_excess"].to_numpy()
+    return _replay_no_margin(logs, labels, cfg)[0]["peak_excess"].to_numpy()
 
 
 def fit_online_margin(tune_dirs: Sequence[Path], cfg: Config, jobs: int = 1) -> float:
@@ -818,20 +832,7 @@ def _replay_excess(logs: list[Path], labels: pl.DataFrame, cfg: Config,
     and per campaign the running maximum of its accounts' excess at each new high with the
     share of its requests served before that moment (``respond.online.replay``,
     ``excess_records``)."""
-    import tempfile
-
-    from distillguard.bench.ttd import REFRESH_HOURS
-    from distillguard.respond.online import replay
-    from distillguard.scoring.fit import with_overlay
-
-    c0 = with_overlay(cfg, {"scoring": {"online_margin": 0.0}})
-    with tempfile.TemporaryDirectory(prefix="dg-lowo-replay-") as tmp:
-        replay(logs, tmp, config=c0, refresh_hours=REFRESH_HOURS, excess_records=True)
-        acc = pl.read_csv(Path(tmp) / "online_accounts.csv",
-                          columns=["account_id", "peak_excess"])
-        rec = pl.read_parquet(Path(tmp) / "excess_records.parquet")
-    legit = labels.filter(pl.col("label") != "distill").select("account_id", "kind")
-    peaks = acc.join(legit, on="account_id")
+    peaks, rec = _replay_no_margin(logs, labels, cfg, records=True)
     lab = labels.filter(pl.col("label") == "distill").select("account_id", "campaign_id")
     curves = {}
     for (cid,), g in rec.join(lab, on="account_id").sort("ts").group_by(
